@@ -1,0 +1,289 @@
+"""The AT channel: one serial port, one command in flight, unsolicited codes aside.
+
+`data_received` only feeds the pure `ATReader` and dispatches its events:
+final results and information lines go to the pending command, unsolicited
+codes to the `on_urc` callback (also when they arrive in the middle of a
+reply). The waiter is registered before the command is written and removed
+in `finally`; every wait is under `asyncio.timeout`; when the port goes away
+the pending command fails with `ModemDisconnected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import serial
+import serial_asyncio
+import structlog
+
+from .at import (
+    ATReader,
+    Echo,
+    Final,
+    FinalKind,
+    Info,
+    Overflow,
+    Prompt,
+    Unsolicited,
+    command_prefix,
+    line_name,
+)
+from .errors import (
+    CmeError,
+    CmsError,
+    CommandError,
+    CommandNotSupported,
+    CommandTimeout,
+    ModemDisconnected,
+)
+
+__all__ = ["ATChannel", "Reply", "open_channel"]
+
+log = structlog.get_logger("modems.channel")
+
+CTRL_Z = b"\x1a"
+ESC = b"\x1b"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A command's information lines and its final result."""
+
+    command: str
+    lines: tuple[str, ...]
+    final: Final
+
+    def values(self, prefix: str) -> list[str]:
+        """What follows `prefix:` on each line that has it (`+CSQ` → [`21,99`])."""
+        out = []
+        for line in self.lines:
+            named = line_name(line)
+            if named is not None and named[0] == prefix.upper():
+                out.append(named[1])
+        return out
+
+    def first(self, prefix: str) -> str | None:
+        values = self.values(prefix)
+        return values[0] if values else None
+
+    def bare(self) -> list[str]:
+        """Lines without a `+NAME:` prefix (IMEI, IMSI, PDUs)."""
+        return [line for line in self.lines if line_name(line) is None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    command: str
+    future: asyncio.Future[Final]
+    prefix: str | None
+    pdu: bytes | None
+    info_grace: float | None
+    lines: list[str] = field(default_factory=list)
+    grace_handle: asyncio.TimerHandle | None = None
+
+
+class ATChannel(asyncio.Protocol):
+    """asyncio protocol for one modem port."""
+
+    def __init__(
+        self,
+        name: str,
+        on_urc: Callable[[Unsolicited], None],
+        *,
+        max_line: int = 8192,
+    ) -> None:
+        self.name = name
+        self._on_urc = on_urc
+        self._reader = ATReader(max_line=max_line)
+        self._transport: asyncio.Transport | None = None
+        self._pending: _Pending | None = None
+        self._lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+        self._lost_reason: str | None = None
+        self._last_data = 0.0
+        self.bytes_in = 0
+        self.junk_lines = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self._last_data = asyncio.get_running_loop().time()
+        for event in self._reader.feed(data):
+            self._dispatch(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost_reason = str(exc) if exc else "closed"
+        self._transport = None
+        self._closed.set()
+        pending = self._pending
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(
+                ModemDisconnected(f"{self.name}: port lost during {pending.command!r}")
+            )
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def _dispatch(self, event: object) -> None:
+        pending = self._pending
+        if isinstance(event, Unsolicited):
+            if not event.name:
+                self.junk_lines += 1
+            self._on_urc(event)
+        elif isinstance(event, Final):
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(event)
+            else:
+                log.debug("stray final result", port=self.name, line=event.text)
+        elif isinstance(event, Info):
+            if pending is not None and not pending.future.done():
+                pending.lines.append(event.text)
+                self._maybe_grace(pending, event.text)
+        elif isinstance(event, Prompt):
+            if pending is not None and pending.pdu is not None and self._transport is not None:
+                self._transport.write(pending.pdu + CTRL_Z)
+        elif isinstance(event, Overflow):
+            self.junk_lines += 1
+            log.warning("overlong line dropped", port=self.name, size=event.dropped)
+        elif isinstance(event, Echo):
+            pass  # the modem ignored ATE0; the reader already matched it to the command
+
+    def _maybe_grace(self, pending: _Pending, line: str) -> None:
+        """Old Wavecom answers `AT+CPIN?` with `+CPIN: READY` and no final `OK`.
+
+        For commands that allow it, the information line completes the
+        command if no final result follows within `info_grace` seconds.
+        """
+        if pending.info_grace is None or pending.grace_handle is not None:
+            return
+        named = line_name(line)
+        if named is None or named[0] != pending.prefix:
+            return
+
+        def complete() -> None:
+            if not pending.future.done():
+                pending.future.set_result(Final(FinalKind.OK, "(no final result)"))
+
+        loop = asyncio.get_running_loop()
+        pending.grace_handle = loop.call_later(pending.info_grace, complete)
+
+    # -- commands -----------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._closed.is_set()
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._lost_reason
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def write_raw(self, data: bytes) -> None:
+        if self._transport is None:
+            raise ModemDisconnected(f"{self.name}: port is closed")
+        self._transport.write(data)
+
+    async def settle(self, quiet: float = 0.1, limit: float = 1.0) -> None:
+        """Wait until the modem has been silent for `quiet` seconds (at most `limit`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        self._last_data = loop.time()
+        while True:
+            now = loop.time()
+            remaining = self._last_data + quiet - now
+            if remaining <= 0 or now >= deadline:
+                return
+            await asyncio.sleep(min(remaining, deadline - now))
+
+    async def command(
+        self,
+        command: str,
+        *,
+        timeout: float = 5.0,
+        prefix: str | None = None,
+        pdu: str | None = None,
+        info_grace: float | None = None,
+    ) -> Reply:
+        """Send one command and return its reply; error finals raise `CommandError`s."""
+        async with self._lock:
+            if self._transport is None or self._closed.is_set():
+                raise ModemDisconnected(f"{self.name}: port is closed")
+            loop = asyncio.get_running_loop()
+            pending = _Pending(
+                command=command,
+                future=loop.create_future(),
+                prefix=None,
+                pdu=pdu.encode("ascii") if pdu is not None else None,
+                info_grace=info_grace,
+            )
+            self._reader.begin(command, prefix)
+            pending.prefix = prefix.upper() if prefix else command_prefix(command)
+            self._pending = pending
+            try:
+                self._transport.write(command.encode("ascii") + b"\r")
+                async with asyncio.timeout(timeout):
+                    final = await pending.future
+            except TimeoutError:
+                raise CommandTimeout(
+                    f"{self.name}: no answer to {command!r} in {timeout}s"
+                ) from None
+            finally:
+                self._pending = None
+                self._reader.end()
+                if pending.grace_handle is not None:
+                    pending.grace_handle.cancel()
+            reply = Reply(command, tuple(pending.lines), final)
+        if not final.ok:
+            raise _error_for(command, final)
+        return reply
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _error_for(command: str, final: Final) -> CommandError:
+    if final.kind is FinalKind.CME_ERROR:
+        return CmeError(command, final.text, final.code)
+    if final.kind is FinalKind.CMS_ERROR:
+        return CmsError(command, final.text, final.code)
+    if final.kind in (FinalKind.ERROR, FinalKind.NOT_SUPPORTED, FinalKind.TOO_MANY_PARAMETERS):
+        return CommandNotSupported(command, final.text)
+    return CommandError(command, final.text)
+
+
+async def open_channel(
+    path: str,
+    on_urc: Callable[[Unsolicited], None],
+    *,
+    baudrate: int = 115200,
+    max_line: int = 8192,
+) -> ATChannel:
+    """Open `path` as a serial port (no flow control: ptys and most dongles have none)."""
+    loop = asyncio.get_running_loop()
+    channel = ATChannel(path, on_urc, max_line=max_line)
+    try:
+        transport, _ = await serial_asyncio.create_serial_connection(
+            loop,
+            lambda: channel,
+            path,
+            baudrate=baudrate,
+            rtscts=False,
+            dsrdtr=False,
+            xonxoff=False,
+            exclusive=True,
+        )
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise ModemDisconnected(f"{path}: cannot open: {exc}") from None
+    # pyserial-asyncio calls connection_made on the next loop turn; the
+    # channel is usable as soon as it is returned.
+    channel.connection_made(transport)
+    return channel

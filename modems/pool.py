@@ -1,0 +1,135 @@
+"""The modem pool: every serial port that matches the configured patterns.
+
+Ports come from glob patterns (`/dev/serial/by-path/*`, `/dev/ttyUSB*`) or
+explicit paths, and are rescanned every `rescan_interval` seconds: new ports
+get a `Modem`, vanished ones are stopped and reported removed (their SIM
+lost). Two names for one device (a by-path link and its ttyUSB node) are one
+modem. There is no thread per modem: each is one asyncio task, idle between
+health checks, so hundreds of ports are practical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+from collections.abc import Iterator, Sequence
+
+import structlog
+
+from .events import EventHandler, ModemState
+from .modem import Modem, ModemSettings
+
+__all__ = ["ModemPool", "expand_ports"]
+
+log = structlog.get_logger("modems.pool")
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def expand_ports(patterns: Sequence[str]) -> dict[str, str]:
+    """Port name → real device path, for every existing match, first name wins."""
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if _GLOB_CHARS & set(pattern) else [pattern]
+        for path in matches:
+            if not os.path.exists(path):
+                continue
+            real = os.path.realpath(path)
+            if real in seen or os.path.isdir(real):
+                continue
+            seen.add(real)
+            found[path] = real
+    return found
+
+
+class ModemPool:
+    """Owns one `Modem` per port; events go to `handler`."""
+
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        handler: EventHandler,
+        settings: ModemSettings | None = None,
+        *,
+        rescan_interval: float = 2.0,
+    ) -> None:
+        self.patterns = tuple(patterns)
+        self.settings = settings or ModemSettings()
+        self.rescan_interval = rescan_interval
+        self._handler = handler
+        self._modems: dict[str, Modem] = {}
+        self._devices: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def __iter__(self) -> Iterator[Modem]:
+        return iter(list(self._modems.values()))
+
+    def __len__(self) -> int:
+        return len(self._modems)
+
+    def get(self, port: str) -> Modem | None:
+        return self._modems.get(port)
+
+    def by_iccid(self, iccid: str) -> Modem | None:
+        for modem in self._modems.values():
+            if modem.sim is not None and modem.sim.iccid == iccid:
+                return modem
+        return None
+
+    def counts(self) -> dict[ModemState, int]:
+        out: dict[ModemState, int] = {}
+        for modem in self._modems.values():
+            out[modem.state] = out.get(modem.state, 0) + 1
+        return out
+
+    async def start(self) -> None:
+        await self.rescan()
+        self._task = asyncio.create_task(self._rescan_loop(), name="modem pool rescan")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        async with self._lock:
+            modems = list(self._modems.values())
+            self._modems.clear()
+            self._devices.clear()
+            await asyncio.gather(*(modem.stop() for modem in modems))
+
+    async def rescan(self) -> None:
+        """Pick up new ports, drop vanished ones (and re-create a port whose device changed)."""
+        async with self._lock:
+            found = expand_ports(self.patterns)
+            for port in list(self._modems):
+                if found.get(port) != self._devices.get(port):
+                    modem = self._modems.pop(port)
+                    self._devices.pop(port, None)
+                    log.info("port gone", port=port)
+                    await modem.stop(removed=True)
+            for port, device in found.items():
+                if port not in self._modems:
+                    log.info("port found", port=port, device=device)
+                    modem = Modem(port, self._handler, self.settings)
+                    self._modems[port] = modem
+                    self._devices[port] = device
+                    modem.start()
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rescan_interval)
+            try:
+                await self.rescan()
+            except OSError as exc:
+                log.warning("port rescan failed", error=str(exc))
+
+    def reset(self, port: str) -> bool:
+        """Operator action: reset the modem on `port` (AT+CFUN=1,1, then reopen)."""
+        modem = self._modems.get(port)
+        if modem is None:
+            return False
+        modem.request_reset()
+        return True
