@@ -40,7 +40,8 @@ __all__ = [
 
 _GSM7_EXT_DECODE = {ord(code): char for char, code in GSM7_EXTENDED.items() if char != "\xff"}
 _GSM7_EXT_ENCODE = {char: ord(code) for char, code in GSM7_EXTENDED.items() if char != "\xff"}
-_GSM7_BASIC_ENCODE = {char: index for index, char in enumerate(GSM7_BASIC)}
+# 0x1B is the escape to the extension table, not a character of its own.
+_GSM7_BASIC_ENCODE = {char: index for index, char in enumerate(GSM7_BASIC) if index != 0x1B}
 _BCD_EXTRA = {0xA: "*", 0xB: "#", 0xC: "a", 0xD: "b", 0xE: "c"}
 _MAX_ADDRESS_DIGITS = 20  # TS 23.040 §9.1.2.5: at most 12 octets of address value
 
@@ -523,7 +524,7 @@ def encode_deliver_parts(
 ) -> list[str]:
     """PDUs for `text`: one if it fits, else a concatenated series.
 
-    UCS-2 parts are cut every 134 bytes of UTF-16-BE without regard to
+    UCS-2 parts are cut every 134 (132) bytes of UTF-16-BE without regard to
     surrogate pairs, as some senders do: an emoji may be split across parts.
     GSM-7 parts never split an escape sequence.
     """
@@ -532,7 +533,8 @@ def encode_deliver_parts(
         raw = text.encode("utf-16-be")
         if len(raw) <= 140:
             return [encode_deliver(sender, raw, alphabet=Alphabet.UCS2, timestamp=timestamp)]
-        chunks = [raw[i : i + 134] for i in range(0, len(raw), 134)]
+        size = 134 if reference_bits == 8 else 132  # 140 octets less the header, even
+        chunks = [raw[i : i + size] for i in range(0, len(raw), size)]
         alphabet = Alphabet.UCS2
     else:
         if len(septets) <= 160:

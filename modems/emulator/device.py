@@ -155,8 +155,6 @@ class VirtualModem:
             if exc.errno == errno.EIO:
                 return  # nobody has the slave open right now
             raise
-        if self.hung:
-            return
         for byte in data:
             if byte == 0x1B:  # ESC cancels the line being typed
                 self._in.clear()
@@ -381,6 +379,9 @@ class VirtualModem:
         self.commands.append(line)
         if len(self.commands) > self.max_command_log:
             del self.commands[: len(self.commands) // 2]
+        if self.hung:
+            self._changed()
+            return  # heard, never answered
         if self.echo or self.profile.echo_ignores_ate0:
             self._write(line.encode("latin-1") + b"\r")
         stripped = line.strip()

@@ -1,0 +1,125 @@
+"""Shared fixtures: quiet logs, a leaked-task check, the virtual modem bank, event recorders."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import structlog
+
+from modems.emulator import VirtualModemBank
+from modems.events import PoolEvent, SimLost, SimReady, SmsReceived
+from modems.modem import ModemSettings
+from modems.pool import ModemPool
+
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# Fast timings for tests: every wait is still event-driven, these only bound them.
+FAST = ModemSettings(
+    command_timeout=0.5,
+    probe_timeout=0.3,
+    health_interval=0.2,
+    sweep_interval=30.0,
+    reconnect_initial=0.05,
+    reconnect_max=0.5,
+    not_modem_retry=0.5,
+    busy_delay=0.02,
+)
+
+
+def shared_dir(*parts: str) -> Path:
+    """A folder of ../shared; missing is a failure in CI and a skip elsewhere."""
+    path = SHARED.joinpath(*parts)
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI must have shared/ beside the clone")
+        pytest.skip(f"{path} is not here (shared/ is beside the clone in CI)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    yield
+    current = asyncio.current_task()
+    leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"tasks left running: {leaked}"
+
+
+class Recorder:
+    """An event handler that keeps every event and lets tests wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[PoolEvent] = []
+        self.before_accept: Callable[[SmsReceived], Awaitable[None]] | None = None
+        self._changed = asyncio.Event()
+
+    async def __call__(self, event: PoolEvent) -> None:
+        if isinstance(event, SmsReceived) and self.before_accept is not None:
+            await self.before_accept(event)
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind: type[PoolEvent]) -> list[PoolEvent]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def sms(self) -> list[SmsReceived]:
+        return [e for e in self.events if isinstance(e, SmsReceived)]
+
+    def ready_ports(self) -> set[str]:
+        ready: dict[str, bool] = {}
+        for event in self.events:
+            if isinstance(event, SimReady):
+                ready[event.port] = True
+            elif isinstance(event, SimLost):
+                ready[event.port] = False
+        return {port for port, ok in ready.items() if ok}
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+BankFactory = Callable[..., Awaitable[VirtualModemBank]]
+
+
+@pytest.fixture
+async def make_bank(tmp_path: Path) -> AsyncIterator[BankFactory]:
+    banks: list[VirtualModemBank] = []
+
+    async def factory(count: int, **kwargs: object) -> VirtualModemBank:
+        bank = VirtualModemBank(count, str(tmp_path / f"bank{len(banks)}"), **kwargs)  # type: ignore[arg-type]
+        await bank.start()
+        banks.append(bank)
+        return bank
+
+    yield factory
+    for bank in banks:
+        bank.stop()
+
+
+@pytest.fixture
+async def pool_of() -> AsyncIterator[Callable[..., Awaitable[tuple[ModemPool, Recorder]]]]:
+    pools: list[ModemPool] = []
+
+    async def factory(
+        bank: VirtualModemBank, settings: ModemSettings = FAST, recorder: Recorder | None = None
+    ) -> tuple[ModemPool, Recorder]:
+        recorder = recorder or Recorder()
+        pool = ModemPool([bank.pattern], recorder, settings, rescan_interval=0.1)
+        await pool.start()
+        pools.append(pool)
+        return pool, recorder
+
+    yield factory
+    for pool in pools:
+        await pool.stop()
