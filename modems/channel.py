@@ -11,6 +11,7 @@ the pending command fails with `ModemDisconnected`.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -40,11 +41,12 @@ from .errors import (
     ModemDisconnected,
 )
 
-__all__ = ["ATChannel", "Reply", "open_channel"]
+__all__ = ["NO_FINAL", "ATChannel", "Reply", "open_channel"]
 
 log = structlog.get_logger("modems.channel")
 
 CTRL_Z = b"\x1a"
+NO_FINAL = "(no final result)"  # the text of the OK made up after an info_grace
 ESC = b"\x1b"
 
 
@@ -168,7 +170,7 @@ class ATChannel(asyncio.Protocol):
 
         def complete() -> None:
             if not pending.future.done():
-                pending.future.set_result(Final(FinalKind.OK, "(no final result)"))
+                pending.future.set_result(Final(FinalKind.OK, NO_FINAL))
 
         loop = asyncio.get_running_loop()
         pending.grace_handle = loop.call_later(pending.info_grace, complete)
@@ -260,6 +262,30 @@ def _error_for(command: str, final: Final) -> CommandError:
     return CommandError(command, final.text)
 
 
+class _SerialTransport(serial_asyncio.SerialTransport):  # type: ignore[misc]
+    """pyserial-asyncio's transport, reading the descriptor directly.
+
+    pyserial's `Serial.read()` calls `select()`, which raises for descriptors
+    numbered 1024 and up — and a host with a few hundred ports (5 descriptors
+    each) has those. The event loop (epoll) has already said the descriptor
+    is readable, so one `os.read` is all that is needed. Writes are
+    non-blocking in pyserial and need no change.
+    """
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._serial.fd, self._max_read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._close(exc=serial.SerialException(f"read failed: {exc}"))
+            return
+        if not data:
+            self._close(exc=serial.SerialException("device disconnected"))
+            return
+        self._protocol.data_received(data)
+
+
 async def open_channel(
     path: str,
     on_urc: Callable[[Unsolicited], None],
@@ -271,9 +297,7 @@ async def open_channel(
     loop = asyncio.get_running_loop()
     channel = ATChannel(path, on_urc, max_line=max_line)
     try:
-        transport, _ = await serial_asyncio.create_serial_connection(
-            loop,
-            lambda: channel,
+        port = serial.serial_for_url(
             path,
             baudrate=baudrate,
             rtscts=False,
@@ -283,7 +307,8 @@ async def open_channel(
         )
     except (serial.SerialException, OSError, ValueError) as exc:
         raise ModemDisconnected(f"{path}: cannot open: {exc}") from None
-    # pyserial-asyncio calls connection_made on the next loop turn; the
-    # channel is usable as soon as it is returned.
+    transport = _SerialTransport(loop, channel, port)
+    # The transport calls connection_made on the next loop turn; the channel
+    # is usable as soon as it is returned.
     channel.connection_made(transport)
     return channel

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from .at import Unsolicited, split_args
-from .channel import ATChannel, Reply, open_channel
+from .channel import NO_FINAL, ATChannel, Reply, open_channel
 from .errors import (
     RETRY_CODES,
     SIM_ABSENT_CODES,
@@ -167,6 +167,10 @@ class Modem:
         self._timeouts_in_row = 0
         self._seen_at = False
         self._pin_failed = False
+        # Old Wavecom answers AT+CPIN? with no final OK. Until that is seen the
+        # +CPIN line gets a grace period for its OK; once seen, it completes
+        # the command at once (a health check must not stall SMS reading).
+        self._cpin_grace = 0.3
         self._iccid_command: tuple[str, str] | None = None
         self._channel: ATChannel | None = None
         self._wake: asyncio.Queue[_Wake | _NewSms] = asyncio.Queue(settings.wake_queue)
@@ -390,8 +394,7 @@ class Modem:
     async def _pin_status(self) -> str | None:
         """`READY`, `SIM PIN`, `SIM PUK`, …; None when there is no usable SIM."""
         try:
-            # Old Wavecom answers AT+CPIN? with no final OK: the +CPIN line will do.
-            reply = await self._retrying("AT+CPIN?", info_grace=0.3)
+            reply = await self._retrying("AT+CPIN?", info_grace=self._cpin_grace)
         except CmeError as exc:
             if exc.code in SIM_ABSENT_CODES or exc.code in RETRY_CODES:
                 return None
@@ -400,6 +403,8 @@ class Modem:
             if exc.code == 12:
                 return "SIM PUK"
             raise
+        if reply.final.text == NO_FINAL:
+            self._cpin_grace = 0.0
         value = (reply.first("+CPIN") or "").strip().strip('"').upper()
         if value in ("NOT INSERTED", "NOT READY", "SIM FAILURE", "REMOVED", ""):
             return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import resource
 from collections.abc import Iterator, Sequence
 
 import structlog
@@ -20,11 +21,24 @@ import structlog
 from .events import EventHandler, ModemState
 from .modem import Modem, ModemSettings
 
-__all__ = ["ModemPool", "expand_ports"]
+__all__ = ["ModemPool", "expand_ports", "raise_open_file_limit"]
 
 log = structlog.get_logger("modems.pool")
 
 _GLOB_CHARS = frozenset("*?[")
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft descriptor limit to the hard one and return it.
+
+    Each port costs five descriptors (the tty and pyserial's two abort
+    pipes), so 512 ports need ~2,600: past the usual soft limit of 1,024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def expand_ports(patterns: Sequence[str]) -> dict[str, str]:

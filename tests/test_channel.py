@@ -195,3 +195,25 @@ async def test_reply_one_byte_at_a_time(peer_and_channel) -> None:  # type: igno
     holder.append(peer)
     reply = await channel.command("AT+CSQ", timeout=3)
     assert reply.lines == ("+CSQ: 12,99",)
+
+
+async def test_port_with_a_descriptor_above_1024(peer_and_channel) -> None:  # type: ignore[no-untyped-def]
+    """select() cannot watch descriptors >= 1024; a 512-port host has them."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard descriptor limit {hard} is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = []
+    try:
+        while not filler or filler[-1] < 1030:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        peer, channel, _ = await peer_and_channel(table({"AT+CSQ": b"\r\n+CSQ: 3,99\r\nOK\r\n"}))
+        assert channel._transport.serial.fd >= 1024  # type: ignore[union-attr]
+        reply = await channel.command("AT+CSQ", timeout=2)
+        assert reply.lines == ("+CSQ: 3,99",)
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
