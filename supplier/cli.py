@@ -49,7 +49,7 @@ class CliError(Exception):
 
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:8765")
     return host or "127.0.0.1", int(port)
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--control",
         type=_host_port,
         default=_host_port(DEFAULT_CONTROL),
-        help=f"control API address (default {DEFAULT_CONTROL})",
+        help=f"control API address (default {DEFAULT_CONTROL}; port 0: any free port)",
     )
     emulate.add_argument("--first-sim", type=int, default=0, help="slot number of the first SIM")
 
@@ -162,12 +162,14 @@ async def _emulate(args: argparse.Namespace) -> int:
     runner = web.AppRunner(create_control_app(bank), access_log=None)
     await runner.setup()
     host, port = args.control
+    site = web.TCPSite(runner, host, port)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await site.start()
     except OSError as exc:
         await runner.cleanup()
         bank.stop()
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    port = runner.addresses[0][1]
     print(f"{len(bank)} virtual modems ({', '.join(profiles)}); ports: {bank.pattern}")
     for modem in bank:
         sim = modem.sim

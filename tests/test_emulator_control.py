@@ -73,12 +73,11 @@ async def test_emulate_command_and_its_client(tmp_path, pool_of) -> None:  # typ
         "--dir",
         str(directory),
         "--control",
-        "127.0.0.1:0",
+        "127.0.0.1:99999",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
-    # Port 0 is not a usable control address for a client: check the refusal first.
     _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2
     assert b"HOST:PORT" in err
@@ -93,7 +92,7 @@ async def test_emulate_command_and_its_client(tmp_path, pool_of) -> None:  # typ
         "--dir",
         str(directory),
         "--control",
-        "127.0.0.1:18931",
+        "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE,
         env=env,
     )
@@ -103,6 +102,9 @@ async def test_emulate_command_and_its_client(tmp_path, pool_of) -> None:  # typ
         assert b"3 virtual modems" in header
         paths = [(await process.stdout.readline()).split()[0].decode() for _ in range(3)]
         assert paths == [str(directory / f"modem{i:03d}") for i in range(3)]
+        control_line = (await process.stdout.readline()).decode()
+        assert control_line.startswith("control API: http://127.0.0.1:")
+        control = control_line.split("//")[1].split("/")[0]
 
         class _Bank:
             pattern = str(directory / "modem*")
@@ -115,7 +117,7 @@ async def test_emulate_command_and_its_client(tmp_path, pool_of) -> None:  # typ
             "supplier",
             "emulator",
             "--control",
-            "127.0.0.1:18931",
+            control,
             "sms",
             "2",
             "Ваш код 777",
@@ -141,7 +143,7 @@ async def test_emulate_command_and_its_client(tmp_path, pool_of) -> None:  # typ
             "supplier",
             "emulator",
             "--control",
-            "127.0.0.1:18931",
+            control,
             "sms",
             "9",
             "x",
