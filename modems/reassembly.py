@@ -139,6 +139,20 @@ class Reassembler:
         parts = tuple(group[seq] for seq in sorted(group))
         return Assembled(part.key, join_parts(parts), parts, complete=True)
 
+    def discard(self, part: Part) -> bool:
+        """Forget this very part (the owner found it a duplicate of one already handled).
+
+        False when the group holds another copy of that sequence (the
+        original, which stays).
+        """
+        group = self._groups.get(part.key)
+        if group is None or group.get(part.sequence) != part:
+            return False
+        del group[part.sequence]
+        if not group:
+            del self._groups[part.key]
+        return True
+
     def next_deadline(self) -> float | None:
         """When the oldest pending message times out (same clock as `received_at`)."""
         if not self._groups:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from modems.emulator import PROFILES, VirtualModemBank
@@ -37,6 +38,9 @@ from modems.pool import ModemPool, raise_open_file_limit
 from modems.reassembly import Part, Reassembler
 
 from . import __version__, logs
+from .config import Config, ConfigError, load_config
+from .daemon import Daemon
+from .errors import SupplierError
 
 __all__ = ["main"]
 
@@ -110,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("modem", type=int)
     fault.add_argument("fault", choices=FAULTS)
 
+    run = commands.add_parser(
+        "run",
+        help="run the daemon in the foreground (logs to stderr)",
+        description="Drive the modems, answer the hubs, push SMS. SIGTERM stops, SIGHUP reloads.",
+    )
+    run.add_argument("--config", required=True, help="the YAML configuration file")
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration and print the resolved settings",
+        description="Exit 0 and print the settings (keys masked), or exit 2 with the problem.",
+    )
+    check.add_argument("--config", required=True)
+
     demo = commands.add_parser(
         "demo",
         help="a first run with no hardware: modems come up, SMS arrive",
@@ -128,13 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
     logs.configure(args.log_level)
     raise_open_file_limit()
     try:
+        if args.command == "run":
+            return asyncio.run(_run(args.config, load_config(args.config)))
+        if args.command == "check-config":
+            return _check_config(load_config(args.config))
         if args.command == "emulate":
             return asyncio.run(_emulate(args))
         if args.command == "emulator":
             return asyncio.run(_emulator(args))
         if args.command == "demo":
             return asyncio.run(_demo(args))
-    except CliError as exc:
+    except ConfigError as exc:
+        print(f"supplier: {exc}", file=sys.stderr)
+        return 2
+    except (CliError, SupplierError) as exc:
         print(f"supplier: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -148,6 +173,53 @@ def _stop_event() -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def _check_config(config: Config) -> int:
+    resolved = config.model_dump(mode="json")
+    for hub in resolved["hubs"]:
+        hub["key"] = "***"
+    if resolved["status"]["token"] is not None:
+        resolved["status"]["token"] = "***"  # noqa: S105 - a mask, not a password
+    if resolved["modems"]["pin"] is not None:
+        resolved["modems"]["pin"] = "***"
+    print(json.dumps(resolved, indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _run(config_path: str, config: Config) -> int:
+    daemon = Daemon(config)
+    stop = _stop_event()
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await daemon.reload(load_config(config_path))
+        except ConfigError as exc:
+            structlog.get_logger("supplier").error(
+                "reload refused; keeping the old settings", error=str(exc)
+            )
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        await daemon.stop()
+        raise CliError(f"cannot start: {exc.strerror or exc}") from None
+    except BaseException:
+        await daemon.stop()
+        raise
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()
+    return 0
 
 
 async def _emulate(args: argparse.Namespace) -> int:

@@ -1,0 +1,309 @@
+"""The YAML configuration, validated once at start into frozen objects.
+
+A bad file gives one line naming the key, the value and what was expected
+(`ConfigError`); `supplier run` and `supplier check-config` exit 2 with it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import SupplierError
+
+__all__ = [
+    "ActivationConfig",
+    "Config",
+    "ConfigError",
+    "HubConfig",
+    "ModemsConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(SupplierError):
+    """The configuration is not usable; the message says where and why."""
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(value: Any) -> float:
+    """`20m`, `10s`, `1h30m`, `500ms` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 10s, 20m or 1h")  # noqa: TRY004
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        pos, seconds = 0, 0.0
+        for match in _DURATION_RE.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if not text or pos != len(text):
+            raise ValueError("expected a duration such as 10s, 20m or 1h")
+    else:
+        raise ValueError("expected a duration such as 10s, 20m or 1h")  # noqa: TRY004
+    if seconds <= 0:
+        raise ValueError("expected a duration above zero")
+    return seconds
+
+
+def _host_port(value: Any) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8000")  # noqa: TRY004
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8000 (port 0: any free port)")
+    return host, int(port)
+
+
+def _slug(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]{1,32}", value):
+        raise ValueError("expected a lower-case slug such as vk, russia or mts")
+    return value
+
+
+def _digits(value: Any) -> str:
+    text = str(value).strip().lstrip("+") if isinstance(value, int | str) else ""
+    if isinstance(value, bool) or not text.isdigit() or not 6 <= len(text) <= 15:
+        raise ValueError("expected a phone number with its country code, 6-15 digits")
+    return text
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+HostPort = Annotated[tuple[str, int], BeforeValidator(_host_port)]
+Slug = Annotated[str, AfterValidator(_slug)]
+Number = Annotated[str, BeforeValidator(_digits)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Frozen):
+    listen: HostPort = ("0.0.0.0", 8000)  # noqa: S104 - the hubs must reach it
+    path: str = "/"
+    max_body: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or " " in value:
+            raise ValueError("expected a URL path starting with /")
+        return value
+
+
+class HubConfig(_Frozen):
+    name: Slug
+    key: SecretStr
+    push_url: str
+    profile: Literal["smshub", "onlinesim"] = "smshub"
+    retry_interval: Duration = 10.0
+    push_timeout: Duration = 10.0
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 8:
+            raise ValueError("expected a key of at least 8 characters")
+        return value
+
+    @field_validator("push_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+
+class ModemsConfig(_Frozen):
+    ports: tuple[str, ...] = ("/dev/serial/by-path/*",)
+    baudrate: int = Field(default=115200, ge=300, le=4_000_000)
+    pin: str | None = None
+    health_interval: Duration = 10.0
+    command_timeout: Duration = 5.0
+    rescan_interval: Duration = 2.0
+
+    @field_validator("pin", mode="before")
+    @classmethod
+    def _pin(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        text = str(value)
+        if isinstance(value, bool) or not re.fullmatch(r"\d{4,8}", text):
+            raise ValueError("expected a PIN of 4-8 digits, or null")
+        return text
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(not p.startswith("/") for p in value):
+            raise ValueError("expected absolute paths or glob patterns, e.g. /dev/ttyUSB*")
+        return value
+
+
+class SimOverride(_Frozen):
+    number: Number | None = None
+    country: Slug | None = None
+    operator: Slug | None = None
+
+
+class NetworkOverride(_Frozen):
+    country: Slug
+    operator: Slug
+
+
+class StorageConfig(_Frozen):
+    path: str = "/var/lib/supplier/supplier.db"
+
+
+class ActivationConfig(_Frozen):
+    release_after: Duration = 1200.0
+
+
+class StatusConfig(_Frozen):
+    listen: HostPort = ("127.0.0.1", 8001)
+    token: SecretStr | None = None
+
+
+class SmsConfig(_Frozen):
+    reassembly_timeout: Duration = 120.0
+
+
+DEFAULT_SERVICES = ("vk", "ok", "wa", "tg", "go", "fb", "ig", "tw")
+
+
+class Config(_Frozen):
+    server: ServerConfig = ServerConfig()
+    hubs: tuple[HubConfig, ...]
+    modems: ModemsConfig = ModemsConfig()
+    sims: dict[str, SimOverride] = Field(default_factory=dict)
+    networks: dict[str, NetworkOverride] = Field(default_factory=dict)
+    services: tuple[Slug, ...] = DEFAULT_SERVICES
+    storage: StorageConfig = StorageConfig()
+    activation: ActivationConfig = ActivationConfig()
+    status: StatusConfig = StatusConfig()
+    sms: SmsConfig = SmsConfig()
+
+    @field_validator("hubs")
+    @classmethod
+    def _hubs(cls, value: tuple[HubConfig, ...]) -> tuple[HubConfig, ...]:
+        if not value:
+            raise ValueError("expected at least one hub")
+        names = [hub.name for hub in value]
+        if len(set(names)) != len(names):
+            raise ValueError("expected hub names to be unique")
+        keys = [hub.key.get_secret_value() for hub in value]
+        if len(set(keys)) != len(keys):
+            raise ValueError("expected every hub to have its own key (a key identifies its hub)")
+        return value
+
+    @field_validator("sims")
+    @classmethod
+    def _sims(cls, value: dict[str, SimOverride]) -> dict[str, SimOverride]:
+        for iccid in value:
+            if not re.fullmatch(r"\d{18,20}", str(iccid)):
+                raise ValueError(f"expected ICCIDs of 18-20 digits as keys, got {iccid!r}")
+        return value
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: dict[str, NetworkOverride]) -> dict[str, NetworkOverride]:
+        for code in value:
+            if not re.fullmatch(r"\d{5,6}", str(code)):
+                raise ValueError(f"expected MCC+MNC codes of 5-6 digits as keys, got {code!r}")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("expected a non-empty list of distinct service slugs")
+        return value
+
+    @model_validator(mode="after")
+    def _listeners(self) -> Config:
+        if self.server.listen == self.status.listen and self.server.listen[1] != 0:
+            raise ValueError("server.listen and status.listen must differ")
+        return self
+
+    def hub_by_name(self, name: str) -> HubConfig | None:
+        for hub in self.hubs:
+            if hub.name == name:
+                return hub
+        return None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = tuple(p for p in first["loc"] if not str(p).startswith("function-"))
+    # pydantic adds the type tag of unions/annotated types to the location.
+    loc = tuple(p for p in loc if p not in ("str", "int", "float", "tuple[str, ...]"))
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "missing":
+        text = f"{_where(loc)}: missing; {message.lower()}"
+    elif first["type"] == "extra_forbidden":
+        text = f"{_where(loc)}: unknown key"
+    else:
+        value = first.get("input")
+        if isinstance(value, SecretStr) or (loc and loc[-1] in ("key", "token", "pin")):
+            value = "***"
+        text = f"{_where(loc)}: {value!r}: {message[0].lower() + message[1:]}"
+    more = len(error.errors()) - 1
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_explain(exc)}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,222 @@
+"""The durable inbox: every SMS a modem hands over is committed before it leaves the SIM.
+
+`accept()` is the modem pool's SMS callback: it returns only once the part
+(and, when it completes a message, the message and its deliveries) is
+committed, so the modem deletes it from the SIM only then. A PDU read twice
+(a reset between commit and delete) has the same digest and is stored once.
+Multipart messages wait as parts in the store; the reassembler in memory is
+rebuilt from them at start, and a message whose parts do not all arrive is
+completed with what came after `reassembly_timeout`.
+
+Routing: a text message on a number with open activations gets one delivery
+per hub holding one (the hub filters by service, not us); on a number with
+none it is kept for the operators and not pushed. Binary messages, status
+reports, stored outgoing messages and undecodable PDUs are kept, not pushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+
+from modems.errors import PduError
+from modems.events import SmsReceived
+from modems.pdu import SmsDeliver, SmsSubmit, StatusReport, decode_pdu
+from modems.reassembly import Assembled, Part, PartKey, Reassembler
+
+from .inventory import Inventory
+from .store import Delivery, NewPart, NewSms, Store
+
+__all__ = ["Inbox"]
+
+log = structlog.get_logger("supplier.inbox")
+
+
+def _digest(iccid: str, pdu: str) -> str:
+    return hashlib.sha256(f"{iccid}:{pdu.strip().upper()}".encode()).hexdigest()
+
+
+def _part_key(part: Part) -> str:
+    return f"{part.sender}/{part.reference_bits}/{part.reference}/{part.total}"
+
+
+class Inbox:
+    def __init__(
+        self,
+        store: Store,
+        inventory: Inventory,
+        *,
+        reassembly_timeout: float,
+        on_queued: Callable[[list[Delivery]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.inventory = inventory
+        self.on_queued = on_queued
+        self.clock = clock
+        self._reassembler = Reassembler(reassembly_timeout)
+        self._digests: dict[tuple[PartKey, int], str] = {}  # a pending part → its digest
+        self.received = 0
+        self.duplicates = 0
+
+    async def load(self) -> None:
+        """Rebuild the reassembler from the parts waiting in the store."""
+        parts = []
+        self._digests.clear()
+        for stored in await self.store.pending_parts():
+            try:
+                message = decode_pdu(stored.pdu)
+            except PduError:
+                continue
+            if isinstance(message, SmsDeliver) and message.concat is not None:
+                part = Part.from_deliver(stored.iccid, message, stored.received)
+                parts.append(part)
+                self._digests[(part.key, part.sequence)] = stored.digest
+        self._reassembler = Reassembler(self._reassembler.timeout, parts)
+        if parts:
+            log.info("multipart SMS waiting for parts", parts=len(parts))
+
+    def next_deadline(self) -> float | None:
+        return self._reassembler.next_deadline()
+
+    async def accept(self, event: SmsReceived) -> None:
+        """Commit one SMS read from a modem (raises if it could not be committed)."""
+        digest = _digest(event.iccid, event.pdu)
+        message = event.message
+        sender = getattr(message, "sender", None) if message is not None else None
+        part = NewPart(
+            digest=digest,
+            iccid=event.iccid,
+            port=event.port,
+            storage=event.storage,
+            slot=event.index,
+            pdu=event.pdu,
+            received=event.received_at,
+            sender=sender,
+        )
+        sms: NewSms | None
+        piece: Part | None = None
+        if isinstance(message, SmsDeliver) and message.concat is not None and not message.is_binary:
+            piece = Part.from_deliver(event.iccid, message, event.received_at)
+            part = replace(
+                part,
+                part_key=_part_key(piece),
+                part_total=piece.total,
+                part_seq=piece.sequence,
+            )
+            self._digests.setdefault((piece.key, piece.sequence), digest)
+            assembled = self._reassembler.add(piece)
+            sms = self._assembled(assembled, message) if assembled is not None else None
+        else:
+            sms = self._single(event, digest)
+        try:
+            duplicate, stored, deliveries = await self.store.receive(part, sms)
+        except Exception:
+            # The reassembler may now hold a part the store does not: start over from the store.
+            await self.load()
+            raise
+        if duplicate:
+            self.duplicates += 1
+            if piece is not None and self._reassembler.discard(piece):
+                self._digests.pop((piece.key, piece.sequence), None)
+            log.info("SMS read again; already stored", iccid=event.iccid, slot=event.index)
+            return
+        self.received += 1
+        if stored is not None:
+            log.info(
+                "SMS stored",
+                iccid=event.iccid,
+                sms_id=stored.id,
+                kind=stored.kind,
+                hubs=[d.hub for d in deliveries],
+            )
+        if deliveries:
+            self.on_queued(deliveries)
+
+    async def expire(self) -> int:
+        """Complete the multipart messages whose parts stopped coming; how many."""
+        done = 0
+        for assembled in self._reassembler.expire(self.clock()):
+            first = assembled.parts[0]
+            sms = self._from_parts(assembled, first.sender, None)
+            stored, deliveries = await self.store.complete(sms)
+            log.warning(
+                "multipart SMS delivered incomplete",
+                iccid=first.sim,
+                sms_id=stored.id,
+                missing=assembled.missing,
+            )
+            if deliveries:
+                self.on_queued(deliveries)
+            done += 1
+        return done
+
+    # -- building messages ------------------------------------------------------------------
+
+    def _routes(self, iccid: str) -> tuple[tuple[str, int | None], ...]:
+        sim = self.inventory.sims.get(iccid)
+        number = sim.number if sim is not None else None
+        if number is None:
+            return ()
+        routes: dict[str, int | None] = {}
+        for activation in sorted(self.inventory.open_activations(number), key=lambda a: a.id):
+            routes.setdefault(activation.hub, activation.id)
+        return tuple(routes.items())
+
+    def _number(self, iccid: str) -> str | None:
+        sim = self.inventory.sims.get(iccid)
+        return sim.number if sim is not None else None
+
+    def _single(self, event: SmsReceived, digest: str) -> NewSms:
+        message = event.message
+        sent: float | None = None
+        if isinstance(message, SmsDeliver):
+            kind = "binary" if message.is_binary else "text"
+            sender, text = message.sender, message.text
+            sent = message.timestamp.timestamp() if message.timestamp else None
+        elif isinstance(message, StatusReport):
+            kind, sender, text = "status_report", message.recipient, f"status {message.status}"
+        elif isinstance(message, SmsSubmit):
+            kind, sender, text = "submit", message.recipient, message.text
+        else:
+            kind, sender, text = "undecodable", "", event.error or "undecodable PDU"
+        return NewSms(
+            digests=(digest,),
+            iccid=event.iccid,
+            number=self._number(event.iccid),
+            sender=sender,
+            text=text,
+            kind=kind,
+            sent=sent,
+            received=event.received_at,
+            complete=True,
+            routes=self._routes(event.iccid) if kind == "text" else (),
+        )
+
+    def _assembled(self, assembled: Assembled, last: SmsDeliver) -> NewSms:
+        sent = last.timestamp.timestamp() if last.timestamp else None
+        return self._from_parts(assembled, last.sender, sent)
+
+    def _from_parts(self, assembled: Assembled, sender: str, sent: float | None) -> NewSms:
+        first = assembled.parts[0]
+        digests = tuple(
+            digest
+            for part in assembled.parts
+            if (digest := self._digests.pop((part.key, part.sequence), None)) is not None
+        )
+        return NewSms(
+            digests=digests,
+            iccid=first.sim,
+            number=self._number(first.sim),
+            sender=sender,
+            text=assembled.text,
+            kind="text",
+            sent=sent,
+            received=max(part.received_at for part in assembled.parts),
+            complete=assembled.complete,
+            routes=self._routes(first.sim),
+        )

@@ -1,0 +1,358 @@
+"""The SIM inventory: what can be sold right now, in memory, rebuilt from the store.
+
+Counts and allocation never touch a serial port: modem events update the
+SIM states here, and the hub-facing requests read them plus one small write
+transaction. A SIM is *sellable* for a service when it is in a modem that is
+ready, registered (home or roaming), has a known number and a known country,
+is enabled, holds no open activation (one not finished whose
+`release_after` has not passed), and the number's history allows the service:
+never after a FINISH 1 or 3, and at most `MAX_OFFERS` hand-outs in all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import structlog
+
+from modems.events import NetworkInfo, SimIdentity
+
+from .networks import ANY, international_number, slugs_for
+from .store import Activation, SimRow, Store, Usage
+
+__all__ = ["MAX_OFFERS", "Inventory", "SimOverrideValues", "SimState"]
+
+log = structlog.get_logger("supplier.inventory")
+
+MAX_OFFERS = 4  # FINISH 4: "may be offered for this service again, at most 4 times in total"
+_KEEP_FINISHED = 7 * 86400.0  # recent activations kept in memory (status page, routing)
+
+
+@dataclass(frozen=True, slots=True)
+class SimOverrideValues:
+    number: str | None = None
+    country: str | None = None
+    operator: str | None = None
+
+
+@dataclass(slots=True)
+class SimState:
+    """One SIM as the inventory sees it (mutable; owned by the Inventory)."""
+
+    iccid: str
+    imsi: str | None = None
+    modem_number: str | None = None
+    manual_number: str | None = None
+    config_number: str | None = None
+    country: str | None = None
+    operator: str = ANY
+    port: str | None = None
+    enabled: bool = True
+    online: bool = False  # in a modem that reported it ready and has not lost it
+    registered: bool = False
+    rssi: int | None = None
+    last_used: float | None = None
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+
+    @property
+    def number(self) -> str | None:
+        """Operator's setting first, then the config's, then what the modem said."""
+        raw = self.manual_number or self.config_number or self.modem_number
+        return international_number(raw, self.country) if raw else None
+
+
+class Inventory:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        services: Sequence[str],
+        release_after: float,
+        sim_overrides: Mapping[str, SimOverrideValues] | None = None,
+        network_overrides: Mapping[str, tuple[str, str]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.services = tuple(services)
+        self.release_after = release_after
+        self.sim_overrides = dict(sim_overrides or {})
+        self.network_overrides = dict(network_overrides or {})
+        self.clock = clock
+        self.sims: dict[str, SimState] = {}
+        self.usage: dict[tuple[str, str], Usage] = {}
+        self.activations: dict[int, Activation] = {}  # unfinished, and recent finished ones
+        self._holder: dict[str, int] = {}  # iccid → the activation that may hold it
+        self._reserved: set[str] = set()  # iccids being committed by a GET_NUMBER in flight
+
+    # -- start-up -------------------------------------------------------------------
+
+    async def load(self) -> None:
+        now = self.clock()
+        for row in await self.store.load_sims():
+            self._apply_row(row)
+        self.usage = await self.store.load_usage()
+        for activation in await self.store.load_activations(since=now - _KEEP_FINISHED):
+            self._remember(activation)
+        log.info(
+            "inventory loaded",
+            sims=len(self.sims),
+            open_activations=sum(1 for a in self.activations.values() if a.is_open(now)),
+        )
+
+    def reconfigure(
+        self,
+        *,
+        services: Sequence[str],
+        release_after: float,
+        sim_overrides: Mapping[str, SimOverrideValues],
+        network_overrides: Mapping[str, tuple[str, str]],
+    ) -> None:
+        """New settings (SIGHUP): activations are kept; SIM slugs are re-derived."""
+        self.services = tuple(services)
+        self.release_after = release_after
+        self.sim_overrides = dict(sim_overrides)
+        self.network_overrides = dict(network_overrides)
+        for sim in self.sims.values():
+            self._derive(sim)
+
+    def _apply_row(self, row: SimRow) -> SimState:
+        sim = self.sims.get(row.iccid) or SimState(row.iccid)
+        sim.imsi = row.imsi
+        sim.modem_number = row.number
+        sim.manual_number = row.number_manual
+        sim.port = row.port
+        sim.enabled = row.enabled
+        sim.first_seen = row.first_seen
+        sim.last_seen = row.last_seen
+        sim.last_used = row.last_used
+        self._derive(sim)
+        self.sims[row.iccid] = sim
+        return sim
+
+    def _derive(self, sim: SimState) -> None:
+        """Country and operator from the home network, then the SIM's own overrides."""
+        mcc = sim.imsi[:3] if sim.imsi else None
+        country, operator = None, ANY
+        if sim.imsi:
+            for mnc_len in (3, 2):
+                code = sim.imsi[: 3 + mnc_len]
+                if code in self.network_overrides:
+                    country, operator = self.network_overrides[code]
+                    break
+            else:
+                country, operator = slugs_for(mcc, sim.imsi[3:5], None)
+                long_country, long_operator = slugs_for(mcc, sim.imsi[3:6], None)
+                if long_operator != ANY:
+                    operator = long_operator
+                country = country or long_country
+        override = self.sim_overrides.get(sim.iccid)
+        sim.config_number = override.number if override else None
+        sim.country = (override.country if override and override.country else None) or country
+        sim.operator = (override.operator if override and override.operator else None) or operator
+
+    def _remember(self, activation: Activation) -> None:
+        self.activations[activation.id] = activation
+        if activation.finished is None:
+            current = self._holder.get(activation.iccid)
+            if current is None or current < activation.id:
+                self._holder[activation.iccid] = activation.id
+
+    # -- modem events -------------------------------------------------------------------
+
+    async def sim_ready(self, port: str, identity: SimIdentity, network: NetworkInfo) -> SimState:
+        now = self.clock()
+        sim = self.sims.get(identity.iccid) or SimState(identity.iccid)
+        sim.imsi = identity.imsi
+        self._derive(sim)
+        row = await self.store.upsert_sim(
+            iccid=identity.iccid,
+            imsi=identity.imsi,
+            number=identity.number,
+            country=sim.country,
+            operator=sim.operator,
+            port=port,
+            now=now,
+        )
+        sim = self._apply_row(row)
+        for other in self.sims.values():
+            if other.port == port and other.iccid != sim.iccid:
+                other.online = False
+        sim.online = True
+        sim.registered = network.registered
+        sim.rssi = network.rssi
+        if sim.number is None:
+            log.warning("SIM has no known number; not sold", iccid=sim.iccid, port=port)
+        if sim.country is None:
+            log.warning("SIM's home network is unknown; not sold", iccid=sim.iccid, imsi=sim.imsi)
+        return sim
+
+    def network_changed(self, iccid: str, network: NetworkInfo) -> None:
+        sim = self.sims.get(iccid)
+        if sim is not None:
+            sim.registered = network.registered
+            sim.rssi = network.rssi
+
+    def sim_lost(self, iccid: str) -> None:
+        sim = self.sims.get(iccid)
+        if sim is not None:
+            sim.online = False
+            sim.registered = False
+
+    def modem_gone(self, port: str) -> None:
+        for sim in self.sims.values():
+            if sim.port == port:
+                sim.online = False
+                sim.registered = False
+
+    # -- what can be sold -------------------------------------------------------------------
+
+    def holder(self, iccid: str, now: float | None = None) -> Activation | None:
+        """The open activation holding this SIM, if any."""
+        activation_id = self._holder.get(iccid)
+        if activation_id is None:
+            return None
+        activation = self.activations.get(activation_id)
+        now = self.clock() if now is None else now
+        if activation is None or not activation.is_open(now):
+            return None
+        return activation
+
+    def present(self, sim: SimState) -> bool:
+        """In a working modem, registered, with a number and a country: stock if free."""
+        return bool(sim.online and sim.registered and sim.enabled and sim.number and sim.country)
+
+    def allows(self, number: str, service: str) -> bool:
+        usage = self.usage.get((number, service))
+        return usage is None or (not usage.blocked and usage.offers < MAX_OFFERS)
+
+    def free(self, sim: SimState, now: float) -> bool:
+        return sim.iccid not in self._reserved and self.holder(sim.iccid, now) is None
+
+    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """country → operator → service → SIMs sellable now (zeros for present SIMs)."""
+        now = self.clock()
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for sim in self.sims.values():
+            if not self.present(sim):
+                continue
+            assert sim.country is not None
+            assert sim.number is not None
+            services = out.setdefault(sim.country, {}).setdefault(
+                sim.operator, dict.fromkeys(self.services, 0)
+            )
+            if not self.free(sim, now):
+                continue
+            for service in self.services:
+                if self.allows(sim.number, service):
+                    services[service] += 1
+        return out
+
+    def candidates(
+        self, country: str, operator: str, service: str, exclude: Iterable[str] = ()
+    ) -> list[SimState]:
+        now = self.clock()
+        prefixes = tuple(exclude)
+        found = []
+        for sim in self.sims.values():
+            if sim.country != country or operator not in (ANY, sim.operator):
+                continue
+            if not self.present(sim) or not self.free(sim, now):
+                continue
+            number = sim.number
+            assert number is not None
+            if prefixes and number.startswith(prefixes):
+                continue
+            if self.allows(number, service):
+                found.append(sim)
+        return found
+
+    async def get_number(
+        self,
+        *,
+        hub: str,
+        country: str,
+        operator: str,
+        service: str,
+        sum: Decimal | None,
+        currency: int | None,
+        exclude: Iterable[str] = (),
+    ) -> Activation | None:
+        """Open an activation on the least recently used sellable SIM, or None (NO_NUMBERS).
+
+        The SIM is picked and reserved with no await in between, so two
+        requests at once never get the same SIM; the activation is committed
+        before it is returned.
+        """
+        if service not in self.services:
+            return None
+        found = self.candidates(country, operator, service, exclude)
+        if not found:
+            return None
+        sim = min(found, key=lambda s: (s.last_used or 0.0, s.iccid))
+        number = sim.number
+        assert number is not None
+        assert sim.country is not None
+        self._reserved.add(sim.iccid)
+        try:
+            now = self.clock()
+            activation = await self.store.open_activation(
+                hub=hub,
+                iccid=sim.iccid,
+                number=number,
+                service=service,
+                country=sim.country,
+                operator=sim.operator,
+                sum=None if sum is None else str(sum),
+                currency=currency,
+                now=now,
+                release_at=now + self.release_after,
+            )
+        finally:
+            self._reserved.discard(sim.iccid)
+        sim.last_used = activation.created
+        usage = self.usage.get((number, service), Usage())
+        self.usage[(number, service)] = Usage(
+            usage.offers + 1, usage.sold, usage.cancelled, usage.returned, usage.blocked
+        )
+        self._remember(activation)
+        return activation
+
+    async def finish(self, hub: str, activation_id: int, status: int) -> tuple[Activation, bool]:
+        """Record FINISH_ACTIVATION (idempotent); raises UnknownActivation for a stranger's id."""
+        activation, changed = await self.store.finish_activation(
+            activation_id, status, self.clock(), hub=hub
+        )
+        if changed:
+            key = (activation.number, activation.service)
+            usage = self.usage.get(key, Usage())
+            self.usage[key] = Usage(
+                usage.offers,
+                usage.sold + (status == 3),
+                usage.cancelled + (status == 4),
+                usage.returned + (status == 5),
+                usage.blocked or status in (1, 3),
+            )
+        self.activations[activation.id] = activation
+        if self._holder.get(activation.iccid) == activation.id:
+            del self._holder[activation.iccid]
+        return activation, changed
+
+    def open_activations(self, number: str, *, grace: bool = True) -> list[Activation]:
+        """Unfinished activations on a number (with `grace`, also past `release_after`)."""
+        now = self.clock()
+        return [
+            a
+            for a in self.activations.values()
+            if a.number == number and a.finished is None and (grace or a.is_open(now))
+        ]
+
+    def prune(self) -> None:
+        """Forget finished activations older than a week (they stay in the store)."""
+        horizon = self.clock() - _KEEP_FINISHED
+        for activation_id, activation in list(self.activations.items()):
+            if activation.finished is not None and activation.created < horizon:
+                del self.activations[activation_id]

@@ -1,0 +1,336 @@
+"""The hub-facing HTTP endpoint: GET_SERVICES, GET_NUMBER, FINISH_ACTIVATION.
+
+Thin on purpose: one POST route; the body (JSON or form, gzip detected by
+header or by its magic bytes) becomes a dict, the key picks the hub
+(constant-time comparison), the action picks a method from a table, and the
+business logic lives in `Inventory`. Every failure becomes
+`{"status": "ERROR", "error": "…"}` in one place (`_answer_errors`): bad
+input never reaches a 500 or a traceback, and never changes state.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import re
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl
+
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.web_response import ContentCoding
+
+from .config import HubConfig
+from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
+from .inventory import Inventory
+from .networks import ANY
+
+__all__ = ["ProtocolService", "create_protocol_app"]
+
+log = structlog.get_logger("supplier.protocol")
+
+Body = dict[str, Any]
+Answer = dict[str, Any]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_SLUG_RE = re.compile(r"[a-z0-9_]{1,32}")
+_MAX_ID = 2**63 - 1
+
+
+class ProtocolService:
+    """The three actions, answered from the inventory. One object per daemon."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        hubs: Sequence[HubConfig],
+        *,
+        on_request: Callable[[str, str, str, float], None] | None = None,
+    ) -> None:
+        self.inventory = inventory
+        self.hubs = tuple(hubs)
+        self._keys = [(hub, hub.key.get_secret_value().encode()) for hub in hubs]
+        self._on_request = on_request
+        self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
+            "GET_SERVICES": self.get_services,
+            "GET_NUMBER": self.get_number,
+            "FINISH_ACTIVATION": self.finish_activation,
+        }
+
+    def set_hubs(self, hubs: Sequence[HubConfig]) -> None:
+        """New hub list (SIGHUP); activations keep the hub name they were opened for."""
+        self.hubs = tuple(hubs)
+        self._keys = [(hub, hub.key.get_secret_value().encode()) for hub in hubs]
+
+    def find_hub(self, key: str) -> HubConfig | None:
+        """The hub whose key this is; every key is compared, in constant time."""
+        given = key.encode("utf-8", "surrogatepass")
+        found = None
+        for hub, expected in self._keys:
+            if hmac.compare_digest(given, expected):
+                found = hub
+        return found
+
+    def observe(self, hub: str, action: str, result: str, seconds: float) -> None:
+        if self._on_request is not None:
+            self._on_request(hub, action, result, seconds)
+
+    # -- actions ----------------------------------------------------------------------
+
+    async def get_services(self, hub: HubConfig, body: Body) -> Answer:
+        counts = self.inventory.counts()
+        country_list = []
+        for country in sorted(counts):
+            operators = counts[country]
+            if hub.profile == "onlinesim":
+                # OnlineSim wants `any` with the country's summed counts as well.
+                merged = _summed(operators.values(), self.inventory.services)
+                shown = {op: c for op, c in operators.items() if op != ANY}
+                shown[ANY] = merged
+            elif ANY in operators:
+                # SMSHub: a country is split by operator or `any`, never both.
+                shown = {ANY: _summed(operators.values(), self.inventory.services)}
+            else:
+                shown = operators
+            country_list.append({"country": country, "operatorMap": shown})
+        return {"status": "SUCCESS", "countryList": country_list}
+
+    async def get_number(self, hub: HubConfig, body: Body) -> Answer:
+        country = _slug(body, "country")
+        operator = _slug(body, "operator")
+        service = _slug(body, "service")
+        amount = _decimal(body, "sum")
+        currency = _optional_int(body, "currency", 1, 999)
+        exclude = _prefixes(body.get("exceptionPhoneSet"))
+        activation = await self.inventory.get_number(
+            hub=hub.name,
+            country=country,
+            operator=operator,
+            service=service,
+            sum=amount,
+            currency=currency,
+            exclude=exclude,
+        )
+        if activation is None:
+            return {"status": "NO_NUMBERS"}
+        log.info(
+            "number given",
+            hub=hub.name,
+            activation_id=activation.id,
+            service=service,
+            iccid=activation.iccid,
+        )
+        return {
+            "status": "SUCCESS",
+            "number": int(activation.number),
+            "activationId": activation.id,
+        }
+
+    async def finish_activation(self, hub: HubConfig, body: Body) -> Answer:
+        activation_id = _int(body, "activationId", 1, _MAX_ID)
+        status = _int(body, "status", 0, 99)
+        if status not in (1, 3, 4, 5):
+            raise BadRequest(f"status: {status} is not one of 1, 3, 4, 5")
+        activation, changed = await self.inventory.finish(hub.name, activation_id, status)
+        log.info(
+            "activation finished" if changed else "activation finished again (no effect)",
+            hub=hub.name,
+            activation_id=activation.id,
+            status=activation.status,
+            requested=status,
+        )
+        return {"status": "SUCCESS"}
+
+
+def _summed(maps: Any, services: Sequence[str]) -> dict[str, int]:
+    total = dict.fromkeys(services, 0)
+    for counts in maps:
+        for service, count in counts.items():
+            total[service] = total.get(service, 0) + count
+    return total
+
+
+# -- field checks: each raises BadRequest naming the field -----------------------------
+
+
+def _slug(body: Body, name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not _SLUG_RE.fullmatch(value.strip().lower()):
+        raise BadRequest(f"{name}: expected a slug string such as 'russia', 'mts' or 'vk'")
+    return value.strip().lower()
+
+
+def _int(body: Body, name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,19}\s*", value):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}")
+    return value
+
+
+def _optional_int(body: Body, name: str, low: int, high: int) -> int | None:
+    return None if body.get(name) is None else _int(body, name, low, high)
+
+
+def _decimal(body: Body, name: str) -> Decimal | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadRequest(f"{name}: expected a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"{name}: expected a finite number")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise BadRequest(f"{name}: expected a number") from None
+    if not amount.is_finite() or amount < 0 or amount > Decimal("1e9"):
+        raise BadRequest(f"{name}: expected a number from 0 to 1000000000")
+    return amount.quantize(Decimal("0.0001")).normalize()
+
+
+def _prefixes(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[\s,;]+", value) if v]
+    if not isinstance(value, list) or len(value) > 10_000:
+        raise BadRequest("exceptionPhoneSet: expected a list of number prefixes")
+    out = []
+    for item in value:
+        text = str(item).strip().lstrip("+") if isinstance(item, str | int) else ""
+        if isinstance(item, bool) or not text.isdigit() or len(text) > 15:
+            raise BadRequest("exceptionPhoneSet: expected prefixes of 1-15 digits")
+        out.append(text)
+    return tuple(out)
+
+
+# -- HTTP ------------------------------------------------------------------------------
+
+
+SERVICE: web.AppKey[ProtocolService] = web.AppKey("protocol", ProtocolService)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+
+
+def _decode_body(raw: bytes, content_type: str, max_body: int) -> Body:
+    if raw[:2] == _GZIP_MAGIC:
+        # gzip without a Content-Encoding header (aiohttp inflates the labelled ones).
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            raw = inflater.decompress(raw, max_body + 1)
+        except zlib.error:
+            raise BadRequest("body: gzip data is corrupt") from None
+        if len(raw) > max_body:
+            raise BadRequest(f"body: larger than {max_body} bytes once decompressed")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body: not UTF-8") from None
+    stripped = text.strip()
+    if not stripped:
+        raise BadRequest("body: empty; expected JSON or form fields with action and key")
+    # The content type is a hint; the body decides (test tools mislabel JSON as form).
+    if "json" in content_type or stripped[0] in "{[":
+        try:
+            data = json.loads(stripped)
+        except (json.JSONDecodeError, RecursionError):
+            raise BadRequest("body: not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadRequest("body: expected a JSON object")
+        return data
+    try:
+        pairs = parse_qsl(stripped, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise BadRequest("body: neither JSON nor form fields") from None
+    form: Body = {}
+    for key, value in pairs:
+        if key.endswith("[]"):
+            form.setdefault(key[:-2], []).append(value)
+        else:
+            form[key] = value
+    return form
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise BadRequest(f"body: larger than {limit} bytes")
+    return data
+
+
+def _respond(request: web.Request, answer: Answer, status: int = 200) -> web.Response:
+    response = web.json_response(answer, status=status)
+    if "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower():
+        response.enable_compression(ContentCoding.gzip)
+    return response
+
+
+class _WrongMethod(BadRequest):
+    """Anything but POST (keys do not belong in URLs, which proxies log)."""
+
+
+async def _dispatch(request: web.Request, service: ProtocolService, seen: dict[str, str]) -> Answer:
+    if request.method != hdrs.METH_POST:
+        raise _WrongMethod("use POST (keys do not belong in URLs)")
+    raw = await _read_limited(request, request.app[MAX_BODY])
+    body = _decode_body(raw, request.content_type, request.app[MAX_BODY])
+    key = body.get("key")
+    hub = service.find_hub(key) if isinstance(key, str) and key else None
+    auth = request.headers.get(hdrs.AUTHORIZATION, "")
+    if hub is None and auth[:7].lower() == "bearer ":
+        bearer = service.find_hub(auth[7:].strip())
+        hub = bearer if bearer is not None and bearer.profile == "onlinesim" else None
+    if hub is None:
+        raise Unauthorized("key: missing or unknown")
+    seen["hub"] = hub.name
+    action = body.get("action")
+    if not isinstance(action, str) or action not in service.actions:
+        raise BadRequest(f"action: expected one of {', '.join(service.actions)}")
+    seen["action"] = action
+    return await service.actions[action](hub, body)
+
+
+async def handle(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    started = time.perf_counter()
+    seen = {"hub": "-", "action": "-"}
+    status = 200
+    try:
+        answer = await _dispatch(request, service, seen)
+    except ProtocolError as exc:
+        answer = {"status": "ERROR", "error": str(exc)}
+        status = 405 if isinstance(exc, _WrongMethod) else 200
+    except StoreError as exc:
+        log.error("store failed during a hub request", error=str(exc), **seen)
+        answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
+    except Exception as exc:  # the one place every failure becomes an answer
+        log.exception("hub request failed", error=repr(exc), **seen)
+        answer = {"status": "ERROR", "error": "internal error"}
+    service.observe(
+        seen["hub"], seen["action"], str(answer.get("status")), time.perf_counter() - started
+    )
+    return _respond(request, answer, status)
+
+
+async def not_here(request: web.Request) -> web.Response:
+    return _respond(request, {"status": "ERROR", "error": "no such path"}, status=404)
+
+
+def create_protocol_app(
+    service: ProtocolService, *, path: str = "/", max_body: int = 64 * 1024
+) -> web.Application:
+    # aiohttp's own size limit answers with HTML; ours answers with protocol JSON.
+    app = web.Application(client_max_size=max_body * 4 + 1024)
+    app[SERVICE] = service
+    app[MAX_BODY] = max_body
+    app.router.add_route("*", path, handle)
+    app.router.add_route("*", "/{tail:.*}", not_here)
+    return app

@@ -1,0 +1,634 @@
+"""The durable store: SQLite (WAL) through aiosqlite, behind one narrow interface.
+
+Everything the protocol promises is written here before it is answered:
+an activation is committed before its number goes to the hub, a FINISH
+before its SUCCESS. The interface is small on purpose (open/finish an
+activation, upsert a SIM, load what the inventory needs) so that another
+backend (PostgreSQL, to share one inventory between modem hosts) can stand
+in for it. The schema is versioned with `PRAGMA user_version`, one SQL file
+per version under `migrations/`.
+
+`synchronous=FULL`: a committed activation survives a power cut, not only a
+`kill -9` (selling a number twice is worse than a millisecond per commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+from .errors import StoreError, UnknownActivation
+
+__all__ = [
+    "Activation",
+    "Delivery",
+    "NewPart",
+    "NewSms",
+    "SimRow",
+    "Sms",
+    "Store",
+    "StoredPart",
+    "Usage",
+]
+
+FINISH_STATUSES = frozenset({1, 3, 4, 5})
+
+
+@dataclass(frozen=True, slots=True)
+class SimRow:
+    iccid: str
+    imsi: str | None
+    number: str | None
+    number_manual: str | None
+    country: str | None
+    operator: str | None
+    port: str | None
+    enabled: bool
+    first_seen: float
+    last_seen: float
+    last_used: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    id: int
+    hub: str
+    iccid: str
+    number: str
+    service: str
+    country: str
+    operator: str
+    sum: str | None
+    currency: int | None
+    created: float
+    release_at: float
+    finished: float | None
+    status: int | None
+
+    def is_open(self, now: float) -> bool:
+        """Holds its SIM: not finished and `release_after` not yet passed."""
+        return self.finished is None and now < self.release_at
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    offers: int = 0
+    sold: int = 0
+    cancelled: int = 0
+    returned: int = 0
+    blocked: bool = False
+
+
+_ACTIVATION_COLUMNS = (
+    "id, hub, iccid, number, service, country, operator, sum, currency, "
+    "created, release_at, finished, status"
+)
+_SIM_COLUMNS = (
+    "iccid, imsi, number, number_manual, country, operator, port, enabled, "
+    "first_seen, last_seen, last_used"
+)
+
+
+def _activation(row: sqlite3.Row | tuple[object, ...]) -> Activation:
+    values = tuple(row)
+    return Activation(*values)
+
+
+def _sim(row: sqlite3.Row | tuple[object, ...]) -> SimRow:
+    values = list(row)
+    values[7] = bool(values[7])
+    return SimRow(*values)
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(version, SQL) for every file `migrations/NNNN_*.sql`, in order."""
+    folder = resources.files("supplier") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+# -- received SMS and their deliveries (schema version 2) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewPart:
+    """One PDU as read from a modem, with what reassembly needs to find it again."""
+
+    digest: str
+    iccid: str
+    port: str | None
+    storage: str | None
+    slot: int | None
+    pdu: str
+    received: float
+    sender: str | None
+    part_key: str | None = None
+    part_total: int | None = None
+    part_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSms:
+    """A whole message: its parts (by digest), its text, and where it goes."""
+
+    digests: tuple[str, ...]
+    iccid: str
+    number: str | None
+    sender: str
+    text: str
+    kind: str
+    sent: float | None
+    received: float
+    complete: bool
+    routes: tuple[tuple[str, int | None], ...] = ()  # (hub, activation id): one per hub
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    id: int
+    digest: str
+    iccid: str
+    pdu: str
+    received: float
+    part_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sms:
+    id: int
+    iccid: str
+    number: str | None
+    sender: str
+    text: str
+    kind: str
+    sent: float | None
+    received: float
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    sms_id: int
+    hub: str
+    activation_id: int | None
+    created: float
+    attempts: int
+    next_attempt: float
+    last_attempt: float | None
+    last_result: str | None
+    done: float | None
+    outcome: str | None
+
+
+_SMS_COLUMNS = "id, iccid, number, sender, text, kind, sent, received, complete"
+_DELIVERY_COLUMNS = (
+    "id, sms_id, hub, activation_id, created, attempts, next_attempt, last_attempt, "
+    "last_result, done, outcome"
+)
+
+
+def _sms(row: sqlite3.Row | tuple[object, ...]) -> Sms:
+    values = list(row)
+    values[8] = bool(values[8])
+    return Sms(*values)
+
+
+def _delivery(row: sqlite3.Row | tuple[object, ...]) -> Delivery:
+    return Delivery(*tuple(row))
+
+
+class Store:
+    """One SQLite database; one connection; transactions serialised by a lock."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Store:
+        path = str(path)
+        if path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open: {exc}") from None
+        store = cls(db, path)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await store._migrate()
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreError(f"{path}: cannot prepare the database: {exc}") from None
+        return store
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        known = migrations()
+        newest = known[-1][0] if known else 0
+        if current > newest:
+            raise StoreError(
+                f"{self.path}: schema version {current} is newer than this program knows "
+                f"({newest}); refusing to touch it"
+            )
+        for version, sql in known:
+            if version <= current:
+                continue
+            # executescript commits first; the user_version bump is part of the script.
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot start a transaction: {exc}") from None
+            try:
+                yield self._db
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise
+            try:
+                await self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise StoreError(f"commit failed: {exc}") from None
+
+    async def _fetchall(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self._lock, self._db.execute(sql, tuple(params)) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from None
+
+    # -- loading (the inventory is rebuilt from these at start) -----------------------
+
+    async def load_sims(self) -> list[SimRow]:
+        return [_sim(row) for row in await self._fetchall(f"SELECT {_SIM_COLUMNS} FROM sims")]
+
+    async def load_activations(self, since: float) -> list[Activation]:
+        """Unfinished activations, and every one created after `since`."""
+        rows = await self._fetchall(
+            f"SELECT {_ACTIVATION_COLUMNS} FROM activations "
+            "WHERE finished IS NULL OR created >= ? ORDER BY id",
+            (since,),
+        )
+        return [_activation(row) for row in rows]
+
+    async def load_usage(self) -> dict[tuple[str, str], Usage]:
+        rows = await self._fetchall(
+            "SELECT number, service, offers, sold, cancelled, returned, blocked FROM usage"
+        )
+        return {
+            (row[0], row[1]): Usage(row[2], row[3], row[4], row[5], bool(row[6])) for row in rows
+        }
+
+    async def get_activation(self, activation_id: int) -> Activation | None:
+        rows = await self._fetchall(
+            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,)
+        )
+        return _activation(rows[0]) if rows else None
+
+    # -- SIMs -----------------------------------------------------------------------
+
+    async def upsert_sim(
+        self,
+        *,
+        iccid: str,
+        imsi: str | None,
+        number: str | None,
+        country: str | None,
+        operator: str | None,
+        port: str | None,
+        now: float,
+    ) -> SimRow:
+        try:
+            async with self._transaction() as db:
+                await db.execute(
+                    "INSERT INTO sims (iccid, imsi, number, country, operator, port, "
+                    "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (iccid) DO UPDATE SET imsi = excluded.imsi, "
+                    "number = COALESCE(excluded.number, sims.number), "
+                    "country = excluded.country, operator = excluded.operator, "
+                    "port = excluded.port, last_seen = excluded.last_seen",
+                    (iccid, imsi, number, country, operator, port, now, now),
+                )
+                async with db.execute(
+                    f"SELECT {_SIM_COLUMNS} FROM sims WHERE iccid = ?", (iccid,)
+                ) as cursor:
+                    row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record SIM {iccid}: {exc}") from None
+        assert row is not None
+        return _sim(row)
+
+    async def set_sim_enabled(self, iccid: str, enabled: bool) -> bool:
+        return await self._update_sim("enabled = ?", (int(enabled),), iccid)
+
+    async def set_sim_number(self, iccid: str, number: str | None) -> bool:
+        return await self._update_sim("number_manual = ?", (number,), iccid)
+
+    async def _update_sim(self, assignment: str, params: tuple[object, ...], iccid: str) -> bool:
+        try:
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    f"UPDATE sims SET {assignment} WHERE iccid = ?",
+                    (*params, iccid),
+                )
+                return cursor.rowcount > 0
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot update SIM {iccid}: {exc}") from None
+
+    # -- activations -------------------------------------------------------------------
+
+    async def open_activation(
+        self,
+        *,
+        hub: str,
+        iccid: str,
+        number: str,
+        service: str,
+        country: str,
+        operator: str,
+        sum: str | None,
+        currency: int | None,
+        now: float,
+        release_at: float,
+    ) -> Activation:
+        """Commit a new activation, count the offer and mark the SIM used, in one transaction."""
+        try:
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    "INSERT INTO activations (hub, iccid, number, service, country, operator, "
+                    "sum, currency, created, release_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        hub,
+                        iccid,
+                        number,
+                        service,
+                        country,
+                        operator,
+                        sum,
+                        currency,
+                        now,
+                        release_at,
+                    ),
+                )
+                activation_id = cursor.lastrowid
+                await db.execute(
+                    "INSERT INTO usage (number, service, offers) VALUES (?, ?, 1) "
+                    "ON CONFLICT (number, service) DO UPDATE SET offers = usage.offers + 1",
+                    (number, service),
+                )
+                await db.execute("UPDATE sims SET last_used = ? WHERE iccid = ?", (now, iccid))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open an activation: {exc}") from None
+        assert activation_id is not None
+        return Activation(
+            activation_id, hub, iccid, number, service, country, operator, sum, currency,
+            now, release_at, None, None,
+        )  # fmt: skip
+
+    async def finish_activation(
+        self, activation_id: int, status: int, now: float, *, hub: str | None = None
+    ) -> tuple[Activation, bool]:
+        """Record a FINISH; (activation, True) the first time, (activation, False) on a repeat.
+
+        A repeat changes nothing, whatever status it carries: the hub repeats
+        a FINISH when it missed our answer, and the first one stands.
+        """
+        if status not in FINISH_STATUSES:
+            raise ValueError(f"status {status} is not one of {sorted(FINISH_STATUSES)}")
+        try:
+            async with self._transaction() as db:
+                async with db.execute(
+                    f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ?",
+                    (activation_id,),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None or (hub is not None and row[1] != hub):
+                    raise UnknownActivation(f"unknown activationId {activation_id}")
+                current = _activation(row)
+                if current.finished is not None:
+                    return current, False
+                await db.execute(
+                    "UPDATE activations SET finished = ?, status = ? WHERE id = ?",
+                    (now, status, activation_id),
+                )
+                column = {1: None, 3: "sold", 4: "cancelled", 5: "returned"}[status]
+                blocked = 1 if status in (1, 3) else 0
+                counter = f", {column} = usage.{column} + 1" if column else ""
+                await db.execute(
+                    "INSERT INTO usage (number, service, sold, cancelled, returned, blocked) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (number, service) DO UPDATE SET "
+                    f"blocked = MAX(usage.blocked, excluded.blocked){counter}",
+                    (
+                        current.number,
+                        current.service,
+                        int(status == 3),
+                        int(status == 4),
+                        int(status == 5),
+                        blocked,
+                    ),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot finish activation {activation_id}: {exc}") from None
+        finished = Activation(
+            current.id, current.hub, current.iccid, current.number, current.service,
+            current.country, current.operator, current.sum, current.currency,
+            current.created, current.release_at, now, status,
+        )  # fmt: skip
+        return finished, True
+
+    # -- received SMS and their deliveries -------------------------------------------------
+
+    async def receive(
+        self, part: NewPart, sms: NewSms | None
+    ) -> tuple[bool, Sms | None, list[Delivery]]:
+        """Store a part and, when it completes a message, the message and its deliveries.
+
+        One transaction. Returns (duplicate, sms, deliveries); a duplicate
+        part (same SIM, same PDU) changes nothing.
+        """
+        try:
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    "INSERT OR IGNORE INTO sms_parts (digest, iccid, port, storage, slot, pdu, "
+                    "received, sender, part_key, part_total, part_seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        part.digest, part.iccid, part.port, part.storage, part.slot, part.pdu,
+                        part.received, part.sender, part.part_key, part.part_total, part.part_seq,
+                    ),
+                )  # fmt: skip
+                if cursor.rowcount == 0:
+                    return True, None, []
+                if sms is None:
+                    return False, None, []
+                stored, deliveries = await self._create_sms(db, sms)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store an SMS: {exc}") from None
+        return False, stored, deliveries
+
+    async def complete(self, sms: NewSms) -> tuple[Sms, list[Delivery]]:
+        """Turn stored pending parts into a message (the reassembly timeout passed)."""
+        try:
+            async with self._transaction() as db:
+                return await self._create_sms(db, sms)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store an SMS: {exc}") from None
+
+    async def _create_sms(
+        self, db: aiosqlite.Connection, sms: NewSms
+    ) -> tuple[Sms, list[Delivery]]:
+        cursor = await db.execute(
+            "INSERT INTO sms (iccid, number, sender, text, kind, sent, received, complete) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                sms.iccid, sms.number, sms.sender, sms.text, sms.kind, sms.sent, sms.received,
+                int(sms.complete),
+            ),
+        )  # fmt: skip
+        sms_id = cursor.lastrowid
+        assert sms_id is not None
+        await db.executemany(
+            "UPDATE sms_parts SET sms_id = ? WHERE digest = ? AND sms_id IS NULL",
+            [(sms_id, digest) for digest in sms.digests],
+        )
+        deliveries = []
+        for hub, activation_id in sms.routes:
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO deliveries (sms_id, hub, activation_id, created, "
+                "next_attempt) VALUES (?, ?, ?, ?, ?)",
+                (sms_id, hub, activation_id, sms.received, sms.received),
+            )
+            if cursor.lastrowid is not None and cursor.rowcount:
+                deliveries.append(
+                    Delivery(
+                        cursor.lastrowid,
+                        sms_id,
+                        hub,
+                        activation_id,
+                        sms.received,
+                        0,
+                        sms.received,
+                        None,
+                        None,
+                        None,
+                        None,
+                    )
+                )
+        stored = Sms(
+            sms_id, sms.iccid, sms.number, sms.sender, sms.text, sms.kind, sms.sent,
+            sms.received, sms.complete,
+        )  # fmt: skip
+        return stored, deliveries
+
+    async def pending_parts(self) -> list[StoredPart]:
+        rows = await self._fetchall(
+            "SELECT id, digest, iccid, pdu, received, part_key FROM sms_parts "
+            "WHERE sms_id IS NULL AND part_key IS NOT NULL ORDER BY id"
+        )
+        return [StoredPart(*tuple(row)) for row in rows]
+
+    async def due_deliveries(
+        self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
+    ) -> list[tuple[Delivery, Sms]]:
+        skip = tuple(exclude)
+        marks = ",".join("?" * len(skip))
+        not_in = f"AND d.id NOT IN ({marks}) " if skip else ""
+        columns = ", ".join(f"d.{c.strip()}" for c in _DELIVERY_COLUMNS.split(","))
+        sms_columns = ", ".join(f"s.{c.strip()}" for c in _SMS_COLUMNS.split(","))
+        rows = await self._fetchall(
+            f"SELECT {columns}, {sms_columns} FROM deliveries d JOIN sms s ON s.id = d.sms_id "
+            f"WHERE d.hub = ? AND d.done IS NULL AND d.next_attempt <= ? {not_in}"
+            "ORDER BY d.next_attempt, d.id LIMIT ?",
+            (hub, now, *skip, limit),
+        )
+        width = len(_DELIVERY_COLUMNS.split(","))
+        return [(_delivery(row[:width]), _sms(row[width:])) for row in rows]
+
+    async def next_due(self, hub: str, exclude: Iterable[int] = ()) -> float | None:
+        skip = tuple(exclude)
+        not_in = f"AND id NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        rows = await self._fetchall(
+            f"SELECT MIN(next_attempt) FROM deliveries WHERE hub = ? AND done IS NULL {not_in}",
+            (hub, *skip),
+        )
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    async def settle_delivery(
+        self, delivery_id: int, outcome: str, result: str, now: float
+    ) -> bool:
+        """Mark a delivery done (the hub's SUCCESS, or a final answer). False if it already was."""
+        try:
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    "UPDATE deliveries SET done = ?, outcome = ?, attempts = attempts + 1, "
+                    "last_attempt = ?, last_result = ? WHERE id = ? AND done IS NULL",
+                    (now, outcome, now, result, delivery_id),
+                )
+                return cursor.rowcount > 0
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot settle delivery {delivery_id}: {exc}") from None
+
+    async def retry_delivery(
+        self, delivery_id: int, result: str, now: float, next_attempt: float
+    ) -> None:
+        try:
+            async with self._transaction() as db:
+                await db.execute(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_attempt = ?, "
+                    "last_result = ?, next_attempt = ? WHERE id = ? AND done IS NULL",
+                    (now, result, next_attempt, delivery_id),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot reschedule delivery {delivery_id}: {exc}") from None
+
+    async def deliveries_for(self, sms_id: int) -> list[Delivery]:
+        rows = await self._fetchall(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE sms_id = ? ORDER BY id", (sms_id,)
+        )
+        return [_delivery(row) for row in rows]
+
+    async def recent_sms(self, limit: int = 100) -> list[Sms]:
+        rows = await self._fetchall(
+            f"SELECT {_SMS_COLUMNS} FROM sms ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [_sms(row) for row in rows]

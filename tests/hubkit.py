@@ -1,0 +1,110 @@
+"""Test helpers for the daemon side: a settable clock, SIMs as pool events, a fake hub."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from modems.emulator import make_sim
+from modems.events import DeviceInfo, NetworkInfo, SimIdentity, SimReady
+
+
+class Clock:
+    """A clock the tests move by hand (activation expiry without waiting)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def sim_ready(
+    slot: int, *, port: str | None = None, number: bool = True, registered: bool = True
+) -> SimReady:
+    """The pool's SimReady for the emulator's SIM in `slot` (same ICCID/IMSI/number scheme)."""
+    sim = make_sim(slot, with_number=number)
+    return SimReady(
+        port=port or f"/dev/virtual/{slot:03d}",
+        device=DeviceInfo("test", "test", "1", f"35{slot:013d}"),
+        sim=SimIdentity(sim.iccid, sim.imsi, sim.number, sim.imsi[:3], sim.imsi[3:5]),
+        network=NetworkInfo(1 if registered else 0, sim.operator, 20),
+    )
+
+
+@dataclass
+class FakeHub:
+    """A hub's push endpoint on loopback: records every PUSH_SMS, answers as scripted."""
+
+    answers: list[Callable[[], web.StreamResponse]] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    url: str = ""
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/push", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/push"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()  # aiohttp has inflated the gzip body already
+        self.headers.append(dict(request.headers))
+        self.received.append(json.loads(raw))
+        self.times.append(asyncio.get_running_loop().time())
+        self._event.set()
+        if self.answers:
+            return self.answers.pop(0)()
+        return web.json_response({"status": "SUCCESS"})
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.received) < count:
+                self._event.clear()
+                await self._event.wait()
+
+
+def success() -> web.StreamResponse:
+    return web.json_response({"status": "SUCCESS"})
+
+
+def error_status() -> web.StreamResponse:
+    return web.json_response({"status": "ERROR", "error": "busy"})
+
+
+def http_500() -> web.StreamResponse:
+    return web.Response(status=500, text="Internal Server Error")
+
+
+def garbage() -> web.StreamResponse:
+    return web.Response(body=gzip.compress(b"\x00not json"), content_type="text/html")
+
+
+def hanging(seconds: float) -> Callable[[], web.StreamResponse]:
+    class _Slow(web.StreamResponse):
+        async def prepare(self, request: web.BaseRequest) -> Any:
+            await asyncio.sleep(seconds)  # longer than the pusher's timeout
+            return await super().prepare(request)
+
+    return lambda: _Slow(status=200)
