@@ -146,7 +146,7 @@ class Reassembler:
         original, which stays).
         """
         group = self._groups.get(part.key)
-        if group is None or group.get(part.sequence) != part:
+        if group is None or group.get(part.sequence) is not part:
             return False
         del group[part.sequence]
         if not group:

@@ -264,6 +264,15 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _show(value: Any) -> str:
+    """The offending value, short; a list or mapping is summarised (it may hold keys)."""
+    if isinstance(value, list | tuple | dict) and value:
+        kind = "mapping" if isinstance(value, dict) else "list"
+        return f"<a {kind} of {len(value)}>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _explain(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = tuple(p for p in first["loc"] if not str(p).startswith("function-"))
@@ -278,7 +287,7 @@ def _explain(error: ValidationError) -> str:
         value = first.get("input")
         if isinstance(value, SecretStr) or (loc and loc[-1] in ("key", "token", "pin")):
             value = "***"
-        text = f"{_where(loc)}: {value!r}: {message[0].lower() + message[1:]}"
+        text = f"{_where(loc)}: {_show(value)}: {message[0].lower() + message[1:]}"
     more = len(error.errors()) - 1
     return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 

@@ -73,6 +73,11 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.listening: tuple[str, int] | None = None
+        self._observers: list[Callable[[PoolEvent], None]] = []
+
+    def subscribe(self, observer: Callable[[PoolEvent], None]) -> None:
+        """Be told of every pool event once the daemon has handled it (tests, status page)."""
+        self._observers.append(observer)
 
     async def start(self) -> None:
         config = self.config
@@ -158,7 +163,16 @@ class Daemon:
         if isinstance(event, SmsReceived):
             await inbox.accept(event)  # raises if not durable: the SMS stays on the SIM
         elif isinstance(event, SimReady):
-            await inventory.sim_ready(event.port, event.sim, event.network)
+            sim = await inventory.sim_ready(event.port, event.sim, event.network)
+            log.info(
+                "SIM in inventory",
+                port=event.port,
+                iccid=sim.iccid,
+                number=sim.number,
+                country=sim.country,
+                operator=sim.operator,
+                sellable=inventory.present(sim),
+            )
         elif isinstance(event, SimLost):
             inventory.sim_lost(event.iccid)
         elif isinstance(event, NetworkChanged):
@@ -168,6 +182,8 @@ class Daemon:
             ModemState.DISCONNECTED,
         ):
             inventory.modem_gone(event.port)
+        for observer in self._observers:
+            observer(event)
 
     async def _housekeep(self) -> None:
         """Complete multipart SMS whose parts stopped coming; forget old activations."""

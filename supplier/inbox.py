@@ -8,9 +8,10 @@ Multipart messages wait as parts in the store; the reassembler in memory is
 rebuilt from them at start, and a message whose parts do not all arrive is
 completed with what came after `reassembly_timeout`.
 
-Routing: a text message on a number with open activations gets one delivery
-per hub holding one (the hub filters by service, not us); on a number with
-none it is kept for the operators and not pushed. Binary messages, status
+Routing: a text message on a number with unfinished activations (see
+`Inventory.routes`) gets one delivery per hub holding one (the hub filters
+by service, not us); on a number with none it is kept for the operators and
+not pushed. Binary messages, status
 reports, stored outgoing messages and undecodable PDUs are kept, not pushed.
 """
 
@@ -163,7 +164,7 @@ class Inbox:
         if number is None:
             return ()
         routes: dict[str, int | None] = {}
-        for activation in sorted(self.inventory.open_activations(number), key=lambda a: a.id):
+        for activation in sorted(self.inventory.routes(number), key=lambda a: a.id):
             routes.setdefault(activation.hub, activation.id)
         return tuple(routes.items())
 

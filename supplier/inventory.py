@@ -23,11 +23,12 @@ from modems.events import NetworkInfo, SimIdentity
 from .networks import ANY, international_number, slugs_for
 from .store import Activation, SimRow, Store, Usage
 
-__all__ = ["MAX_OFFERS", "Inventory", "SimOverrideValues", "SimState"]
+__all__ = ["MAX_OFFERS", "ROUTE_HORIZON", "Inventory", "SimOverrideValues", "SimState"]
 
 log = structlog.get_logger("supplier.inventory")
 
 MAX_OFFERS = 4  # FINISH 4: "may be offered for this service again, at most 4 times in total"
+ROUTE_HORIZON = 86400.0  # an unfinished activation gets its number's SMS for a day at most
 _KEEP_FINISHED = 7 * 86400.0  # recent activations kept in memory (status page, routing)
 
 
@@ -341,13 +342,19 @@ class Inventory:
             del self._holder[activation.iccid]
         return activation, changed
 
-    def open_activations(self, number: str, *, grace: bool = True) -> list[Activation]:
-        """Unfinished activations on a number (with `grace`, also past `release_after`)."""
-        now = self.clock()
+    def routes(self, number: str) -> list[Activation]:
+        """The activations an SMS on `number` goes to: every unfinished one, a day at most.
+
+        An activation is open until its FINISH; `release_after` only puts the
+        SIM back on sale, so an SMS that arrives after it (a slow service, a
+        user who retried) still reaches the hub that asked. A hub that never
+        finishes stops getting the number's SMS after `ROUTE_HORIZON`.
+        """
+        horizon = self.clock() - ROUTE_HORIZON
         return [
             a
             for a in self.activations.values()
-            if a.number == number and a.finished is None and (grace or a.is_open(now))
+            if a.number == number and a.finished is None and a.created >= horizon
         ]
 
     def prune(self) -> None:

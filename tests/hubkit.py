@@ -49,6 +49,7 @@ class FakeHub:
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    succeeded: list[bool] = field(default_factory=list)  # did each answer say SUCCESS
     url: str = ""
     _event: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -73,10 +74,11 @@ class FakeHub:
         self.headers.append(dict(request.headers))
         self.received.append(json.loads(raw))
         self.times.append(asyncio.get_running_loop().time())
+        response = self.answers.pop(0)() if self.answers else success()
+        body = getattr(response, "body", b"") or b""
+        self.succeeded.append(response.status == 200 and b'"SUCCESS"' in bytes(body))
         self._event.set()
-        if self.answers:
-            return self.answers.pop(0)()
-        return web.json_response({"status": "SUCCESS"})
+        return response
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):

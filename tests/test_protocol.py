@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from supplier.config import HubConfig
@@ -516,9 +515,10 @@ async def test_everything_survives_a_restart(agent: AgentFactory) -> None:
 
 # -- thousands of generated bodies: every answer well-formed, nothing changes -------------
 
+from urllib.parse import urlencode  # noqa: E402
+
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from urllib.parse import urlencode  # noqa: E402
 
 _scalars = st.one_of(
     st.none(),

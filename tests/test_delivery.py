@@ -1,0 +1,303 @@
+"""SMS delivery: from an SMS injected into an emulated modem to PUSH_SMS on a test hub."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from modems.emulator import VirtualModemBank
+from modems.events import PoolEvent, SimReady, SmsReceived
+from modems.pdu import decode_pdu, encode_deliver_parts
+from supplier.config import Config, parse_config
+from supplier.daemon import Daemon
+from supplier.inbox import Inbox
+from supplier.inventory import Inventory
+from supplier.store import Store
+
+from .hubkit import Clock, FakeHub, error_status, garbage, hanging, http_500, success
+
+KEYS = {"alpha": "alpha-key-0001", "beta": "beta-key-0002"}
+
+
+class Running:
+    """A daemon in this process on a virtual bank, with fake hubs, driven over HTTP."""
+
+    def __init__(self, daemon: Daemon, bank: VirtualModemBank, hubs: dict[str, FakeHub]) -> None:
+        self.daemon = daemon
+        self.bank = bank
+        self.hubs = hubs
+        self.events: list[PoolEvent] = []
+        self._changed = asyncio.Event()
+        daemon.subscribe(self._seen)
+        assert daemon.listening is not None
+        self.url = f"http://127.0.0.1:{daemon.listening[1]}/"
+
+    def _seen(self, event: PoolEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def ready(self, count: int) -> None:
+        await self.until(
+            lambda: len({e.port for e in self.events if isinstance(e, SimReady)}) >= count
+        )
+
+    def sms_count(self) -> int:
+        return sum(1 for e in self.events if isinstance(e, SmsReceived))
+
+    async def call(self, hub: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url, json={"key": KEYS[hub], **body}) as response,
+        ):
+            assert response.status == 200
+            return dict(await response.json())
+
+    async def number(self, hub: str, operator: str, service: str = "vk") -> dict[str, Any]:
+        answer = await self.call(
+            hub,
+            {
+                "action": "GET_NUMBER",
+                "country": "russia",
+                "operator": operator,
+                "service": service,
+                "sum": 5,
+            },
+        )
+        assert answer["status"] == "SUCCESS", answer
+        return answer
+
+
+RunFactory = Callable[..., Awaitable[Running]]
+
+
+def make_config(
+    tmp_path: Path, bank: VirtualModemBank, hubs: dict[str, FakeHub], **extra: Any
+) -> Config:
+    return parse_config(
+        {
+            "server": {"listen": "127.0.0.1:0"},
+            "status": {"listen": "127.0.0.1:0"},
+            "hubs": [
+                {
+                    "name": name,
+                    "key": KEYS[name],
+                    "push_url": hub.url,
+                    "retry_interval": "300ms",
+                    "push_timeout": "500ms",
+                }
+                for name, hub in hubs.items()
+            ],
+            "modems": {
+                "ports": [bank.pattern],
+                "health_interval": "200ms",
+                "command_timeout": "1s",
+                "rescan_interval": "100ms",
+            },
+            "services": ["vk", "tg", "wa"],
+            "storage": {"path": str(tmp_path / "supplier.db")},
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def run(tmp_path: Path, make_bank) -> AsyncIterator[RunFactory]:  # type: ignore[no-untyped-def]
+    started: list[tuple[Daemon, list[FakeHub]]] = []
+
+    async def factory(modems: int = 4, hubs: tuple[str, ...] = ("alpha",), **extra: Any) -> Running:
+        bank = await make_bank(modems)
+        fakes = {name: FakeHub() for name in hubs}
+        for fake in fakes.values():
+            await fake.start()
+        daemon = Daemon(make_config(tmp_path, bank, fakes, **extra))
+        await daemon.start()
+        started.append((daemon, list(fakes.values())))
+        running = Running(daemon, bank, fakes)
+        await running.ready(modems)
+        return running
+
+    yield factory
+    for daemon, fakes in started:
+        await daemon.stop()
+        for fake in fakes:
+            await fake.stop()
+
+
+async def test_sms_reaches_the_hub_with_the_right_types_and_text(run: RunFactory) -> None:
+    r = await run(4)
+    hub = r.hubs["alpha"]
+    answer = await r.number("alpha", "megafon")  # the SIM in modem 1 (Huawei profile)
+    modem = r.bank[1]
+    assert modem.sim is not None and answer["number"] == int(modem.sim.number or 0)
+    texts = [
+        ("VK", "VK: 33708 - your code [5€]"),
+        ("+79001234567", "Код подтверждения: 4821. Никому не сообщайте"),
+        ("Telegram", "Telegram code 51924 😀🔐"),
+        ("WhatsApp", "Ваш код WhatsApp: 482-913. " * 6),  # UCS-2, 3 parts
+    ]
+    for sender, text in texts:
+        modem.deliver(text, sender)
+    await hub.wait_for(4)
+    assert len(encode_deliver_parts("x", texts[3][1])) == 3
+    by_text = {push["text"]: push for push in hub.received}
+    for sender, text in texts:
+        push = by_text[text]
+        assert push["action"] == "PUSH_SMS"
+        assert push["key"] == KEYS["alpha"]
+        assert push["phoneFrom"] == sender
+        assert push["phone"] == answer["number"] and type(push["phone"]) is int
+        assert type(push["smsId"]) is int
+    assert len({p["smsId"] for p in hub.received}) == 4
+    for headers in hub.headers:
+        assert headers["Content-Encoding"] == "gzip"
+        assert headers["User-Agent"].startswith("supplier/")
+
+
+async def test_retried_until_success_and_never_after(run: RunFactory) -> None:
+    r = await run(2)
+    hub = r.hubs["alpha"]
+    hub.answers = [error_status, http_500, garbage, hanging(2.0), success]
+    await r.number("alpha", "mts")
+    r.bank[0].deliver("code 1111")
+    await hub.wait_for(5, timeout=20)
+    first = hub.received[0]["smsId"]
+    assert [p["smsId"] for p in hub.received] == [first] * 5
+    gaps = [b - a for a, b in zip(hub.times, hub.times[1:], strict=False)]
+    assert all(gap >= 0.25 for gap in gaps), gaps  # retry_interval is 300 ms here
+    # Another SMS goes through; the first one is not sent again.
+    r.bank[0].deliver("code 2222")
+    await hub.wait_for(6)
+    assert hub.received[5]["text"] == "code 2222"
+    assert daemon_store(r) is not None
+    deliveries = await daemon_store(r).deliveries_for(first)
+    assert [(d.outcome, d.attempts) for d in deliveries] == [("SUCCESS", 5)]
+    assert [p["smsId"] for p in hub.received].count(first) == 5
+
+
+def daemon_store(r: Running) -> Store:
+    assert r.daemon.store is not None
+    return r.daemon.store
+
+
+async def test_two_hubs_with_activations_on_one_number_each_get_it_once(run: RunFactory) -> None:
+    r = await run(1, hubs=("alpha", "beta"), activation={"release_after": "1s"})
+    first = await r.number("alpha", "mts")
+    # The SIM goes back on sale after release_after without a FINISH and is sold
+    # to the other hub; both activations are unfinished, so both hubs get what
+    # arrives. The daemon's clock is moved rather than waited for.
+    assert r.daemon.inventory is not None
+    real_clock = r.daemon.inventory.clock
+    r.daemon.inventory.clock = lambda: real_clock() + 2.0
+    second = await r.number("beta", "mts", service="wa")
+    assert second["number"] == first["number"]
+    r.bank[0].deliver("one for everyone")
+    await r.hubs["alpha"].wait_for(1)
+    await r.hubs["beta"].wait_for(1)
+    r.bank[0].deliver("and the next")
+    await r.hubs["alpha"].wait_for(2)
+    await r.hubs["beta"].wait_for(2)
+    for name in ("alpha", "beta"):
+        assert [p["text"] for p in r.hubs[name].received] == ["one for everyone", "and the next"]
+
+
+async def test_sms_on_an_idle_number_is_kept_and_not_pushed(run: RunFactory) -> None:
+    r = await run(2)
+    r.bank[1].deliver("nobody asked for this")
+    answer = await r.number("alpha", "mts")
+    await r.until(lambda: r.sms_count() >= 1)
+    r.bank[0].deliver("this one was asked for")
+    await r.hubs["alpha"].wait_for(1)
+    assert [p["text"] for p in r.hubs["alpha"].received] == ["this one was asked for"]
+    assert r.hubs["alpha"].received[0]["phone"] == answer["number"]
+    stored = await daemon_store(r).recent_sms()
+    idle = [s for s in stored if s.text == "nobody asked for this"]
+    assert len(idle) == 1 and await daemon_store(r).deliveries_for(idle[0].id) == []
+
+
+async def test_finished_activation_gets_no_more_sms(run: RunFactory) -> None:
+    r = await run(1)
+    answer = await r.number("alpha", "mts")
+    assert (
+        await r.call(
+            "alpha",
+            {"action": "FINISH_ACTIVATION", "activationId": answer["activationId"], "status": 3},
+        )
+    )["status"] == "SUCCESS"
+    r.bank[0].deliver("after the finish")
+    await r.until(lambda: r.sms_count() >= 1)
+    [sms] = await daemon_store(r).recent_sms()
+    assert sms.text == "after the finish"
+    assert await daemon_store(r).deliveries_for(sms.id) == []
+
+
+# -- the inbox on its own: duplicates, pending parts across a restart, the timeout ------
+
+
+def received(iccid: str, pdu: str, index: int = 1, at: float = 1_800_000_000.0) -> SmsReceived:
+    return SmsReceived("/dev/x", iccid, "SM", index, pdu, decode_pdu(pdu), None, at)
+
+
+async def _inbox(path: Path, clock: Clock, queued: list[Any]) -> tuple[Store, Inbox]:
+    store = await Store.open(path)
+    inventory = Inventory(store, services=["vk"], release_after=600, clock=clock)
+    await inventory.load()
+    inbox = Inbox(store, inventory, reassembly_timeout=60, on_queued=queued.extend, clock=clock)
+    await inbox.load()
+    return store, inbox
+
+
+async def test_a_message_read_twice_is_stored_once(tmp_path: Path) -> None:
+    clock, queued = Clock(), []
+    store, inbox = await _inbox(tmp_path / "a.db", clock, queued)
+    [pdu] = encode_deliver_parts("VK", "code 1")
+    await inbox.accept(received("8970010000000000004", pdu, index=3))
+    await inbox.accept(received("8970010000000000004", pdu, index=3))
+    await inbox.accept(received("8970010000000000004", pdu.lower(), index=7))
+    assert [s.text for s in await store.recent_sms()] == ["code 1"]
+    assert inbox.duplicates == 2
+    await store.close()
+
+
+async def test_pending_parts_survive_a_restart(tmp_path: Path) -> None:
+    clock, queued = Clock(), []
+    text = "Длинное сообщение 😀 " * 8
+    pdus = encode_deliver_parts("Bank", text, reference=77, reference_bits=16)
+    assert len(pdus) == 3
+    store, inbox = await _inbox(tmp_path / "b.db", clock, queued)
+    await inbox.accept(received("8970010000000000004", pdus[2], 1))
+    await inbox.accept(received("8970010000000000004", pdus[0], 2))
+    assert await store.recent_sms() == []
+    await store.close()
+    store, inbox = await _inbox(tmp_path / "b.db", clock, queued)  # the daemon restarted
+    await inbox.accept(received("8970010000000000004", pdus[0], 2))  # read again: a duplicate
+    await inbox.accept(received("8970010000000000004", pdus[1], 3))
+    [sms] = await store.recent_sms()
+    assert sms.text == text and sms.complete
+    assert await store.pending_parts() == []
+    await store.close()
+
+
+async def test_missing_part_is_given_up_on_after_the_timeout(tmp_path: Path) -> None:
+    clock, queued = Clock(), []
+    pdus = encode_deliver_parts("Bank", "x" * 400, reference=5)
+    store, inbox = await _inbox(tmp_path / "c.db", clock, queued)
+    await inbox.accept(received("8970010000000000004", pdus[0], 1, at=clock.now))
+    await inbox.accept(received("8970010000000000004", pdus[2], 2, at=clock.now))
+    assert await inbox.expire() == 0
+    clock.advance(61)
+    assert await inbox.expire() == 1
+    [sms] = await store.recent_sms()
+    assert not sms.complete and sms.text == "x" * 153 + "x" * (400 - 306)
+    assert await store.pending_parts() == []
+    await store.close()
