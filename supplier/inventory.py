@@ -58,12 +58,9 @@ class SimState:
     last_used: float | None = None
     first_seen: float = 0.0
     last_seen: float = 0.0
-
-    @property
-    def number(self) -> str | None:
-        """Operator's setting first, then the config's, then what the modem said."""
-        raw = self.manual_number or self.config_number or self.modem_number
-        return international_number(raw, self.country) if raw else None
+    # The number sold: the operator's setting first, then the config's, then what
+    # the modem said, with its country code. Kept up to date by the Inventory.
+    number: str | None = None
 
 
 class Inventory:
@@ -88,6 +85,11 @@ class Inventory:
         self.activations: dict[int, Activation] = {}  # unfinished, and recent finished ones
         self._holder: dict[str, int] = {}  # iccid → the activation that may hold it
         self._reserved: set[str] = set()  # iccids being committed by a GET_NUMBER in flight
+        # GET_SERVICES is asked every few seconds by every hub: its counts are
+        # cached until something changes (`version`) or a hold runs out.
+        self.version = 0
+        self._counts: dict[str, dict[str, dict[str, int]]] | None = None
+        self._counts_key: tuple[int, float] = (-1, 0.0)
 
     # -- start-up -------------------------------------------------------------------
 
@@ -154,8 +156,12 @@ class Inventory:
         sim.config_number = override.number if override else None
         sim.country = (override.country if override and override.country else None) or country
         sim.operator = (override.operator if override and override.operator else None) or operator
+        raw = sim.manual_number or sim.config_number or sim.modem_number
+        sim.number = international_number(raw, sim.country) if raw else None
+        self.version += 1
 
     def _remember(self, activation: Activation) -> None:
+        self.version += 1
         self.activations[activation.id] = activation
         if activation.finished is None:
             current = self._holder.get(activation.iccid)
@@ -185,6 +191,7 @@ class Inventory:
         sim.online = True
         sim.registered = network.registered
         sim.rssi = network.rssi
+        self.version += 1
         if sim.number is None:
             log.warning("SIM has no known number; not sold", iccid=sim.iccid, port=port)
         if sim.country is None:
@@ -194,7 +201,9 @@ class Inventory:
     def network_changed(self, iccid: str, network: NetworkInfo) -> None:
         sim = self.sims.get(iccid)
         if sim is not None:
-            sim.registered = network.registered
+            if sim.registered != network.registered:
+                sim.registered = network.registered
+                self.version += 1
             sim.rssi = network.rssi
 
     def sim_lost(self, iccid: str) -> None:
@@ -202,12 +211,14 @@ class Inventory:
         if sim is not None:
             sim.online = False
             sim.registered = False
+            self.version += 1
 
     def modem_gone(self, port: str) -> None:
         for sim in self.sims.values():
-            if sim.port == port:
+            if sim.port == port and sim.online:
                 sim.online = False
                 sim.registered = False
+                self.version += 1
 
     # -- what can be sold -------------------------------------------------------------------
 
@@ -234,8 +245,14 @@ class Inventory:
         return sim.iccid not in self._reserved and self.holder(sim.iccid, now) is None
 
     def counts(self) -> dict[str, dict[str, dict[str, int]]]:
-        """country → operator → service → SIMs sellable now (zeros for present SIMs)."""
+        """country → operator → service → SIMs sellable now (zeros for present SIMs).
+
+        The result is shared until the inventory changes: do not modify it.
+        """
         now = self.clock()
+        version, until = self._counts_key
+        if self._counts is not None and version == self.version and now < until:
+            return self._counts
         out: dict[str, dict[str, dict[str, int]]] = {}
         for sim in self.sims.values():
             if not self.present(sim):
@@ -250,6 +267,9 @@ class Inventory:
             for service in self.services:
                 if self.allows(sim.number, service):
                     services[service] += 1
+        holds = [a.release_at for a in self.activations.values() if a.is_open(now)]
+        self._counts = out
+        self._counts_key = (self.version, min(holds, default=float("inf")))
         return out
 
     def candidates(
@@ -298,6 +318,7 @@ class Inventory:
         assert number is not None
         assert sim.country is not None
         self._reserved.add(sim.iccid)
+        self.version += 1
         try:
             now = self.clock()
             activation = await self.store.open_activation(
@@ -314,6 +335,7 @@ class Inventory:
             )
         finally:
             self._reserved.discard(sim.iccid)
+            self.version += 1
         sim.last_used = activation.created
         usage = self.usage.get((number, service), Usage())
         self.usage[(number, service)] = Usage(
@@ -340,6 +362,7 @@ class Inventory:
         self.activations[activation.id] = activation
         if self._holder.get(activation.iccid) == activation.id:
             del self._holder[activation.iccid]
+        self.version += 1
         return activation, changed
 
     def routes(self, number: str) -> list[Activation]:

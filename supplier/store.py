@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 FINISH_STATUSES = frozenset({1, 3, 4, 5})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,10 @@ class Store:
         self._db = db
         self.path = path
         self._lock = asyncio.Lock()
+        self._queue: list[
+            tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any], str]
+        ] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -242,6 +248,8 @@ class Store:
         return store
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         async with self._lock:
             await self._db.close()
 
@@ -269,25 +277,51 @@ class Store:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot start a transaction: {exc}") from None
-            try:
-                yield self._db
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("ROLLBACK")
-                raise
-            try:
-                await self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("ROLLBACK")
-                raise StoreError(f"commit failed: {exc}") from None
+    async def _write(self, op: Callable[[aiosqlite.Connection], Awaitable[T]], what: str) -> T:
+        """Run `op` in a write transaction and return once it is committed.
+
+        Group commit: ops queued while a transaction is being written go into
+        the next one together, so 50 concurrent GET_NUMBERs cost a handful of
+        commits, not 50. Ops run one after another; an op that raises must do
+        so before it writes (its error goes to its caller, the others commit).
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future, what))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="store writer")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            async with self._lock:
+                try:
+                    await self._db.execute("BEGIN IMMEDIATE")
+                    for op, future, _ in batch:
+                        try:
+                            outcomes.append((future, await op(self._db), None))
+                        except (sqlite3.Error, asyncio.CancelledError):
+                            raise
+                        except Exception as exc:  # handed to its caller below  # noqa: BLE001
+                            outcomes.append((future, None, exc))
+                    await self._db.execute("COMMIT")
+                except BaseException as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("ROLLBACK")
+                    for _, future, what in batch:
+                        if not future.done():
+                            future.set_exception(StoreError(f"{what}: {exc}"))
+                    if not isinstance(exc, sqlite3.Error):
+                        raise
+                    continue
+            for future, result, error in outcomes:
+                if future.done():
+                    continue  # its caller gave up; the write stands
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
 
     async def _fetchall(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
         try:
@@ -337,25 +371,24 @@ class Store:
         port: str | None,
         now: float,
     ) -> SimRow:
-        try:
-            async with self._transaction() as db:
-                await db.execute(
-                    "INSERT INTO sims (iccid, imsi, number, country, operator, port, "
-                    "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (iccid) DO UPDATE SET imsi = excluded.imsi, "
-                    "number = COALESCE(excluded.number, sims.number), "
-                    "country = excluded.country, operator = excluded.operator, "
-                    "port = excluded.port, last_seen = excluded.last_seen",
-                    (iccid, imsi, number, country, operator, port, now, now),
-                )
-                async with db.execute(
-                    f"SELECT {_SIM_COLUMNS} FROM sims WHERE iccid = ?", (iccid,)
-                ) as cursor:
-                    row = await cursor.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record SIM {iccid}: {exc}") from None
-        assert row is not None
-        return _sim(row)
+        async def op(db: aiosqlite.Connection) -> SimRow:
+            await db.execute(
+                "INSERT INTO sims (iccid, imsi, number, country, operator, port, "
+                "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (iccid) DO UPDATE SET imsi = excluded.imsi, "
+                "number = COALESCE(excluded.number, sims.number), "
+                "country = excluded.country, operator = excluded.operator, "
+                "port = excluded.port, last_seen = excluded.last_seen",
+                (iccid, imsi, number, country, operator, port, now, now),
+            )
+            async with db.execute(
+                f"SELECT {_SIM_COLUMNS} FROM sims WHERE iccid = ?", (iccid,)
+            ) as c:
+                row = await c.fetchone()
+            assert row is not None
+            return _sim(row)
+
+        return await self._write(op, f"cannot record SIM {iccid}")
 
     async def set_sim_enabled(self, iccid: str, enabled: bool) -> bool:
         return await self._update_sim("enabled = ?", (int(enabled),), iccid)
@@ -364,17 +397,13 @@ class Store:
         return await self._update_sim("number_manual = ?", (number,), iccid)
 
     async def _update_sim(self, assignment: str, params: tuple[object, ...], iccid: str) -> bool:
-        try:
-            async with self._transaction() as db:
-                cursor = await db.execute(
-                    f"UPDATE sims SET {assignment} WHERE iccid = ?",
-                    (*params, iccid),
-                )
-                return cursor.rowcount > 0
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot update SIM {iccid}: {exc}") from None
+        async def op(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                f"UPDATE sims SET {assignment} WHERE iccid = ?", (*params, iccid)
+            )
+            return cursor.rowcount > 0
 
-    # -- activations -------------------------------------------------------------------
+        return await self._write(op, f"cannot update SIM {iccid}")
 
     async def open_activation(
         self,
@@ -391,34 +420,18 @@ class Store:
         release_at: float,
     ) -> Activation:
         """Commit a new activation, count the offer and mark the SIM used, in one transaction."""
-        try:
-            async with self._transaction() as db:
-                cursor = await db.execute(
-                    "INSERT INTO activations (hub, iccid, number, service, country, operator, "
-                    "sum, currency, created, release_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        hub,
-                        iccid,
-                        number,
-                        service,
-                        country,
-                        operator,
-                        sum,
-                        currency,
-                        now,
-                        release_at,
-                    ),
-                )
-                activation_id = cursor.lastrowid
-                await db.execute(
-                    "INSERT INTO usage (number, service, offers) VALUES (?, ?, 1) "
-                    "ON CONFLICT (number, service) DO UPDATE SET offers = usage.offers + 1",
-                    (number, service),
-                )
-                await db.execute("UPDATE sims SET last_used = ? WHERE iccid = ?", (now, iccid))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open an activation: {exc}") from None
-        assert activation_id is not None
+
+        async def op(db: aiosqlite.Connection) -> int:
+            # The usage count and the SIM's last_used follow by trigger (migration 3).
+            cursor = await db.execute(
+                "INSERT INTO activations (hub, iccid, number, service, country, operator, "
+                "sum, currency, created, release_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (hub, iccid, number, service, country, operator, sum, currency, now, release_at),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        activation_id = await self._write(op, "cannot open an activation")
         return Activation(
             activation_id, hub, iccid, number, service, country, operator, sum, currency,
             now, release_at, None, None,
@@ -434,48 +447,28 @@ class Store:
         """
         if status not in FINISH_STATUSES:
             raise ValueError(f"status {status} is not one of {sorted(FINISH_STATUSES)}")
-        try:
-            async with self._transaction() as db:
-                async with db.execute(
-                    f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ?",
-                    (activation_id,),
-                ) as cursor:
-                    row = await cursor.fetchone()
-                if row is None or (hub is not None and row[1] != hub):
-                    raise UnknownActivation(f"unknown activationId {activation_id}")
-                current = _activation(row)
-                if current.finished is not None:
-                    return current, False
-                await db.execute(
-                    "UPDATE activations SET finished = ?, status = ? WHERE id = ?",
-                    (now, status, activation_id),
-                )
-                column = {1: None, 3: "sold", 4: "cancelled", 5: "returned"}[status]
-                blocked = 1 if status in (1, 3) else 0
-                counter = f", {column} = usage.{column} + 1" if column else ""
-                await db.execute(
-                    "INSERT INTO usage (number, service, sold, cancelled, returned, blocked) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (number, service) DO UPDATE SET "
-                    f"blocked = MAX(usage.blocked, excluded.blocked){counter}",
-                    (
-                        current.number,
-                        current.service,
-                        int(status == 3),
-                        int(status == 4),
-                        int(status == 5),
-                        blocked,
-                    ),
-                )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot finish activation {activation_id}: {exc}") from None
-        finished = Activation(
-            current.id, current.hub, current.iccid, current.number, current.service,
-            current.country, current.operator, current.sum, current.currency,
-            current.created, current.release_at, now, status,
-        )  # fmt: skip
-        return finished, True
 
-    # -- received SMS and their deliveries -------------------------------------------------
+        async def op(db: aiosqlite.Connection) -> tuple[Activation, bool]:
+            # The usage counters follow by trigger (migration 3); a repeat or a
+            # stranger's id updates nothing and is told apart by a second look.
+            async with db.execute(
+                "UPDATE activations SET finished = ?, status = ? "
+                "WHERE id = ? AND finished IS NULL AND (? IS NULL OR hub = ?) "
+                f"RETURNING {_ACTIVATION_COLUMNS}",
+                (now, status, activation_id, hub, hub),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                return _activation(row), True
+            async with db.execute(
+                f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None or (hub is not None and row[1] != hub):
+                raise UnknownActivation(f"unknown activationId {activation_id}")
+            return _activation(row), False
+
+        return await self._write(op, f"cannot finish activation {activation_id}")
 
     async def receive(
         self, part: NewPart, sms: NewSms | None
@@ -485,33 +478,33 @@ class Store:
         One transaction. Returns (duplicate, sms, deliveries); a duplicate
         part (same SIM, same PDU) changes nothing.
         """
-        try:
-            async with self._transaction() as db:
-                cursor = await db.execute(
-                    "INSERT OR IGNORE INTO sms_parts (digest, iccid, port, storage, slot, pdu, "
-                    "received, sender, part_key, part_total, part_seq) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        part.digest, part.iccid, part.port, part.storage, part.slot, part.pdu,
-                        part.received, part.sender, part.part_key, part.part_total, part.part_seq,
-                    ),
-                )  # fmt: skip
-                if cursor.rowcount == 0:
-                    return True, None, []
-                if sms is None:
-                    return False, None, []
-                stored, deliveries = await self._create_sms(db, sms)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot store an SMS: {exc}") from None
-        return False, stored, deliveries
+
+        async def op(db: aiosqlite.Connection) -> tuple[bool, Sms | None, list[Delivery]]:
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO sms_parts (digest, iccid, port, storage, slot, pdu, "
+                "received, sender, part_key, part_total, part_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    part.digest, part.iccid, part.port, part.storage, part.slot, part.pdu,
+                    part.received, part.sender, part.part_key, part.part_total, part.part_seq,
+                ),
+            )  # fmt: skip
+            if cursor.rowcount == 0:
+                return True, None, []
+            if sms is None:
+                return False, None, []
+            stored, deliveries = await self._create_sms(db, sms)
+            return False, stored, deliveries
+
+        return await self._write(op, "cannot store an SMS")
 
     async def complete(self, sms: NewSms) -> tuple[Sms, list[Delivery]]:
         """Turn stored pending parts into a message (the reassembly timeout passed)."""
-        try:
-            async with self._transaction() as db:
-                return await self._create_sms(db, sms)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot store an SMS: {exc}") from None
+
+        async def op(db: aiosqlite.Connection) -> tuple[Sms, list[Delivery]]:
+            return await self._create_sms(db, sms)
+
+        return await self._write(op, "cannot store an SMS")
 
     async def _create_sms(
         self, db: aiosqlite.Connection, sms: NewSms
@@ -597,29 +590,28 @@ class Store:
         self, delivery_id: int, outcome: str, result: str, now: float
     ) -> bool:
         """Mark a delivery done (the hub's SUCCESS, or a final answer). False if it already was."""
-        try:
-            async with self._transaction() as db:
-                cursor = await db.execute(
-                    "UPDATE deliveries SET done = ?, outcome = ?, attempts = attempts + 1, "
-                    "last_attempt = ?, last_result = ? WHERE id = ? AND done IS NULL",
-                    (now, outcome, now, result, delivery_id),
-                )
-                return cursor.rowcount > 0
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot settle delivery {delivery_id}: {exc}") from None
+
+        async def op(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "UPDATE deliveries SET done = ?, outcome = ?, attempts = attempts + 1, "
+                "last_attempt = ?, last_result = ? WHERE id = ? AND done IS NULL",
+                (now, outcome, now, result, delivery_id),
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(op, f"cannot settle delivery {delivery_id}")
 
     async def retry_delivery(
         self, delivery_id: int, result: str, now: float, next_attempt: float
     ) -> None:
-        try:
-            async with self._transaction() as db:
-                await db.execute(
-                    "UPDATE deliveries SET attempts = attempts + 1, last_attempt = ?, "
-                    "last_result = ?, next_attempt = ? WHERE id = ? AND done IS NULL",
-                    (now, result, next_attempt, delivery_id),
-                )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot reschedule delivery {delivery_id}: {exc}") from None
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_attempt = ?, "
+                "last_result = ?, next_attempt = ? WHERE id = ? AND done IS NULL",
+                (now, result, next_attempt, delivery_id),
+            )
+
+        await self._write(op, f"cannot reschedule delivery {delivery_id}")
 
     async def deliveries_for(self, sms_id: int) -> list[Delivery]:
         rows = await self._fetchall(

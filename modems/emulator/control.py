@@ -3,6 +3,7 @@
     GET  /modems                      the modems: port, profile, SIM, storage, faults
     POST /modems/{i}/sms              {"text", "sender"?, "ucs2"?, "reference_bits"?, "order"?}
                                       or {"pdu": "07..."}: deliver an SMS
+    POST /sms                         [{"modem": i, "text", "sender"?}, ...]: many at once
     POST /modems/{i}/{fault}          unplug | replug | hang | unhang | garbage |
                                       remove-sim | insert-sim {"slot"?} | fill-storage
     GET  /modems/{i}/cmti             when each +CMTI was written (monotonic clock)
@@ -112,6 +113,27 @@ async def deliver_sms(request: web.Request) -> web.Response:
     return web.json_response({"modem": index, "pdus": pdus})
 
 
+async def deliver_many(request: web.Request) -> web.Response:
+    """A burst: every SMS in the list is delivered in the same loop turn."""
+    bank = request.app[BANK]
+    body: Any = None
+    try:
+        body = json.loads(await request.read() or b"[]")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(f"body is not JSON: {exc}")
+    if not isinstance(body, list) or len(body) > 100_000:
+        return _error('expected a list of {"modem": int, "text": str, "sender"?: str}')
+    for item in body:
+        ok = isinstance(item, dict) and isinstance(item.get("text"), str)
+        index = item.get("modem") if isinstance(item, dict) else None
+        if not ok or not isinstance(index, int) or not 0 <= index < len(bank):
+            return _error(f"bad item {item!r}: expected modem 0..{len(bank) - 1} and a text")
+    pdus = [
+        bank[item["modem"]].deliver(item["text"], str(item.get("sender") or "VK")) for item in body
+    ]
+    return web.json_response({"pdus": pdus})
+
+
 async def fault(request: web.Request) -> web.Response:
     found = _modem(request)
     if isinstance(found, web.Response):
@@ -157,6 +179,7 @@ def create_control_app(bank: VirtualModemBank) -> web.Application:
     app = web.Application()
     app[BANK] = bank
     app.router.add_get("/modems", list_modems)
+    app.router.add_post("/sms", deliver_many)
     app.router.add_post("/modems/{index}/sms", deliver_sms)
     app.router.add_get("/modems/{index}/cmti", cmti_log)
     app.router.add_post("/modems/{index}/{action}", fault)

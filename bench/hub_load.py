@@ -1,0 +1,322 @@
+"""The daemon under hub load, on a virtual modem bank: protocol latency and SMS delivery.
+
+Three processes, all on loopback: the virtual modem bank (`supplier emulate`),
+the daemon (`supplier run`, measured with psutil), and this script, which
+plays the hubs: 50 concurrent clients for GET_SERVICES and GET_NUMBER, and a
+PUSH_SMS endpoint that stamps every push with CLOCK_MONOTONIC. The emulator
+stamps every `+CMTI` with the same clock, so `+CMTI` → hub is measured
+end to end across the processes.
+
+    python bench/hub_load.py                       # 64 and 512 modems
+    python bench/hub_load.py --modems 512 --clients 50 --requests 5000 --burst 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modems.pool import raise_open_file_limit  # noqa: E402
+
+KEY = "bench-key-000001"
+SERVICES = ["vk", "ok", "wa", "tg", "go", "fb", "ig", "tw"]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "- | - | -"
+    return f"{statistics.median(values):.2f} | {pct(values, 99):.2f} | {max(values):.2f}"
+
+
+class Hub:
+    """The PUSH_SMS endpoint: answers SUCCESS, remembers when each text arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.count = 0
+        self.changed = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/push", self.push)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/push"
+
+    async def push(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        body = json.loads(await request.read())
+        self.count += 1
+        self.arrived.setdefault(body["text"], now)
+        self.changed.set()
+        return web.json_response({"status": "SUCCESS"})
+
+    async def wait(self, texts: set[str], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not texts <= self.arrived.keys():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def start_emulator(count: int, directory: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supplier", "emulate", "--modems", str(count), "--dir", directory,
+         "--control", "127.0.0.1:0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        if not line:
+            raise RuntimeError("emulator exited")
+        if line.startswith("control API: "):
+            return proc, line.split("//")[1].split("/")[0]
+
+
+async def start_daemon(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "supplier", "--log-level", "info", "run", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+async def wait_log(proc: subprocess.Popen[str], event: str, count: int, timeout: float) -> None:
+    assert proc.stderr is not None
+    seen = 0
+    async with asyncio.timeout(timeout):
+        while seen < count:
+            line = await asyncio.to_thread(proc.stderr.readline)
+            if not line:
+                raise RuntimeError("daemon exited")
+            if f'"event": "{event}"' in line:
+                seen += 1
+
+
+async def drain_log(proc: subprocess.Popen[str]) -> None:
+    assert proc.stderr is not None
+    while await asyncio.to_thread(proc.stderr.readline):
+        pass
+
+
+async def load(url: str, clients: int, total: int, body: Any) -> tuple[list[float], float, int]:
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    remaining = total
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            payload = body() if callable(body) else body
+            started = time.perf_counter()
+            async with session.post(url, json=payload) as response:
+                answer = await response.json()
+            latencies.append((time.perf_counter() - started) * 1000)
+            statuses[answer["status"]] = statuses.get(answer["status"], 0) + 1
+            if answer["status"] == "SUCCESS" and "activationId" in answer:
+                finish = {
+                    "key": KEY,
+                    "action": "FINISH_ACTIVATION",
+                    "activationId": answer["activationId"],
+                    "status": 4,
+                }
+                async with session.post(url, json=finish) as response:
+                    await response.read()
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, elapsed, statuses.get("SUCCESS", 0)
+
+
+async def run(count: int, clients: int, requests: int, sms: int, burst: int) -> dict[str, str]:
+    work = tempfile.mkdtemp(prefix=f"bench-hub-{count}-")
+    emulator, control = await start_emulator(count, os.path.join(work, "bank"))
+    hub = Hub()
+    await hub.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = Path(work) / "supplier.yaml"
+    config.write_text(
+        f"""
+server: {{listen: "127.0.0.1:{port}"}}
+status: {{listen: "127.0.0.1:0"}}
+hubs: [{{name: bench, key: "{KEY}", push_url: "{hub.url}"}}]
+modems: {{ports: ["{work}/bank/modem*"]}}
+services: {json.dumps(SERVICES)}
+storage: {{path: "{work}/supplier.db"}}
+"""
+    )
+    daemon = await start_daemon(config)
+    out: dict[str, str] = {"modems": str(count)}
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        started = time.monotonic()
+        await wait_log(daemon, "SIM in inventory", count, timeout=600)
+        out["come_up"] = f"{time.monotonic() - started:.1f}"
+        logs = asyncio.create_task(drain_log(daemon))
+        me = psutil.Process(daemon.pid)
+
+        cpu0 = me.cpu_times()
+        await asyncio.sleep(10)
+        cpu1 = me.cpu_times()
+        out["idle_cpu"] = f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / 10 * 100:.1f}"
+        out["idle_rss"] = f"{me.memory_info().rss / 2**20:.0f}"
+
+        services, elapsed, _ = await load(
+            url, clients, requests, {"key": KEY, "action": "GET_SERVICES"}
+        )
+        out["services"] = summary(services)
+        out["services_rps"] = f"{len(services) / elapsed:.0f}"
+
+        def number_body() -> dict[str, Any]:
+            return {"key": KEY, "action": "GET_NUMBER", "country": "russia", "operator": "any",
+                    "service": random.choice(SERVICES[:-1]), "sum": 10, "currency": 643}  # fmt: skip
+
+        numbers, elapsed, won = await load(url, clients, requests, number_body)
+        out["numbers"] = summary(numbers)
+        out["numbers_rps"] = f"{len(numbers) / elapsed:.0f}"
+        out["numbers_won"] = str(won)
+
+        # Every SIM gets an open activation for the one service the load above left
+        # alone, so every SMS below has a hub to go to.
+        async with aiohttp.ClientSession() as session:
+            for country in ("russia", "ukraine", "kazakhstan", "nigeria"):
+                while True:
+                    body = {
+                        "key": KEY,
+                        "action": "GET_NUMBER",
+                        "country": country,
+                        "operator": "any",
+                        "service": SERVICES[-1],
+                        "sum": 1,
+                    }
+                    async with session.post(url, json=body) as response:
+                        if (await response.json())["status"] != "SUCCESS":
+                            break
+
+            async def deliver(items: list[dict[str, Any]]) -> list[str]:
+                async with session.post(f"http://{control}/sms", json=items) as response:
+                    return [pdus[0] for pdus in (await response.json())["pdus"]]
+
+            # +CMTI → hub, SMS spread over 10 s.
+            texts: dict[str, str] = {}
+            moments = sorted(random.uniform(0, 10) for _ in range(sms))
+            t0 = time.monotonic()
+            for k, moment in enumerate(moments):
+                await asyncio.sleep(max(0.0, t0 + moment - time.monotonic()))
+                text = f"spread {k} code {random.randrange(10**6):06d}"
+                [pdu] = await deliver([{"modem": random.randrange(count), "text": text}])
+                texts[pdu] = text
+            await hub.wait(set(texts.values()), timeout=120)
+            stamps = await cmti_times(session, control, count)
+            latencies = [(hub.arrived[texts[p]] - stamps[p]) * 1000 for p in texts if p in stamps]
+            out["spread"] = summary(latencies)
+
+            # A burst of `burst` SMS across all modems at once.
+            before = hub.count
+            cpu0 = me.cpu_times()
+            started = time.monotonic()
+            items = [{"modem": i % count, "text": f"burst {i} code {i:06d}"} for i in range(burst)]
+            await deliver(items)
+            expected = {item["text"] for item in items}
+            await hub.wait(expected, timeout=600)
+            drain = time.monotonic() - started
+            cpu1 = me.cpu_times()
+            out["burst_drain"] = f"{drain:.1f}"
+            out["burst_lost"] = str(len(expected - hub.arrived.keys()))
+            out["burst_dup"] = str(hub.count - before - burst)
+            out["burst_cpu"] = (
+                f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / drain * 100:.0f}"
+            )
+            out["peak_rss"] = f"{me.memory_info().rss / 2**20:.0f}"
+        logs.cancel()
+    finally:
+        daemon.terminate()
+        emulator.terminate()
+        for proc in (daemon, emulator):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if hub.runner is not None:
+            await hub.runner.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+async def cmti_times(session: aiohttp.ClientSession, control: str, count: int) -> dict[str, float]:
+    stamps: dict[str, float] = {}
+    for index in range(count):
+        async with session.get(f"http://{control}/modems/{index}/cmti") as response:
+            for at, _, pdu in await response.json():
+                stamps[pdu] = at
+    return stamps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--modems", type=int, action="append")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--sms", type=int, default=300)
+    parser.add_argument("--burst", type=int, default=2000)
+    args = parser.parse_args()
+    raise_open_file_limit()
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"{args.clients} concurrent hub clients, {args.requests} requests per action; latencies in ms (p50 | p99 | max)"
+    )
+    print()
+    print(
+        "| modems | come-up s | idle CPU % | idle RSS MB | GET_SERVICES | rps | GET_NUMBER | rps | +CMTI→hub (spread) | burst: SMS | drain s | lost | doubled | CPU % | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for count in args.modems or [64, 512]:
+        r = asyncio.run(run(count, args.clients, args.requests, args.sms, args.burst))
+        print(
+            f"| {r['modems']} | {r['come_up']} | {r['idle_cpu']} | {r['idle_rss']} | {r['services']} | "
+            f"{r['services_rps']} | {r['numbers']} | {r['numbers_rps']} | {r['spread']} | {args.burst} | "
+            f"{r['burst_drain']} | {r['burst_lost']} | {r['burst_dup']} | {r['burst_cpu']} | {r['peak_rss']} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
