@@ -446,23 +446,19 @@ class Modem:
 
     async def _read_number(self) -> str | None:
         """`AT+CNUM`, else the SIM's own-number phonebook; often empty on prepaid SIMs."""
+        number = await self._number_from("AT+CNUM", "+CNUM")
+        if number is None and await self._try('AT+CPBS="ON"'):
+            number = await self._number_from("AT+CPBR=1", "+CPBR")
+        return number
+
+    async def _number_from(self, command: str, prefix: str) -> str | None:
         try:
-            reply = await self._cmd("AT+CNUM")
-            for value in reply.values("+CNUM"):
-                number = parse_number_entry(value)
-                if number:
-                    return number
+            reply = await self._cmd(command)
         except CommandError:
-            pass
-        if await self._try('AT+CPBS="ON"'):
-            try:
-                reply = await self._cmd("AT+CPBR=1")
-                for value in reply.values("+CPBR"):
-                    number = parse_number_entry(value)
-                    if number:
-                        return number
-            except CommandError:
-                pass
+            return None
+        for value in reply.values(prefix):
+            if number := parse_number_entry(value):
+                return number
         return None
 
     async def _lose_sim(self, reason: str) -> None:

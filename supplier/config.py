@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -221,18 +221,12 @@ class Config(_Frozen):
     @field_validator("sims")
     @classmethod
     def _sims(cls, value: dict[str, SimOverride]) -> dict[str, SimOverride]:
-        for iccid in value:
-            if not re.fullmatch(r"\d{18,20}", str(iccid)):
-                raise ValueError(f"expected ICCIDs of 18-20 digits as keys, got {iccid!r}")
-        return value
+        return _digit_keys(value, 18, 20, "ICCIDs")
 
     @field_validator("networks")
     @classmethod
     def _networks(cls, value: dict[str, NetworkOverride]) -> dict[str, NetworkOverride]:
-        for code in value:
-            if not re.fullmatch(r"\d{5,6}", str(code)):
-                raise ValueError(f"expected MCC+MNC codes of 5-6 digits as keys, got {code!r}")
-        return value
+        return _digit_keys(value, 5, 6, "MCC+MNC codes")
 
     @field_validator("services")
     @classmethod
@@ -252,6 +246,16 @@ class Config(_Frozen):
             if hub.name == name:
                 return hub
         return None
+
+
+_V = TypeVar("_V")
+
+
+def _digit_keys(value: dict[str, _V], low: int, high: int, what: str) -> dict[str, _V]:
+    for key in value:
+        if not re.fullmatch(rf"\d{{{low},{high}}}", str(key)):
+            raise ValueError(f"expected {what} of {low}-{high} digits as keys, got {key!r}")
+    return value
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
