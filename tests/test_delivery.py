@@ -301,3 +301,34 @@ async def test_missing_part_is_given_up_on_after_the_timeout(tmp_path: Path) -> 
     assert not sms.complete and sms.text == "x" * 153 + "x" * (400 - 306)
     assert await store.pending_parts() == []
     await store.close()
+
+
+async def test_a_slow_hub_does_not_hold_up_another(run: RunFactory) -> None:
+    r = await run(2, hubs=("alpha", "beta"))
+    r.hubs["alpha"].answers = [hanging(3.0)] * 5  # answers nothing within its push_timeout
+    await r.number("alpha", "mts")  # the SIM in modem 0
+    await r.number("beta", "megafon")  # the SIM in modem 1
+    r.bank[0].deliver("for the slow hub")
+    await r.hubs["alpha"].wait_for(1)  # its push is now hanging
+    r.bank[1].deliver("for the quick hub")
+    await r.hubs["beta"].wait_for(1, timeout=2)
+    assert r.hubs["beta"].received[0]["text"] == "for the quick hub"
+    assert not any(r.hubs["alpha"].succeeded)
+
+
+def test_onlinesim_answers() -> None:
+    from supplier.pusher import judge
+
+    assert judge("onlinesim", 200, b'{"status": "SUCCESS"}') == (
+        "SUCCESS",
+        "HTTP 200, status 'SUCCESS'",
+    )
+    for final in ("NO_OPERATION", "BAD_SERVICE", "IGNORED", "SERVICE_BAN"):
+        assert judge("onlinesim", 200, f'{{"status": "{final}"}}'.encode())[0] == final
+    assert judge("onlinesim", 500, b'{"status": "SUCCESS"}')[0] is None  # OnlineSim: HTTP 200 only
+    assert judge("onlinesim", 200, b'{"status": "ERROR"}')[0] is None
+    assert judge("smshub", 200, b'{"status": "SUCCESS"}')[0] == "SUCCESS"
+    assert judge("smshub", 200, b'{"status": "NO_OPERATION"}')[0] is None  # retried for SMSHub
+    assert judge("smshub", 200, b"<html>")[0] is None
+    assert judge("smshub", 200, b"\xff\xfe")[0] is None
+    assert judge("smshub", 200, b'["SUCCESS"]')[0] is None
