@@ -106,6 +106,7 @@ class ATChannel(asyncio.Protocol):
         self._closed = asyncio.Event()
         self._lost_reason: str | None = None
         self._last_data = 0.0
+        self._desynced = False  # a command timed out: its reply may still be on the way
         self.bytes_in = 0
         self.junk_lines = 0
 
@@ -218,6 +219,11 @@ class ATChannel(asyncio.Protocol):
         async with self._lock:
             if self._transport is None or self._closed.is_set():
                 raise ModemDisconnected(f"{self.name}: port is closed")
+            if self._desynced:
+                # A late answer to the command that timed out would be taken for
+                # this one's: let the line go quiet first (stray lines are dropped).
+                await self.settle(quiet=0.2, limit=2.0)
+                self._desynced = False
             loop = asyncio.get_running_loop()
             pending = _Pending(
                 command=command,
@@ -234,6 +240,7 @@ class ATChannel(asyncio.Protocol):
                 async with asyncio.timeout(timeout):
                     final = await pending.future
             except TimeoutError:
+                self._desynced = True
                 raise CommandTimeout(
                     f"{self.name}: no answer to {command!r} in {timeout}s"
                 ) from None

@@ -217,3 +217,23 @@ async def test_port_with_a_descriptor_above_1024(peer_and_channel) -> None:  # t
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_late_answer_is_not_taken_for_the_next_command(peer_and_channel) -> None:  # type: ignore[no-untyped-def]
+    holder: list[Peer] = []
+
+    def respond(line: str) -> None:
+        loop = asyncio.get_running_loop()
+        if line == "AT+CSQ":  # answers, but only after the channel gave up on it
+            loop.call_later(0.1, holder[0].send, b"\r\n+CSQ: 5,99\r\n\r\nOK\r\n")
+        elif line == "AT+CIMI":  # a slower answer: the late CSQ one would come first
+            loop.call_later(0.15, holder[0].send, b"\r\n250011234567890\r\n\r\nOK\r\n")
+
+    peer, channel, _ = await peer_and_channel(respond)
+    holder.append(peer)
+    with pytest.raises(CommandTimeout):
+        await channel.command("AT+CSQ", timeout=0.05)
+    reply = await channel.command(
+        "AT+CIMI", timeout=3
+    )  # sent at once: the CSQ answer is still coming
+    assert reply.lines == ("250011234567890",)
