@@ -38,7 +38,7 @@ from modems.pool import ModemPool, raise_open_file_limit
 from modems.reassembly import Part, Reassembler
 
 from . import __version__, logs
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, parse_host_port
 from .daemon import Daemon
 from .errors import SupplierError
 
@@ -52,10 +52,12 @@ class CliError(Exception):
 
 
 def _host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:8765")
-    return host or "127.0.0.1", int(port)
+    try:
+        return parse_host_port(value, default_host="127.0.0.1")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:8765"
+        ) from None
 
 
 def _positive(value: str) -> int:

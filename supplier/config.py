@@ -26,6 +26,7 @@ from pydantic import (
 from .errors import SupplierError
 
 __all__ = [
+    "SLUG_RE",
     "ActivationConfig",
     "Config",
     "ConfigError",
@@ -33,6 +34,7 @@ __all__ = [
     "ModemsConfig",
     "load_config",
     "parse_config",
+    "parse_host_port",
 ]
 
 
@@ -67,18 +69,25 @@ def _duration(value: Any) -> float:
     return seconds
 
 
-def _host_port(value: Any) -> tuple[str, int]:
+def parse_host_port(value: Any, default_host: str | None = None) -> tuple[str, int]:
+    """`127.0.0.1:8000` → (`127.0.0.1`, 8000); port 0 means any free port.
+
+    Without `default_host` the host is required; with it, `:8000` is allowed.
+    """
     if not isinstance(value, str):
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8000")  # noqa: TRY004
     host, sep, port = value.strip().rpartition(":")
-    host = host.strip("[]")
+    host = host.strip("[]") or (default_host or "")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8000 (port 0: any free port)")
     return host, int(port)
 
 
+SLUG_RE = re.compile(r"[a-z0-9_]{1,32}")  # the hubs' country, operator and service names
+
+
 def _slug(value: str) -> str:
-    if not re.fullmatch(r"[a-z0-9_]{1,32}", value):
+    if not SLUG_RE.fullmatch(value):
         raise ValueError("expected a lower-case slug such as vk, russia or mts")
     return value
 
@@ -91,7 +100,7 @@ def _digits(value: Any) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
-HostPort = Annotated[tuple[str, int], BeforeValidator(_host_port)]
+HostPort = Annotated[tuple[str, int], BeforeValidator(parse_host_port)]
 Slug = Annotated[str, AfterValidator(_slug)]
 Number = Annotated[str, BeforeValidator(_digits)]
 

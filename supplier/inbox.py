@@ -88,7 +88,7 @@ class Inbox:
         """Commit one SMS read from a modem (raises if it could not be committed)."""
         digest = _digest(event.iccid, event.pdu)
         message = event.message
-        sender = getattr(message, "sender", None) if message is not None else None
+        sender = getattr(message, "sender", None)
         part = NewPart(
             digest=digest,
             iccid=event.iccid,
@@ -158,9 +158,7 @@ class Inbox:
 
     # -- building messages ------------------------------------------------------------------
 
-    def _routes(self, iccid: str) -> tuple[tuple[str, int | None], ...]:
-        sim = self.inventory.sims.get(iccid)
-        number = sim.number if sim is not None else None
+    def _routes(self, number: str | None) -> tuple[tuple[str, int | None], ...]:
         if number is None:
             return ()
         routes: dict[str, int | None] = {}
@@ -185,17 +183,18 @@ class Inbox:
             kind, sender, text = "submit", message.recipient, message.text
         else:
             kind, sender, text = "undecodable", "", event.error or "undecodable PDU"
+        number = self._number(event.iccid)
         return NewSms(
             digests=(digest,),
             iccid=event.iccid,
-            number=self._number(event.iccid),
+            number=number,
             sender=sender,
             text=text,
             kind=kind,
             sent=sent,
             received=event.received_at,
             complete=True,
-            routes=self._routes(event.iccid) if kind == "text" else (),
+            routes=self._routes(number) if kind == "text" else (),
         )
 
     def _assembled(self, assembled: Assembled, last: SmsDeliver) -> NewSms:
@@ -209,15 +208,16 @@ class Inbox:
             for part in assembled.parts
             if (digest := self._digests.pop((part.key, part.sequence), None)) is not None
         )
+        number = self._number(first.sim)
         return NewSms(
             digests=digests,
             iccid=first.sim,
-            number=self._number(first.sim),
+            number=number,
             sender=sender,
             text=assembled.text,
             kind="text",
             sent=sent,
             received=max(part.received_at for part in assembled.parts),
             complete=assembled.complete,
-            routes=self._routes(first.sim),
+            routes=self._routes(number),
         )

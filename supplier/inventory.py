@@ -75,10 +75,6 @@ class Inventory:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.services = tuple(services)
-        self.release_after = release_after
-        self.sim_overrides = dict(sim_overrides or {})
-        self.network_overrides = dict(network_overrides or {})
         self.clock = clock
         self.sims: dict[str, SimState] = {}
         self.usage: dict[tuple[str, str], Usage] = {}
@@ -90,6 +86,12 @@ class Inventory:
         self.version = 0
         self._counts: dict[str, dict[str, dict[str, int]]] | None = None
         self._counts_key: tuple[int, float] = (-1, 0.0)
+        self.reconfigure(
+            services=services,
+            release_after=release_after,
+            sim_overrides=sim_overrides or {},
+            network_overrides=network_overrides or {},
+        )
 
     # -- start-up -------------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class Inventory:
         network_overrides: Mapping[str, tuple[str, str]],
     ) -> None:
         """New settings (SIGHUP): activations are kept; SIM slugs are re-derived."""
-        self.services = tuple(services)
+        self.services: tuple[str, ...] = tuple(services)
         self.release_after = release_after
         self.sim_overrides = dict(sim_overrides)
         self.network_overrides = dict(network_overrides)
@@ -138,20 +140,7 @@ class Inventory:
 
     def _derive(self, sim: SimState) -> None:
         """Country and operator from the home network, then the SIM's own overrides."""
-        mcc = sim.imsi[:3] if sim.imsi else None
-        country, operator = None, ANY
-        if sim.imsi:
-            for mnc_len in (3, 2):
-                code = sim.imsi[: 3 + mnc_len]
-                if code in self.network_overrides:
-                    country, operator = self.network_overrides[code]
-                    break
-            else:
-                country, operator = slugs_for(mcc, sim.imsi[3:5], None)
-                long_country, long_operator = slugs_for(mcc, sim.imsi[3:6], None)
-                if long_operator != ANY:
-                    operator = long_operator
-                country = country or long_country
+        country, operator = slugs_for(sim.imsi, self.network_overrides)
         override = self.sim_overrides.get(sim.iccid)
         sim.config_number = override.number if override else None
         sim.country = (override.country if override and override.country else None) or country

@@ -96,17 +96,24 @@ OPERATORS: dict[str, str] = {
 
 
 def slugs_for(
-    mcc: str | None,
-    mnc: str | None,
-    overrides: Mapping[str, tuple[str, str]] | None = None,
+    imsi: str | None, overrides: Mapping[str, tuple[str, str]] | None = None
 ) -> tuple[str | None, str]:
-    """(country, operator) of a home network; country None when even the MCC is unknown."""
-    if not mcc:
+    """(country, operator) of a SIM's home network, from its IMSI.
+
+    MCC+MNC is tried with a 3-digit MNC, then a 2-digit one, in the overrides
+    first; country is None when even the MCC is unknown.
+    """
+    if not imsi:
         return None, ANY
-    code = mcc + (mnc or "")
-    if overrides and code in overrides:
-        return overrides[code]
-    return COUNTRIES.get(mcc), OPERATORS.get(code, ANY)
+    codes = (imsi[:6], imsi[:5])
+    for code in codes:
+        if overrides and code in overrides:
+            return overrides[code]
+    country = COUNTRIES.get(imsi[:3])
+    for code in codes:
+        if code in OPERATORS:
+            return country, OPERATORS[code]
+    return country, ANY
 
 
 CALLING_CODES: dict[str, str] = {

@@ -25,7 +25,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
 
-from .config import HubConfig
+from .config import SLUG_RE, HubConfig
 from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
 from .networks import ANY
@@ -38,7 +38,6 @@ Body = dict[str, Any]
 Answer = dict[str, Any]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_SLUG_RE = re.compile(r"[a-z0-9_]{1,32}")
 _MAX_ID = 2**63 - 1
 
 
@@ -53,8 +52,7 @@ class ProtocolService:
         on_request: Callable[[str, str, str, float], None] | None = None,
     ) -> None:
         self.inventory = inventory
-        self.hubs = tuple(hubs)
-        self._keys = [(hub, hub.key.get_secret_value().encode()) for hub in hubs]
+        self.set_hubs(hubs)
         self._on_request = on_request
         self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
             "GET_SERVICES": self.get_services,
@@ -160,7 +158,7 @@ def _summed(maps: Any, services: Sequence[str]) -> dict[str, int]:
 
 def _slug(body: Body, name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not _SLUG_RE.fullmatch(value.strip().lower()):
+    if not isinstance(value, str) or not SLUG_RE.fullmatch(value.strip().lower()):
         raise BadRequest(f"{name}: expected a slug string such as 'russia', 'mts' or 'vk'")
     return value.strip().lower()
 

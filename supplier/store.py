@@ -109,6 +109,11 @@ def _sim(row: sqlite3.Row | tuple[object, ...]) -> SimRow:
     return SimRow(*values)
 
 
+def _not_in(column: str, values: tuple[object, ...]) -> str:
+    """`AND column NOT IN (?, ?, …)` for that many parameters, or nothing."""
+    return f"AND {column} NOT IN ({','.join('?' * len(values))})" if values else ""
+
+
 def migrations() -> list[tuple[int, str]]:
     """(version, SQL) for every file `migrations/NNNN_*.sql`, in order."""
     folder = resources.files("supplier") / "migrations"
@@ -563,13 +568,12 @@ class Store:
         self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
     ) -> list[tuple[Delivery, Sms]]:
         skip = tuple(exclude)
-        marks = ",".join("?" * len(skip))
-        not_in = f"AND d.id NOT IN ({marks}) " if skip else ""
+        not_in = _not_in("d.id", skip)
         columns = ", ".join(f"d.{c.strip()}" for c in _DELIVERY_COLUMNS.split(","))
         sms_columns = ", ".join(f"s.{c.strip()}" for c in _SMS_COLUMNS.split(","))
         rows = await self._fetchall(
             f"SELECT {columns}, {sms_columns} FROM deliveries d JOIN sms s ON s.id = d.sms_id "
-            f"WHERE d.hub = ? AND d.done IS NULL AND d.next_attempt <= ? {not_in}"
+            f"WHERE d.hub = ? AND d.done IS NULL AND d.next_attempt <= ? {not_in} "
             "ORDER BY d.next_attempt, d.id LIMIT ?",
             (hub, now, *skip, limit),
         )
@@ -578,7 +582,7 @@ class Store:
 
     async def next_due(self, hub: str, exclude: Iterable[int] = ()) -> float | None:
         skip = tuple(exclude)
-        not_in = f"AND id NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        not_in = _not_in("id", skip)
         rows = await self._fetchall(
             f"SELECT MIN(next_attempt) FROM deliveries WHERE hub = ? AND done IS NULL {not_in}",
             (hub, *skip),

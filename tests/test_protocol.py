@@ -625,3 +625,22 @@ async def test_generated_bodies_never_break_anything(agent: AgentFactory) -> Non
     assert len(answers) >= 2000
     assert (a.inventory.counts(), dict(a.inventory.activations), dict(a.inventory.usage)) == before
     assert {x["status"] for x in answers} >= {"ERROR", "SUCCESS", "NO_NUMBERS"}
+
+
+async def test_network_and_sim_overrides_decide_the_slugs(tmp_path: Path) -> None:
+    from supplier.inventory import SimOverrideValues
+
+    store = await Store.open(tmp_path / "overrides.db")
+    event = sim_ready(1)
+    odd = type(event.sim)(event.sim.iccid, "25077" + event.sim.imsi[5:], None, "250", "77")
+    inventory = Inventory(
+        store,
+        services=SERVICES,
+        release_after=600,
+        network_overrides={"25077": ("russia", "rostelecom")},
+        sim_overrides={odd.iccid: SimOverrideValues(number="89261234567")},
+    )
+    sim = await inventory.sim_ready(event.port, odd, event.network)
+    assert (sim.country, sim.operator, sim.number) == ("russia", "rostelecom", "79261234567")
+    assert inventory.counts() == {"russia": {"rostelecom": dict.fromkeys(SERVICES, 1)}}
+    await store.close()
