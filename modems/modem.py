@@ -96,6 +96,9 @@ class ModemSettings:
     storage_preference: tuple[str, ...] = ("SM", "ME")
     max_line: int = 8192
     wake_queue: int = 1024
+    # False: identify the modem and SIM but never read (or delete) stored SMS
+    # (`supplier scan`, which must not take messages away from the daemon).
+    read_sms: bool = True
 
 
 class Backoff:
@@ -574,6 +577,8 @@ class Modem:
     # -- SMS ----------------------------------------------------------------------
 
     async def _read_index(self, index: int) -> None:
+        if not self.settings.read_sms:
+            return
         try:
             reply = await self._cmd(f"AT+CMGR={index}")
         except CmsError as exc:
@@ -587,6 +592,8 @@ class Modem:
     async def _sweep(self) -> None:
         """Read every stored message (`AT+CMGL=4`): at start, after reconnects, periodically."""
         self._sweep_due = False
+        if not self.settings.read_sms:
+            return
         reply = await self._cmd("AT+CMGL=4", timeout=max(self.settings.command_timeout, 10.0))
         entries: list[tuple[int, str]] = []
         index: int | None = None

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import sys
 import tempfile
@@ -24,23 +23,16 @@ from aiohttp import web
 
 from modems.emulator import PROFILES, VirtualModemBank
 from modems.emulator.control import FAULTS, create_control_app
-from modems.events import (
-    ModemStateChanged,
-    NetworkChanged,
-    PoolEvent,
-    SimLost,
-    SimReady,
-    SmsReceived,
-)
 from modems.modem import ModemSettings
-from modems.pdu import SmsDeliver
-from modems.pool import ModemPool, raise_open_file_limit
-from modems.reassembly import Part, Reassembler
+from modems.pool import raise_open_file_limit
 
 from . import __version__, logs
-from .config import Config, ConfigError, load_config, parse_host_port
-from .daemon import Daemon
+from .config import Config, ConfigError, ModemsConfig, load_config, parse_host_port
+from .daemon import Daemon, modem_settings
+from .demo import run_demo
 from .errors import SupplierError
+from .inspection import scan, sims_report
+from .systemd import Notifier
 
 __all__ = ["main"]
 
@@ -64,6 +56,16 @@ def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number of at least 1")
     return int(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e9:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds above 0")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,15 +132,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", required=True)
 
+    scan = commands.add_parser(
+        "scan",
+        help="probe the modem ports once and print what is there",
+        description="Open every configured port, identify modem and SIM, print a table. "
+        "Stored SMS are neither read nor deleted. Ports a running daemon holds show as busy.",
+    )
+    scan.add_argument("--config", help="take ports, baud rate and PIN from this file")
+    scan.add_argument(
+        "--ports", nargs="+", metavar="PATTERN", help="ports or glob patterns (override the config)"
+    )
+    scan.add_argument(
+        "--timeout", type=_seconds, default=20.0, help="seconds to wait for slow modems (20)"
+    )
+
+    sims = commands.add_parser(
+        "sims",
+        help="the SIM inventory from the store",
+        description="Every SIM the daemon has seen: number, country/operator, state, "
+        "open activations and per-service history (sold/cancelled/offered).",
+    )
+    sims.add_argument("--config", required=True)
+
     demo = commands.add_parser(
         "demo",
-        help="a first run with no hardware: modems come up, SMS arrive",
-        description="Start 16 emulated modems, bring them up through the real serial stack, "
-        "send SMS into them and print every step.",
+        help="a first run with no hardware: virtual modems, the daemon and a built-in hub",
+        description="Start 16 emulated modems, the daemon on top of them, and a small hub that "
+        "polls GET_SERVICES, takes numbers, sends SMS into the bank and receives them by "
+        "PUSH_SMS, printing every step, with the status page's address.",
     )
-    demo.add_argument("--modems", type=_positive, default=16)
-    demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
-    demo.add_argument("--interval", type=float, default=2.0, help="seconds between demo SMS")
+    demo.add_argument("--modems", type=_positive, default=16, help="how many (default 16)")
+    demo.add_argument("--duration", type=_seconds, default=None, help="stop after N seconds")
+    demo.add_argument(
+        "--interval", type=_seconds, default=3.0, help="seconds between activations (3)"
+    )
+    demo.add_argument(
+        "--status",
+        type=_host_port,
+        default=_host_port("127.0.0.1:8001"),
+        help="status page address (default 127.0.0.1:8001; another free port if taken)",
+    )
     return parser
 
 
@@ -158,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
             return asyncio.run(_emulator(args))
         if args.command == "demo":
             return asyncio.run(_demo(args))
+        if args.command == "scan":
+            return asyncio.run(_scan(args))
+        if args.command == "sims":
+            config = load_config(args.config)
+            print(sims_report(config.storage.path))
+            return 0
     except ConfigError as exc:
         print(f"supplier: {exc}", file=sys.stderr)
         return 2
@@ -191,17 +230,21 @@ def _check_config(config: Config) -> int:
 
 async def _run(config_path: str, config: Config) -> int:
     daemon = Daemon(config)
+    notifier = Notifier(daemon.status_line)
     stop = _stop_event()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
+        notifier.reloading(done=False)
         try:
             await daemon.reload(load_config(config_path))
         except ConfigError as exc:
             structlog.get_logger("supplier").error(
                 "reload refused; keeping the old settings", error=str(exc)
             )
+        finally:
+            notifier.reloading(done=True)
 
     def on_hup() -> None:
         task = loop.create_task(reload())
@@ -217,9 +260,11 @@ async def _run(config_path: str, config: Config) -> int:
     except BaseException:
         await daemon.stop()
         raise
+    notifier.ready()
     try:
         await stop.wait()
     finally:
+        await notifier.stopping()
         await daemon.stop()
     return 0
 
@@ -294,84 +339,29 @@ async def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
-_DEMO_TEXTS = (
-    ("VK", "VK: 33708 — код подтверждения. Никому не говорите код!"),
-    ("Telegram", "Telegram code: 51924. You can also tap on this link to log in."),
-    ("WhatsApp", "Your WhatsApp code: 482-913. Don't share this code with others 🔐"),
-    ("+79001234567", "Your code is 7781. Valid for 5 minutes, price 5€ [promo]"),
-    ("Google", "G-309216 is your Google verification code. " * 5),
-)
-
-
 async def _demo(args: argparse.Namespace) -> int:
-    directory = tempfile.mkdtemp(prefix="supplier-demo-")
-    bank = VirtualModemBank(args.modems, directory)
-    stop = _stop_event()
     started = time.monotonic()
-    reassembler = Reassembler()
 
     def say(text: str) -> None:
         print(f"[{time.monotonic() - started:7.2f}s] {text}", flush=True)
 
-    async def on_event(event: PoolEvent) -> None:
-        if isinstance(event, SimReady):
-            number = f"+{event.sim.number}" if event.sim.number else "(no number)"
-            say(
-                f"SIM ready    {os.path.basename(event.port)}  {event.device.manufacturer} "
-                f"{event.device.model}  ICCID {event.sim.iccid}  {number}  "
-                f"network {event.network.operator}  signal {event.network.rssi}"
-            )
-        elif isinstance(event, SimLost):
-            say(f"SIM lost     {os.path.basename(event.port)}  {event.iccid}: {event.reason}")
-        elif isinstance(event, ModemStateChanged) and event.state.value in (
-            "resetting",
-            "not_modem",
-            "removed",
-        ):
-            say(f"modem        {os.path.basename(event.port)} {event.state.value}: {event.detail}")
-        elif isinstance(event, NetworkChanged):
-            say(f"network      {os.path.basename(event.port)} {event.network}")
-        elif isinstance(event, SmsReceived):
-            port = os.path.basename(event.port)
-            message = event.message
-            if not isinstance(message, SmsDeliver):
-                say(f"SMS (not a text) on {port}: {event.error or message}")
-                return
-            if message.concat is None:
-                say(f"SMS          {port}  from {message.sender}: {message.text}")
-                return
-            done = reassembler.add(Part.from_deliver(event.iccid, message, event.received_at))
-            if done is not None:
-                parts = f"({len(done.parts)} parts)"
-                say(f"SMS {parts:9}{port}  from {message.sender}: {done.text}")
-
+    print(f"demo: {args.modems} virtual modems, the daemon and a built-in hub; Ctrl-C stops")
     try:
-        await bank.start()
-        print(f"demo: {len(bank)} virtual modems in {directory}; Ctrl-C to stop", flush=True)
-        pool = ModemPool([bank.pattern], on_event, ModemSettings(health_interval=5.0))
-        await pool.start()
-        try:
-            deadline = None if args.duration is None else started + args.duration
-            while not stop.is_set():
-                timeout = args.interval
-                if deadline is not None:
-                    timeout = min(timeout, max(0.0, deadline - time.monotonic()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout)
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                ready = [m for m in pool if m.ready]
-                if ready:
-                    modem = random.choice(ready)
-                    virtual = bank.by_link(modem.port)
-                    if virtual is not None and modem.sim is not None:
-                        sender, text = random.choice(_DEMO_TEXTS)
-                        say(f"network      delivers an SMS from {sender} to +{modem.sim.number}")
-                        virtual.deliver(text, sender)
-        finally:
-            await pool.stop()
-    finally:
-        bank.stop()
-        with contextlib.suppress(OSError):
-            os.rmdir(directory)
+        return await run_demo(
+            modems=args.modems,
+            status_listen=args.status,
+            interval=args.interval,
+            duration=args.duration,
+            stop=_stop_event(),
+            say=say,
+        )
+    except OSError as exc:
+        raise CliError(f"demo cannot start: {exc.strerror or exc}") from None
+
+
+async def _scan(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else None
+    patterns = args.ports or (config.modems.ports if config else ModemsConfig().ports)
+    settings = modem_settings(config) if config else ModemSettings()
+    print(await scan(patterns, settings, args.timeout))
     return 0

@@ -35,6 +35,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_host_port",
+    "phone_digits",
 ]
 
 
@@ -92,7 +93,7 @@ def _slug(value: str) -> str:
     return value
 
 
-def _digits(value: Any) -> str:
+def phone_digits(value: Any) -> str:
     text = str(value).strip().lstrip("+") if isinstance(value, int | str) else ""
     if isinstance(value, bool) or not text.isdigit() or not 6 <= len(text) <= 15:
         raise ValueError("expected a phone number with its country code, 6-15 digits")
@@ -102,7 +103,7 @@ def _digits(value: Any) -> str:
 Duration = Annotated[float, BeforeValidator(_duration)]
 HostPort = Annotated[tuple[str, int], BeforeValidator(parse_host_port)]
 Slug = Annotated[str, AfterValidator(_slug)]
-Number = Annotated[str, BeforeValidator(_digits)]
+Number = Annotated[str, BeforeValidator(phone_digits)]
 
 
 class _Frozen(BaseModel):

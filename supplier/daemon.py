@@ -1,9 +1,10 @@
 """The daemon: store, inventory, inbox and pusher, the modem pool, the hub endpoint.
 
 Start order: store → inventory and inbox rebuilt from it → pusher (sends
-what was left undelivered) → hub endpoint → modem pool. Stop order is the
-reverse of what matters: stop taking hub requests, stop the modems (no new
-SMS), stop the pusher, close the store.
+what was left undelivered) → hub endpoint → status route → modem pool.
+Stop order is the reverse of what matters: stop taking hub requests (those
+in flight finish), stop the modems (no new SMS), stop the pusher, close the
+store.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ from .config import Config
 from .errors import StoreError
 from .inbox import Inbox
 from .inventory import Inventory, SimOverrideValues
+from .metrics import Metrics
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
+from .status import StatusView, create_status_app
 from .store import Store
 
 __all__ = ["Daemon"]
 
 log = structlog.get_logger("supplier.daemon")
+
+SHUTDOWN_GRACE = 5.0  # seconds for hub requests in flight to finish at a stop
 
 
 def _sim_overrides(config: Config) -> dict[str, SimOverrideValues]:
@@ -60,6 +65,30 @@ def modem_settings(config: Config) -> ModemSettings:
     )
 
 
+async def _serve(
+    app: web.Application, listen: tuple[str, int]
+) -> tuple[web.AppRunner, tuple[str, int]]:
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+    )
+    await runner.setup()
+    host, port = listen
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    address = runner.addresses[0]
+    return runner, (str(address[0]), int(address[1]))
+
+
+def _address(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "-"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Daemon:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -71,8 +100,12 @@ class Daemon:
         self.protocol: ProtocolService | None = None
         self.pool: ModemPool | None = None
         self._runner: web.AppRunner | None = None
+        self._status_runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.listening: tuple[str, int] | None = None
+        self.status_listening: tuple[str, int] | None = None
+        self.metrics = Metrics()
+        self.view = StatusView(self)
         self._observers: list[Callable[[PoolEvent], None]] = []
 
     def subscribe(self, observer: Callable[[PoolEvent], None]) -> None:
@@ -91,7 +124,9 @@ class Daemon:
             clock=self.clock,
         )
         await self.inventory.load()
-        self.pusher = Pusher(self.store, config.hubs, clock=self.clock)
+        self.pusher = Pusher(
+            self.store, config.hubs, clock=self.clock, on_result=self.metrics.on_push
+        )
         self.inbox = Inbox(
             self.store,
             self.inventory,
@@ -101,16 +136,16 @@ class Daemon:
         )
         await self.inbox.load()
         await self.pusher.start()
-        self.protocol = ProtocolService(self.inventory, config.hubs)
+        self.protocol = ProtocolService(
+            self.inventory, config.hubs, on_request=self.metrics.on_request
+        )
         app = create_protocol_app(
             self.protocol, path=config.server.path, max_body=config.server.max_body
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        host, port = config.server.listen
-        await web.TCPSite(self._runner, host, port).start()
-        address = self._runner.addresses[0]
-        self.listening = (str(address[0]), int(address[1]))
+        self._runner, self.listening = await _serve(app, config.server.listen)
+        token = config.status.token.get_secret_value() if config.status.token else None
+        status_app = create_status_app(self.view, self.metrics, token)
+        self._status_runner, self.status_listening = await _serve(status_app, config.status.listen)
         self.pool = ModemPool(
             config.modems.ports,
             self.on_pool_event,
@@ -119,12 +154,31 @@ class Daemon:
         )
         await self.pool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
-        log.info("daemon started", listen=f"{host}:{self.listening[1]}", ports=config.modems.ports)
+        log.info(
+            "daemon started",
+            listen=_address(self.listening),
+            status=f"http://{_address(self.status_listening)}/",
+            ports=config.modems.ports,
+        )
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status supplier`)."""
+        if self.pool is None or self.inventory is None or self.store is None:
+            return "starting"
+        t = self.view.summary()
+        return (
+            f"{t['modems']} modems; {t['ready']} SIMs ready, {t['no_signal']} no signal, "
+            f"{t['no_number']} no number, {t['no_sim']} no SIM, {t['errors']} errors; "
+            f"{t['open_activations']} open activations"
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()  # no more hub requests; those in flight finish
             self._runner = None
+        if self._status_runner is not None:
+            await self._status_runner.cleanup()
+            self._status_runner = None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
@@ -161,6 +215,7 @@ class Daemon:
         assert inventory is not None
         assert inbox is not None
         if isinstance(event, SmsReceived):
+            self.metrics.sms_received.inc()
             await inbox.accept(event)  # raises if not durable: the SMS stays on the SIM
         elif isinstance(event, SimReady):
             sim = await inventory.sim_ready(event.port, event.sim, event.network)

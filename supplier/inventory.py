@@ -209,6 +209,28 @@ class Inventory:
                 sim.registered = False
                 self.version += 1
 
+    # -- operator actions (status route) -------------------------------------------------
+
+    async def set_number(self, iccid: str, number: str | None) -> SimState | None:
+        """An operator's number for a SIM (digits with country code); None clears it."""
+        sim = self.sims.get(iccid)
+        if sim is None or not await self.store.set_sim_number(iccid, number):
+            return None
+        sim.manual_number = number
+        self._derive(sim)
+        log.info("SIM number set by an operator", iccid=iccid, number=sim.number, port=sim.port)
+        return sim
+
+    async def set_enabled(self, iccid: str, enabled: bool) -> SimState | None:
+        """Take a SIM out of sale (False) or put it back (True); activations are kept."""
+        sim = self.sims.get(iccid)
+        if sim is None or not await self.store.set_sim_enabled(iccid, enabled):
+            return None
+        sim.enabled = enabled
+        self.version += 1
+        log.info("SIM put on sale" if enabled else "SIM taken out of sale", iccid=iccid)
+        return sim
+
     # -- what can be sold -------------------------------------------------------------------
 
     def holder(self, iccid: str, now: float | None = None) -> Activation | None:

@@ -30,6 +30,7 @@ from .errors import StoreError, UnknownActivation
 __all__ = [
     "Activation",
     "Delivery",
+    "Earning",
     "NewPart",
     "NewSms",
     "SimRow",
@@ -77,6 +78,15 @@ class Activation:
     def is_open(self, now: float) -> bool:
         """Holds its SIM: not finished and `release_after` not yet passed."""
         return self.finished is None and now < self.release_at
+
+
+@dataclass(frozen=True, slots=True)
+class Earning:
+    hub: str
+    iccid: str
+    currency: int | None
+    sum: str | None
+    finished: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,6 +632,62 @@ class Store:
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE sms_id = ? ORDER BY id", (sms_id,)
         )
         return [_delivery(row) for row in rows]
+
+    # -- what the status page and `supplier sims` read ---------------------------------
+
+    async def earnings(self, since: float) -> list[Earning]:
+        """Activations finished with status 3 (sold) since `since`, with their `sum`."""
+        rows = await self._fetchall(
+            "SELECT hub, iccid, currency, sum, finished FROM activations "
+            "WHERE status = 3 AND finished >= ? ORDER BY finished",
+            (since,),
+        )
+        return [Earning(*tuple(row)) for row in rows]
+
+    async def sms_count(self, since: float) -> int:
+        rows = await self._fetchall("SELECT COUNT(*) FROM sms WHERE received >= ?", (since,))
+        return int(rows[0][0])
+
+    async def last_sms(self) -> dict[str, float]:
+        """ICCID → when its last SMS arrived."""
+        rows = await self._fetchall("SELECT iccid, MAX(received) FROM sms GROUP BY iccid")
+        return {row[0]: float(row[1]) for row in rows}
+
+    async def backlog(self, now: float) -> dict[str, tuple[int, float]]:
+        """Hub → (undelivered pushes, age in seconds of the oldest)."""
+        rows = await self._fetchall(
+            "SELECT hub, COUNT(*), MIN(created) FROM deliveries WHERE done IS NULL GROUP BY hub"
+        )
+        return {row[0]: (int(row[1]), max(0.0, now - float(row[2]))) for row in rows}
+
+    async def activations_of(self, iccid: str, limit: int = 200) -> list[Activation]:
+        rows = await self._fetchall(
+            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE iccid = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (iccid, limit),
+        )
+        return [_activation(row) for row in rows]
+
+    async def sms_of(self, iccid: str, limit: int = 200) -> list[tuple[Sms, list[Delivery]]]:
+        """A SIM's latest SMS, newest first, each with its deliveries."""
+        rows = await self._fetchall(
+            f"SELECT {_SMS_COLUMNS} FROM sms WHERE iccid = ? ORDER BY id DESC LIMIT ?",
+            (iccid, limit),
+        )
+        messages = [_sms(row) for row in rows]
+        if not messages:
+            return []
+        ids = tuple(m.id for m in messages)
+        marks = ", ".join("?" * len(ids))
+        drows = await self._fetchall(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE sms_id IN ({marks}) ORDER BY id",
+            ids,
+        )
+        by_sms: dict[int, list[Delivery]] = {}
+        for row in drows:
+            delivery = _delivery(row)
+            by_sms.setdefault(delivery.sms_id, []).append(delivery)
+        return [(m, by_sms.get(m.id, [])) for m in messages]
 
     async def recent_sms(self, limit: int = 100) -> list[Sms]:
         rows = await self._fetchall(

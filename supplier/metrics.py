@@ -1,0 +1,119 @@
+"""Prometheus metrics for `GET /metrics`, on a registry of the daemon's own.
+
+Counters and the GET_NUMBER histogram are updated as things happen (the
+protocol's and the pusher's hooks); SIM states, modem counters and the push
+backlog are read from the daemon's live state when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Live", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(slots=True)
+class Live:
+    """What a scrape reads from the daemon's state at that moment."""
+
+    sims: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (state, operator) → n
+    modems: Mapping[str, int] = field(default_factory=dict)  # modem state → n
+    backlog: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # hub → (n, age s)
+    modem_counters: Iterable[tuple[str, int, int]] = ()  # (port, resets, timeouts)
+
+
+class _LiveCollector(Collector):
+    def __init__(self) -> None:
+        self.live = Live()
+
+    def collect(self) -> Iterable[Metric]:
+        live = self.live
+        sims = GaugeMetricFamily(
+            "supplier_sims",
+            "SIMs known to the inventory, by state and operator",
+            labels=["state", "operator"],
+        )
+        for (state, operator), count in sorted(live.sims.items()):
+            sims.add_metric([state, operator], count)
+        yield sims
+        modems = GaugeMetricFamily(
+            "supplier_modems", "Serial ports by modem state", labels=["state"]
+        )
+        for state, count in sorted(live.modems.items()):
+            modems.add_metric([state], count)
+        yield modems
+        backlog = GaugeMetricFamily(
+            "supplier_push_backlog", "SMS deliveries not yet accepted by the hub", labels=["hub"]
+        )
+        oldest = GaugeMetricFamily(
+            "supplier_push_oldest_undelivered_seconds",
+            "Age of the oldest delivery not yet accepted by the hub",
+            labels=["hub"],
+        )
+        for hub, (count, age) in sorted(live.backlog.items()):
+            backlog.add_metric([hub], count)
+            oldest.add_metric([hub], age)
+        yield backlog
+        yield oldest
+        resets = CounterMetricFamily(
+            "supplier_modem_resets", "Modem resets (hung, or asked for)", labels=["port"]
+        )
+        timeouts = CounterMetricFamily(
+            "supplier_modem_timeouts", "AT commands that got no answer in time", labels=["port"]
+        )
+        for port, reset_count, timeout_count in live.modem_counters:
+            resets.add_metric([port], reset_count)
+            timeouts.add_metric([port], timeout_count)
+        yield resets
+        yield timeouts
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "supplier_hub_requests",
+            "Hub requests by hub, action and answer status",
+            ["hub", "action", "result"],
+            registry=self.registry,
+        )
+        self.get_number_seconds = Histogram(
+            "supplier_get_number_seconds",
+            "Time to answer GET_NUMBER",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.sms_received = Counter(
+            "supplier_sms_received",
+            "SMS read from the modems (each part of a long message counts)",
+            registry=self.registry,
+        )
+        self.pushes = Counter(
+            "supplier_pushes",
+            "PUSH_SMS attempts by hub and result (SUCCESS, a final answer, or retry)",
+            ["hub", "result"],
+            registry=self.registry,
+        )
+        self._live = _LiveCollector()
+        self.registry.register(self._live)
+
+    def on_request(self, hub: str, action: str, result: str, seconds: float) -> None:
+        self.requests.labels(hub, action, result).inc()
+        if action == "GET_NUMBER":
+            self.get_number_seconds.observe(seconds)
+
+    def on_push(self, hub: str, result: str) -> None:
+        self.pushes.labels(hub, result).inc()
+
+    def render(self, live: Live) -> bytes:
+        self._live.live = live
+        return generate_latest(self.registry)
