@@ -336,10 +336,12 @@ class StatusView:
     async def live(self) -> Live:
         inventory, store, pool = self._parts()
         sims = Counter((self.sim_state(s.iccid), s.operator) for s in inventory.sims.values())
+        backlog = {hub.name: (0, 0.0) for hub in self.daemon.config.hubs}
+        backlog.update(await store.backlog(self.daemon.clock()))
         return Live(
             sims=dict(sims),
             modems={state.value: n for state, n in pool.counts().items()},
-            backlog=await store.backlog(self.daemon.clock()),
+            backlog=backlog,
             modem_counters=[(m.port, m.resets, m.timeouts) for m in pool],
         )
 

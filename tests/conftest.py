@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -15,6 +16,9 @@ from modems.emulator import VirtualModemBank
 from modems.events import PoolEvent, SimLost, SimReady, SmsReceived
 from modems.modem import ModemSettings
 from modems.pool import ModemPool
+from supplier.daemon import Daemon
+
+from .hubkit import FakeHub, RunFactory, Running, make_config
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -123,3 +127,26 @@ async def pool_of() -> AsyncIterator[Callable[..., Awaitable[tuple[ModemPool, Re
     yield factory
     for pool in pools:
         await pool.stop()
+
+
+@pytest.fixture
+async def run(tmp_path: Path, make_bank: BankFactory) -> AsyncIterator[RunFactory]:
+    started: list[tuple[Daemon, list[FakeHub]]] = []
+
+    async def factory(modems: int = 4, hubs: tuple[str, ...] = ("alpha",), **extra: Any) -> Running:
+        bank = await make_bank(modems)
+        fakes = {name: FakeHub() for name in hubs}
+        for fake in fakes.values():
+            await fake.start()
+        daemon = Daemon(make_config(tmp_path, bank, fakes, **extra))
+        await daemon.start()
+        started.append((daemon, list(fakes.values())))
+        running = Running(daemon, bank, fakes)
+        await running.ready(modems)
+        return running
+
+    yield factory
+    for daemon, fakes in started:
+        await daemon.stop()
+        for fake in fakes:
+            await fake.stop()

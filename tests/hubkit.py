@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
-from modems.emulator import make_sim
-from modems.events import DeviceInfo, NetworkInfo, SimIdentity, SimReady
+from modems.emulator import VirtualModemBank, make_sim
+from modems.events import DeviceInfo, NetworkInfo, PoolEvent, SimIdentity, SimReady, SmsReceived
+from supplier.config import Config, parse_config
+from supplier.daemon import Daemon
 
 
 class Clock:
@@ -110,3 +114,93 @@ def hanging(seconds: float) -> Callable[[], web.StreamResponse]:
             return await super().prepare(request)
 
     return lambda: _Slow(status=200)
+
+
+KEYS = {"alpha": "alpha-key-0001", "beta": "beta-key-0002"}
+
+
+class Running:
+    """A daemon in this process on a virtual bank, with fake hubs, driven over HTTP."""
+
+    def __init__(self, daemon: Daemon, bank: VirtualModemBank, hubs: dict[str, FakeHub]) -> None:
+        self.daemon = daemon
+        self.bank = bank
+        self.hubs = hubs
+        self.events: list[PoolEvent] = []
+        self._changed = asyncio.Event()
+        daemon.subscribe(self._seen)
+        assert daemon.listening is not None
+        self.url = f"http://127.0.0.1:{daemon.listening[1]}/"
+
+    def _seen(self, event: PoolEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def ready(self, count: int) -> None:
+        await self.until(
+            lambda: len({e.port for e in self.events if isinstance(e, SimReady)}) >= count
+        )
+
+    def sms_count(self) -> int:
+        return sum(1 for e in self.events if isinstance(e, SmsReceived))
+
+    async def call(self, hub: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url, json={"key": KEYS[hub], **body}) as response,
+        ):
+            assert response.status == 200
+            return dict(await response.json())
+
+    async def number(self, hub: str, operator: str, service: str = "vk") -> dict[str, Any]:
+        answer = await self.call(
+            hub,
+            {
+                "action": "GET_NUMBER",
+                "country": "russia",
+                "operator": operator,
+                "service": service,
+                "sum": 5,
+            },
+        )
+        assert answer["status"] == "SUCCESS", answer
+        return answer
+
+
+RunFactory = Callable[..., Awaitable[Running]]
+
+
+def make_config(
+    tmp_path: Path, bank: VirtualModemBank, hubs: dict[str, FakeHub], **extra: Any
+) -> Config:
+    return parse_config(
+        {
+            "server": {"listen": "127.0.0.1:0"},
+            "status": {"listen": "127.0.0.1:0"},
+            "hubs": [
+                {
+                    "name": name,
+                    "key": KEYS[name],
+                    "push_url": hub.url,
+                    "retry_interval": "300ms",
+                    "push_timeout": "500ms",
+                }
+                for name, hub in hubs.items()
+            ],
+            "modems": {
+                "ports": [bank.pattern],
+                "health_interval": "200ms",
+                "command_timeout": "1s",
+                "rescan_interval": "100ms",
+            },
+            "services": ["vk", "tg", "wa"],
+            "storage": {"path": str(tmp_path / "supplier.db")},
+            **extra,
+        }
+    )

@@ -1,0 +1,162 @@
+"""The status page in headless Chromium (Debian's, driven by Playwright).
+
+Set SUPPLIER_SCREENSHOTS=docs to write the README's screenshots there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modems.events import SimLost
+
+from .hubkit import RunFactory, Running
+from .test_status import TOKEN, status_url
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# As root in a closed network: no sandbox, and none of Chromium's own background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> Any:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium")
+        pytest.skip("no chromium here (apt-get install chromium)")
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def traffic(r: Running) -> None:
+    """Some history to show: sold and cancelled activations, SMS, one SIM out of sale."""
+    for service, status in (("vk", 3), ("tg", 4), ("wa", 3)):
+        answer = await r.call(
+            "alpha",
+            {
+                "action": "GET_NUMBER",
+                "country": "russia",
+                "operator": "any",
+                "service": service,
+                "sum": "12.5",
+                "currency": 643,
+            },
+        )
+        assert answer["status"] == "SUCCESS", answer
+        modem = next(m for m in r.bank if m.sim and m.sim.number == str(answer["number"]))
+        modem.deliver(f"Your {service} code: 48213", service.upper())
+        await r.hubs["alpha"].wait_for(len(r.hubs["alpha"].received) + 1)
+        await r.call(
+            "alpha",
+            {
+                "action": "FINISH_ACTIVATION",
+                "activationId": answer["activationId"],
+                "status": status,
+            },
+        )
+    await r.number("alpha", "any", "vk")  # one left open
+
+
+async def refreshes(page: Any) -> int:
+    return int(await page.evaluate("Number(document.body.dataset.refreshed || 0)"))
+
+
+async def test_the_page_shows_the_sims_follows_an_unplug_and_filters(
+    run: RunFactory, browser: Any, tmp_path: Path
+) -> None:
+    r = await run(modems=8, status={"listen": "127.0.0.1:0", "token": TOKEN})
+    await traffic(r)
+    page = await browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(15_000)
+    await page.goto(status_url(r, "/?refresh=1"))
+    # The token is asked for first, then the page comes back.
+    await page.fill("input[name=token]", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#sims tbody tr[data-iccid]")
+    rows = page.locator("#sims tbody tr")
+    assert await rows.count() == 8
+    shown = set(
+        await page.locator("#sims tbody tr").evaluate_all("rs => rs.map(r => r.dataset.iccid)")
+    )
+    assert shown == {m.sim.iccid for m in r.bank if m.sim}
+    assert await page.locator('[data-testid="total-ready"] .n').inner_text() == "8"
+
+    # Unplugged in the emulator: gone within one refresh of the daemon knowing.
+    gone = r.bank[5]
+    assert gone.sim is not None
+    iccid = gone.sim.iccid
+    gone.unplug()
+    await r.until(lambda: any(isinstance(e, SimLost) and e.iccid == iccid for e in r.events))
+    seen = await refreshes(page)
+    # One refresh may already be in flight with the old state; the next one must show it.
+    await page.wait_for_function(f"Number(document.body.dataset.refreshed) >= {seen + 2}")
+    assert await page.locator(f'tr[data-iccid="{iccid}"]').get_attribute("data-state") == "gone"
+    assert await page.locator('[data-testid="total-gone"] .n').inner_text() == "1"
+
+    # The filter: a number picks out one SIM; the state filter picks out the gone one.
+    other = r.bank[2].sim
+    assert other is not None and other.number is not None
+    await page.fill('[data-testid="filter"]', other.number[-6:])
+    await page.wait_for_function("document.querySelectorAll('#sims tbody tr').length === 1")
+    assert await rows.first.get_attribute("data-iccid") == other.iccid
+    await page.fill('[data-testid="filter"]', "")
+    await page.select_option('[data-testid="state"]', "gone")
+    await page.wait_for_function("document.querySelectorAll('#sims tbody tr').length === 1")
+    assert await rows.first.get_attribute("data-iccid") == iccid
+    await page.select_option('[data-testid="state"]', "")
+    await page.check('[data-testid="idle"]')  # earned nothing in 7 days: 8 minus the 2 sold
+    await page.wait_for_function("document.querySelectorAll('#sims tbody tr').length === 6")
+    await page.uncheck('[data-testid="idle"]')
+
+    # Sorting by number puts them in order.
+    await page.click('th[data-key="number"]')
+    numbers = await page.locator("#sims tbody tr td:nth-child(3)").all_inner_texts()
+    assert numbers == sorted(numbers, key=lambda n: int(n.lstrip("+")))
+
+    # One SIM's page shows its SMS texts (behind the token).
+    sold = next(
+        m
+        for m in r.bank
+        if m.sim and m.sim.number == r.hubs["alpha"].received[0]["phone"].__str__()
+    )
+    await page.goto(status_url(r, f"/sims/{sold.sim.iccid}"))  # type: ignore[union-attr]
+    await page.wait_for_selector("#sms tbody tr td.text")
+    assert "code: 48213" in await page.locator("#sms tbody").inner_text()
+
+    out = Path(os.environ.get("SUPPLIER_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(out / "status-sim.png"), full_page=True)
+    await page.goto(status_url(r, "/?refresh=1"))
+    await page.wait_for_selector("#sims tbody tr[data-iccid]")
+    await page.screenshot(path=str(out / "status-desktop.png"), full_page=True)
+    phone = await browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    await phone.context.add_cookies(await page.context.cookies())
+    await phone.goto(status_url(r, "/?refresh=1"))
+    await phone.wait_for_selector("#sims tbody tr[data-iccid]")
+    # On a phone each SIM is a card: no sideways scrolling.
+    width = await phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390
+    await phone.screenshot(
+        path=str(out / "status-phone.png"),
+        full_page=True,
+        clip={"x": 0, "y": 0, "width": 390, "height": 1300},
+    )
+    assert (out / "status-desktop.png").stat().st_size > 10_000
