@@ -187,7 +187,7 @@ class Daemon:
             await self.pool.stop()
             self.pool = None
         if self.pusher is not None:
-            await self.pusher.stop()
+            await self.pusher.stop(grace=SHUTDOWN_GRACE)
             self.pusher = None
         if self.store is not None:
             await self.store.close()

@@ -124,12 +124,18 @@ class Inbox:
             self.duplicates += 1
             if piece is not None and self._reassembler.discard(piece):
                 self._digests.pop((piece.key, piece.sequence), None)
-            log.info("SMS read again; already stored", iccid=event.iccid, slot=event.index)
+            log.info(
+                "SMS read again; already stored",
+                port=event.port,
+                iccid=event.iccid,
+                slot=event.index,
+            )
             return
         self.received += 1
         if stored is not None:
             log.info(
                 "SMS stored",
+                port=event.port,
                 iccid=event.iccid,
                 sms_id=stored.id,
                 kind=stored.kind,

@@ -184,7 +184,9 @@ class Inventory:
         if sim.number is None:
             log.warning("SIM has no known number; not sold", iccid=sim.iccid, port=port)
         if sim.country is None:
-            log.warning("SIM's home network is unknown; not sold", iccid=sim.iccid, imsi=sim.imsi)
+            log.warning(
+                "SIM's home network is unknown; not sold", port=port, iccid=sim.iccid, imsi=sim.imsi
+            )
         return sim
 
     def network_changed(self, iccid: str, network: NetworkInfo) -> None:
@@ -228,7 +230,9 @@ class Inventory:
             return None
         sim.enabled = enabled
         self.version += 1
-        log.info("SIM put on sale" if enabled else "SIM taken out of sale", iccid=iccid)
+        log.info(
+            "SIM put on sale" if enabled else "SIM taken out of sale", port=sim.port, iccid=iccid
+        )
         return sim
 
     # -- what can be sold -------------------------------------------------------------------

@@ -113,14 +113,21 @@ class Pusher:
         worker.task = asyncio.create_task(self._run(worker), name=f"pusher {hub.name}")
         self._workers[hub.name] = worker
 
-    async def stop(self) -> None:
-        """Stop sending; requests in flight are abandoned (they stay due in the store)."""
-        tasks = [w.task for w in self._workers.values() if w.task is not None]
-        tasks += list(self._sends)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop sending. Pushes in flight get `grace` seconds to be answered and recorded
+        (so a hub's SUCCESS is not thrown away at a clean stop); after that they are
+        abandoned and stay due in the store."""
+        workers = [w.task for w in self._workers.values() if w.task is not None]
+        for task in workers:
+            task.cancel()  # no new pushes start
+        await asyncio.gather(*workers, return_exceptions=True)
         self._workers.clear()
+        if self._sends and grace > 0:
+            await asyncio.wait(list(self._sends), timeout=grace)
+        sends = list(self._sends)
+        for task in sends:
+            task.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -158,26 +158,3 @@ async def test_emulate_command_and_its_client(tmp_path, pool_of) -> None:  # typ
         await asyncio.wait_for(process.wait(), 10)
     assert process.returncode == 0
     assert not any(directory.glob("modem*"))
-
-
-async def test_demo_runs_and_stops_by_itself() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "supplier",
-        "demo",
-        "--modems",
-        "4",
-        "--duration",
-        "8",
-        "--interval",
-        "0.5",
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0
-    text = out.decode()
-    assert text.count("SIM ready") == 4
-    assert "SMS " in text and "from " in text

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import sqlite3
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from modems.emulator import VirtualModemBank
+from modems.pdu import SmsDeliver, decode_pdu
 
 from .hubkit import FakeHub
 
@@ -25,8 +29,6 @@ KEY = "e2e-key-0000001"
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -42,7 +44,7 @@ class Process:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, env: dict[str, str] | None = None) -> None:
         self.lines.clear()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -54,7 +56,7 @@ class Process:
             "--config",
             str(self.config),
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
         self._reader = asyncio.create_task(self._read())
 
@@ -228,3 +230,199 @@ async def test_kill_9_mid_backlog_loses_nothing_and_repeats_nothing_delivered(
 def _successes(hub: FakeHub) -> list[dict[str, Any]]:
     """The pushes the hub answered SUCCESS (those received while it was in ok mode)."""
     return [p for p, ok in zip(hub.received, hub.succeeded, strict=True) if ok]
+
+
+def _texts_on_sims(bank: VirtualModemBank) -> set[str]:
+    """The texts still stored on the emulated SIMs (not yet taken by the daemon)."""
+    found = set()
+    for modem in bank:
+        for slot in modem.stored().values():
+            message = decode_pdu(slot.pdu)
+            assert isinstance(message, SmsDeliver)
+            found.add(message.text)
+    return found
+
+
+async def test_sigterm_mid_traffic_exits_cleanly_and_loses_nothing(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bank, hub, process, url = setup
+    await process.start()
+    await process.until("SIM in inventory", 4)
+    for operator in ("mts", "megafon"):  # these two get the SMS; the others are sold meanwhile
+        answer = await call(
+            url,
+            {"action": "GET_NUMBER", "country": "russia", "operator": operator, "service": "vk"},
+        )
+        assert answer["status"] == "SUCCESS"
+    sent: list[str] = []
+    answered: list[int] = []
+    stopping = asyncio.Event()
+
+    async def sms_traffic() -> None:
+        for i in range(400):
+            if process.proc is None or process.proc.returncode is not None:
+                return
+            text = f"traffic {i:04d}"
+            bank[i % 2].deliver(text)
+            sent.append(text)
+            if i == 40:
+                stopping.set()
+            await asyncio.sleep(0.005)  # pacing of the traffic, not a wait for a result
+
+    async def hub_traffic() -> None:
+        turn = 0
+        while process.proc is not None and process.proc.returncode is None:
+            turn += 1
+            try:
+                answer = await call(
+                    url,
+                    {
+                        "action": "GET_NUMBER",
+                        "country": "russia",
+                        "operator": "any",
+                        "service": ("vk", "tg", "wa")[turn % 3],
+                    },
+                )
+            except (aiohttp.ClientError, AssertionError):
+                return  # the server stopped taking requests
+            if answer["status"] == "SUCCESS":
+                answered.append(int(answer["activationId"]))
+                await call(
+                    url,
+                    {
+                        "action": "FINISH_ACTIVATION",
+                        "activationId": answer["activationId"],
+                        "status": 4,
+                    },
+                )
+
+    tasks = [asyncio.create_task(sms_traffic()), asyncio.create_task(hub_traffic())]
+    await asyncio.wait_for(stopping.wait(), 20)
+    started = asyncio.get_running_loop().time()
+    code = await process.stop(signal.SIGTERM)
+    took = asyncio.get_running_loop().time() - started
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert code == 0
+    assert took < 10, f"took {took:.1f} s to stop"
+    assert process.count("daemon stopped") == 1
+    assert answered, "no GET_NUMBER was answered while the traffic ran"
+
+    db = sqlite3.connect(tmp_path / "db" / "supplier.db")
+    stored = {row[0] for row in db.execute("SELECT text FROM sms")}
+    known = {row[0] for row in db.execute("SELECT id FROM activations")}
+    db.close()
+    assert set(answered) <= known  # every activation a hub was given is durable
+    # Every SMS sent is either durable in the store or still on its SIM.
+    assert set(sent) <= stored | _texts_on_sims(bank)
+
+    # After a restart every one of them reaches the hub, each exactly once.
+    await process.start()
+    async with asyncio.timeout(30):
+        while {p["text"] for p in _successes(hub)} < set(sent):
+            await hub.wait_for(len(hub.received) + 1)
+    ids = [p["smsId"] for p in _successes(hub)]
+    assert len(ids) == len(set(ids)) == len(sent)
+    assert await process.stop() == 0
+
+
+async def test_sighup_reloads_hubs_and_services_and_keeps_activations(
+    setup, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    bank, hub, process, url = setup
+    await process.start()
+    await process.until("SIM in inventory", 4)
+    held = await call(
+        url, {"action": "GET_NUMBER", "country": "russia", "operator": "mts", "service": "vk"}
+    )
+    assert held["status"] == "SUCCESS"
+    config = process.config
+    text = config.read_text()
+    new_key = "second-hub-key-02"
+    config.write_text(
+        text.replace("services: [vk, tg, wa]", "services: [vk, tg, wa, go]").replace(
+            "modems:",
+            f'  - {{name: second, key: "{new_key}", push_url: "{hub.url}"}}\nmodems:',
+        )
+    )
+    assert process.proc is not None
+    process.proc.send_signal(signal.SIGHUP)
+    await process.until("configuration reloaded")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"key": new_key, "action": "GET_SERVICES"}) as response,
+    ):
+        services = await response.json()
+    assert services["status"] == "SUCCESS"
+    russia = {c["country"]: c["operatorMap"] for c in services["countryList"]}["russia"]
+    assert russia["megafon"]["go"] == 1
+    assert russia["mts"]["vk"] == 0  # still held by the activation from before the reload
+
+    # The activation from before the reload still gets its SMS and can be finished.
+    bank[0].deliver("code after reload")
+    await hub.wait_for(1)
+    assert hub.received[0]["text"] == "code after reload"
+    assert hub.received[0]["key"] == KEY
+
+    # A broken file is refused and the daemon goes on with what it had.
+    config.write_text("hubs: [")
+    process.proc.send_signal(signal.SIGHUP)
+    await process.until("reload refused; keeping the old settings")
+    assert await call(
+        url, {"action": "FINISH_ACTIVATION", "activationId": held["activationId"], "status": 3}
+    ) == {"status": "SUCCESS"}
+    assert await process.stop() == 0
+
+
+async def test_sd_notify_ready_watchdog_status_and_stopping(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bank, hub, process, url = setup
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    messages: list[list[str]] = []
+
+    async def receive(until: Callable[[], bool], timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not until():
+                data = await loop.sock_recv(sock, 4096)
+                messages.append(data.decode().split("\n"))
+
+    def sent(line: str) -> int:
+        return sum(1 for message in messages for item in message if item == line)
+
+    try:
+        await process.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+        await receive(lambda: sent("READY=1") >= 1)
+        ready = next(m for m in messages if "READY=1" in m)
+        status = next(item for item in ready if item.startswith("STATUS="))
+        assert "modems" in status and "SIMs ready" in status
+        # READY=1 comes once the server listens: a hub request is answered at once.
+        assert (await call(url, {"action": "GET_SERVICES"}))["status"] == "SUCCESS"
+        await receive(lambda: sent("WATCHDOG=1") >= 3)  # every 0.2 s, from the event loop
+        assert process.proc is not None
+        process.proc.send_signal(signal.SIGHUP)
+        await receive(lambda: sent("RELOADING=1") >= 1 and sent("READY=1") >= 2)
+        process.proc.send_signal(signal.SIGTERM)
+        await receive(lambda: sent("STOPPING=1") >= 1)
+        assert await process.stop() == 0
+    finally:
+        sock.close()
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: .ci/run installs systemd")
+        pytest.skip("no systemd-analyze here")
+    unit = (ROOT / "systemd" / "supplier.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit
+    # verify checks that ExecStart's program exists: point it at this install's.
+    supplier = shutil.which("supplier") or str(Path(sys.executable).parent / "supplier")
+    copy = tmp_path / "supplier.service"
+    copy.write_text(unit.replace("/opt/supplier/bin/supplier", supplier))
+    result = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "supplier.service" not in result.stderr, result.stderr  # no warnings about it

@@ -5,6 +5,7 @@ Set SUPPLIER_SCREENSHOTS=docs to write the README's screenshots there.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -142,7 +143,7 @@ async def test_the_page_shows_the_sims_follows_an_unplug_and_filters(
     assert "code: 48213" in await page.locator("#sms tbody").inner_text()
 
     out = Path(os.environ.get("SUPPLIER_SCREENSHOTS") or tmp_path)
-    out.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     await page.screenshot(path=str(out / "status-sim.png"), full_page=True)
     await page.goto(status_url(r, "/?refresh=1"))
     await page.wait_for_selector("#sims tbody tr[data-iccid]")

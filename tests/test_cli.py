@@ -1,0 +1,136 @@
+"""Every `supplier` command as a real process, against the virtual modem bank."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from modems.emulator import VirtualModemBank
+from modems.pdu import SmsDeliver, decode_pdu
+
+from .conftest import BankFactory
+from .hubkit import RunFactory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def supplier(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    """Run `python -m supplier ARGS` without blocking the loop that serves the bank."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "supplier",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["check-config"], ["scan"], ["sims"], ["emulate"], ["demo"]]
+)
+async def test_help_everywhere(command: list[str]) -> None:
+    code, out, _ = await supplier(*command, "--help")
+    assert code == 0
+    assert out.startswith("usage: supplier")
+
+
+async def test_bad_usage_is_one_line_and_exit_2() -> None:
+    code, _, err = await supplier("frobnicate")
+    assert code == 2 and "invalid choice" in err
+    code, _, err = await supplier("demo", "--interval", "-1")
+    assert code == 2 and "expected a number of seconds" in err
+
+
+async def test_scan_prints_every_modem_and_leaves_stored_sms_alone(
+    make_bank: BankFactory,
+) -> None:
+    bank: VirtualModemBank = await make_bank(3)
+    bank[1].deliver("waiting for the daemon", "VK")
+    bank[2].remove_sim()
+    code, out, err = await supplier("scan", "--ports", bank.pattern, "--timeout", "20")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "PORT", "MODEM", "IMEI", "ICCID", "IMSI", "NUMBER", "NETWORK", "SIGNAL", "STATE",
+    ]  # fmt: skip
+    for modem in bank:
+        row = next(line for line in lines if line.startswith(modem.link))
+        if modem.sim is not None:
+            assert modem.sim.iccid in row and f"+{modem.sim.number}" in row
+            assert modem.sim.imsi in row and row.rstrip().endswith("ready")
+            assert "russia/" in row and "home" in row
+        else:
+            assert "no_sim" in row
+    assert lines[-1] == "3 ports, 2 SIMs ready"
+    [slot] = bank[1].stored().values()  # still there: scan never reads or deletes SMS
+    message = decode_pdu(slot.pdu)
+    assert isinstance(message, SmsDeliver) and message.text == "waiting for the daemon"
+
+
+async def test_scan_with_nothing_plugged_in(tmp_path: Path) -> None:
+    code, out, err = await supplier("scan", "--ports", str(tmp_path / "tty*"))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "no serial ports match" in err
+
+
+async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> None:
+    r = await run(modems=3)
+    answer = await r.number("alpha", "mts", "vk")
+    other = await r.number("alpha", "megafon", "tg")
+    await r.call(
+        "alpha", {"action": "FINISH_ACTIVATION", "activationId": other["activationId"], "status": 3}
+    )
+    config = Path(r.daemon.config.storage.path).parent / "supplier.yaml"
+    config.write_text(
+        "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
+        f"storage: {{path: '{r.daemon.config.storage.path}'}}\n"
+    )
+    code, out, err = await supplier("sims", "--config", str(config))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["NUMBER", "ICCID", "COUNTRY/OPERATOR", "STATE", "OPEN"]
+    mts = next(line for line in lines if f"+{answer['number']}" in line)
+    assert "russia/mts" in mts and "on sale" in mts
+    assert f"alpha:vk#{answer['activationId']}" in mts and "vk 0/0/1" in mts
+    megafon = next(line for line in lines if f"+{other['number']}" in line)
+    assert "tg 1/0/1!" in megafon  # sold: never offered for tg again
+    assert lines[-1] == "3 SIMs, 3 on sale, 1 open activations"
+
+
+async def test_sims_without_a_database(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "hubs: [{name: a, key: key-aaaa-1, push_url: 'http://127.0.0.1:1/'}]\n"
+        f"storage: {{path: '{tmp_path / 'none.db'}'}}\n"
+    )
+    code, _, err = await supplier("sims", "--config", str(config))
+    assert code == 1 and err.count("\n") == 1 and "no database at" in err
+    assert not (tmp_path / "none.db").exists()  # not created by looking
+
+
+async def test_demo_runs_the_whole_path_and_stops_by_itself() -> None:
+    code, out, err = await supplier(
+        "demo", "--modems", "4", "--duration", "8", "--interval", "0.5",
+        "--status", "127.0.0.1:0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert re.search(r"status  page at http://127\.0\.0\.1:\d+/  \(token: \S+\)", out)
+    assert out.count("modem   modem") == 4
+    taken = re.findall(r"GET_NUMBER \w+ in \w+: \+(\d+), activation (\d+)", out)
+    pushed = re.findall(r"PUSH_SMS for \+(\d+)", out)
+    finished = re.findall(r"FINISH_ACTIVATION (\d+) status 3 \(sold\): SUCCESS", out)
+    assert len(taken) >= 3
+    assert [number for number, _ in taken][: len(pushed)] == pushed
+    assert [activation for _, activation in taken][: len(finished)] == finished
+    served = re.search(r"demo    done: (\d+) activations served, (\d+) SMS pushed", out)
+    assert served is not None and int(served.group(1)) == len(finished) >= 3
