@@ -8,7 +8,7 @@ stamps every `+CMTI` with the same clock, so `+CMTI` → hub is measured
 end to end across the processes.
 
     python bench/hub_load.py                       # 64 and 512 modems
-    python bench/hub_load.py --modems 512 --clients 50 --requests 5000 --burst 2000
+    python bench/hub_load.py --modems 512 --clients 50 --requests 5000 --sms 2000 --spread 60 --burst 2000
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ async def load(url: str, clients: int, total: int, body: Any) -> tuple[list[floa
     return latencies, elapsed, statuses.get("SUCCESS", 0)
 
 
-async def run(count: int, clients: int, requests: int, sms: int, burst: int) -> dict[str, str]:
+async def run(
+    count: int, clients: int, requests: int, sms: int, burst: int, spread: float
+) -> dict[str, str]:
     work = tempfile.mkdtemp(prefix=f"bench-hub-{count}-")
     emulator, control = await start_emulator(count, os.path.join(work, "bank"))
     hub = Hub()
@@ -230,9 +232,10 @@ storage: {{path: "{work}/supplier.db"}}
                 async with session.post(f"http://{control}/sms", json=items) as response:
                     return [pdus[0] for pdus in (await response.json())["pdus"]]
 
-            # +CMTI → hub, SMS spread over 10 s.
+            # +CMTI → hub, `sms` SMS spread over `spread` seconds.
             texts: dict[str, str] = {}
-            moments = sorted(random.uniform(0, 10) for _ in range(sms))
+            moments = sorted(random.uniform(0, spread) for _ in range(sms))
+            spread_cpu0 = me.cpu_times()
             t0 = time.monotonic()
             for k, moment in enumerate(moments):
                 await asyncio.sleep(max(0.0, t0 + moment - time.monotonic()))
@@ -243,6 +246,12 @@ storage: {{path: "{work}/supplier.db"}}
             stamps = await cmti_times(session, control, count)
             latencies = [(hub.arrived[texts[p]] - stamps[p]) * 1000 for p in texts if p in stamps]
             out["spread"] = summary(latencies)
+            spread_cpu1 = me.cpu_times()
+            took = time.monotonic() - t0
+            out["spread_cpu"] = (
+                f"{(spread_cpu1.user + spread_cpu1.system - spread_cpu0.user - spread_cpu0.system) / took * 100:.0f}"
+            )
+            out["spread_lost"] = str(len(set(texts.values()) - hub.arrived.keys()))
 
             # A burst of `burst` SMS across all modems at once.
             before = hub.count
@@ -292,7 +301,8 @@ def main() -> int:
     parser.add_argument("--modems", type=int, action="append")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--sms", type=int, default=300)
+    parser.add_argument("--sms", type=int, default=2000, help="SMS spread over --spread seconds")
+    parser.add_argument("--spread", type=float, default=60.0)
     parser.add_argument("--burst", type=int, default=2000)
     args = parser.parse_args()
     raise_open_file_limit()
@@ -304,14 +314,17 @@ def main() -> int:
     )
     print()
     print(
-        "| modems | come-up s | idle CPU % | idle RSS MB | GET_SERVICES | rps | GET_NUMBER | rps | +CMTI→hub (spread) | burst: SMS | drain s | lost | doubled | CPU % | peak RSS MB |"
+        f"| modems | come-up s | idle CPU % | idle RSS MB | GET_SERVICES | rps | GET_NUMBER | rps | +CMTI→hub ({args.sms} over {args.spread:.0f} s) | lost | CPU % | burst: SMS | drain s | lost | doubled | CPU % | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for count in args.modems or [64, 512]:
-        r = asyncio.run(run(count, args.clients, args.requests, args.sms, args.burst))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for count in args.modems or [64, 256, 512]:
+        r = asyncio.run(
+            run(count, args.clients, args.requests, args.sms, args.burst, args.spread)
+        )
         print(
             f"| {r['modems']} | {r['come_up']} | {r['idle_cpu']} | {r['idle_rss']} | {r['services']} | "
-            f"{r['services_rps']} | {r['numbers']} | {r['numbers_rps']} | {r['spread']} | {args.burst} | "
+            f"{r['services_rps']} | {r['numbers']} | {r['numbers_rps']} | {r['spread']} | "
+            f"{r['spread_lost']} | {r['spread_cpu']} | {args.burst} | "
             f"{r['burst_drain']} | {r['burst_lost']} | {r['burst_dup']} | {r['burst_cpu']} | {r['peak_rss']} |",
             flush=True,
         )

@@ -82,9 +82,12 @@ class VirtualModem:
         self.hung = False
         self.plugged = False
         self.cmti_log: list[tuple[float, int, str]] = []  # (monotonic, index, pdu)
+        # Every message stored, indication or not: the moment its +CMTI is (or would be) written.
+        self.arrival_log: list[tuple[float, int, str]] = []
         self.deleted: list[str] = []
         self.commands: list[str] = []
         self.max_command_log = 2000
+        self.command_count = 0  # every command line heard (the log above is trimmed)
         self._master: int | None = None
         self._slave: int | None = None
         self._in = bytearray()
@@ -293,6 +296,7 @@ class VirtualModem:
             self.network_queue.append(pdu)
             return None
         store[index] = Slot(pdu)
+        self.arrival_log.append((time.monotonic(), index, pdu))
         if self.cnmi_mt == 1 and self._master is not None and not self.hung:
             self.cmti_log.append((time.monotonic(), index, pdu))
             self._lines(f'+CMTI: "{self.storage}",{index}')
@@ -377,10 +381,11 @@ class VirtualModem:
 
     def _command_line(self, line: str) -> None:
         self.commands.append(line)
+        self.command_count += 1
         if len(self.commands) > self.max_command_log:
             del self.commands[: len(self.commands) // 2]
+        self._changed()  # a waiter may be watching the command log
         if self.hung:
-            self._changed()
             return  # heard, never answered
         if self.echo or self.profile.echo_ignores_ate0:
             self._write(line.encode("latin-1") + b"\r")
@@ -571,11 +576,15 @@ class VirtualModem:
     def _h_cscs(self, name: str, arg: str) -> tuple[list[str], str]:
         if arg == "?":
             return ['+CSCS: "GSM"'], "OK"
+        if arg == "=?":
+            return ['+CSCS: ("IRA","GSM","UCS2")'], "OK"
         return [], "OK"
 
     def _h_cmgf(self, name: str, arg: str) -> tuple[list[str], str]:
         if arg == "?":
             return ["+CMGF: 0"], "OK"
+        if arg == "=?":
+            return ["+CMGF: (0)"], "OK"
         # The emulator speaks PDU mode only (the daemon never uses text mode).
         return ([], "OK") if arg == "=0" else ([], self._cms(303))
 
@@ -714,10 +723,16 @@ class VirtualModem:
     def _h_cusd(self, name: str, arg: str) -> tuple[list[str], str]:
         if self._sim_error():
             return [], self._cme(10)
-        if self.sim is not None and self.sim.number:
+        # `AT+CUSD=1` only turns result codes on; a request carries the USSD string.
+        if self.sim is not None and self.sim.number and '"' in arg:
             reply = f'+CUSD: 0,"Your number is {self.sim.number}",15'
             asyncio.get_running_loop().call_soon(self._lines, reply)
         return [], "OK"
+
+    def _h_cgatt(self, name: str, arg: str) -> tuple[list[str], str]:
+        if self._sim_error():
+            return [], self._cme(10)
+        return (["+CGATT: 1"], "OK") if arg == "?" else ([], "OK")
 
     _TABLE: ClassVar[dict[str, Callable[[VirtualModem, str, str], _Result | None]]] = {
         "+CGMI": _h_ident,
@@ -751,6 +766,7 @@ class VirtualModem:
         "+COPS": _h_cops,
         "+CFUN": _h_cfun,
         "+CUSD": _h_cusd,
+        "+CGATT": _h_cgatt,
         "+CSMS": _h_simple,
         "+CSCA": _h_simple,
         "+CLIP": _h_simple,
