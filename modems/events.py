@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .pdu import DecodedPdu
 
 __all__ = [
+    "REGISTRATION_NAMES",
     "DeviceInfo",
     "EventHandler",
     "ModemState",
@@ -50,6 +51,17 @@ class SimIdentity:
     number: str | None  # digits with country code, no "+"; None when the SIM does not say
     home_mcc: str | None
     home_mnc: str | None
+
+
+# 3GPP TS 27.007 +CREG stat values, as operators read them.
+REGISTRATION_NAMES = {
+    0: "not searching",
+    1: "home",
+    2: "searching",
+    3: "denied",
+    4: "unknown",
+    5: "roaming",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from modems.events import ModemState, PoolEvent
+from modems.events import REGISTRATION_NAMES, ModemState, PoolEvent
 from modems.modem import ModemSettings
 from modems.pool import ModemPool, expand_ports
 
@@ -28,7 +28,6 @@ __all__ = ["format_table", "scan", "sims_report"]
 _SETTLED = frozenset(
     {ModemState.READY, ModemState.NO_SIM, ModemState.SIM_LOCKED, ModemState.NOT_MODEM}
 )
-_REGISTRATION = {0: "off", 1: "home", 2: "searching", 3: "denied", 4: "unknown", 5: "roaming"}
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -84,7 +83,8 @@ async def scan(patterns: Sequence[str], settings: ModemSettings, timeout: float)
             vendor = " ".join(x for x in (device.manufacturer, device.model) if x) or "-"
             rssi = modem.network.rssi
             signal = "-" if rssi is None or rssi == 99 else f"{rssi} ({-113 + 2 * rssi} dBm)"
-            registration = _REGISTRATION.get(modem.network.registration or -1, "-")
+            stat = modem.network.registration
+            registration = "-" if stat is None else REGISTRATION_NAMES.get(stat, str(stat))
             state = modem.state.value
             if modem.state is not ModemState.READY and modem.detail:
                 state += f": {modem.detail}"

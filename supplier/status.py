@@ -23,7 +23,7 @@ from urllib.parse import quote
 import structlog
 from aiohttp import hdrs, web
 
-from modems.events import ModemState
+from modems.events import REGISTRATION_NAMES, ModemState
 
 from . import __version__
 from .config import phone_digits
@@ -40,14 +40,6 @@ log = structlog.get_logger("supplier.status")
 
 DAY = 86400.0
 COOKIE = "supplier_session"
-_REGISTRATION = {
-    0: "not searching",
-    1: "home",
-    2: "searching",
-    3: "denied",
-    4: "unknown",
-    5: "roaming",
-}
 # ISO 4217 numeric → letters, for the currencies the hubs pay in.
 CURRENCIES = {
     643: "RUB",
@@ -217,7 +209,7 @@ class StatusView:
                     "operator": sim.operator,
                     "rssi": sim.rssi if sim.online else None,
                     "bars": bars(sim.rssi) if sim.online else None,
-                    "registration": _REGISTRATION.get(registration)
+                    "registration": REGISTRATION_NAMES.get(registration)
                     if registration is not None
                     else None,
                     "state": self.sim_state(sim.iccid),
