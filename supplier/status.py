@@ -33,6 +33,7 @@ from .store import Activation, Delivery, Sms
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+    from .inventory import Inventory, SimState
 
 __all__ = ["StatusView", "bars", "create_status_app"]
 
@@ -487,9 +488,24 @@ async def _action_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def _change_sim(
+    request: web.Request,
+    change: Callable[[Inventory, str], Awaitable[SimState | None]],
+    answer: Callable[[SimState], dict[str, Any]],
+) -> web.Response:
+    """One operator change to the SIM named in the path: 503, 404, or SUCCESS with `answer`."""
+    iccid = request.match_info["iccid"]
+    inventory = request.app[_VIEW].daemon.inventory
+    if inventory is None:
+        return _error(503, "starting up")
+    sim = await change(inventory, iccid)
+    if sim is None:
+        return _error(404, f"no SIM with ICCID {iccid}")
+    return web.json_response({"status": "SUCCESS", **answer(sim)})
+
+
 async def set_number(request: web.Request) -> web.Response:
     body = await _action_body(request)
-    iccid = request.match_info["iccid"]
     value = body.get("number")
     number: str | None = None
     if value not in (None, ""):
@@ -497,28 +513,23 @@ async def set_number(request: web.Request) -> web.Response:
             number = phone_digits(value)
         except ValueError as exc:
             return _error(400, f"number: {value!r}: {exc}")
-    inventory = request.app[_VIEW].daemon.inventory
-    if inventory is None:
-        return _error(503, "starting up")
-    sim = await inventory.set_number(iccid, number)
-    if sim is None:
-        return _error(404, f"no SIM with ICCID {iccid}")
-    return web.json_response({"status": "SUCCESS", "number": sim.number})
+    return await _change_sim(
+        request,
+        lambda inventory, iccid: inventory.set_number(iccid, number),
+        lambda sim: {"number": sim.number},
+    )
 
 
 async def set_sale(request: web.Request) -> web.Response:
     body = await _action_body(request)
-    iccid = request.match_info["iccid"]
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         return _error(400, f"enabled: {enabled!r}: expected true or false")
-    inventory = request.app[_VIEW].daemon.inventory
-    if inventory is None:
-        return _error(503, "starting up")
-    sim = await inventory.set_enabled(iccid, enabled)
-    if sim is None:
-        return _error(404, f"no SIM with ICCID {iccid}")
-    return web.json_response({"status": "SUCCESS", "enabled": sim.enabled})
+    return await _change_sim(
+        request,
+        lambda inventory, iccid: inventory.set_enabled(iccid, enabled),
+        lambda sim: {"enabled": sim.enabled},
+    )
 
 
 async def reset_modem(request: web.Request) -> web.Response:
