@@ -13,6 +13,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from .codes import CmeCode
+
 __all__ = [
     "ATReader",
     "Echo",
@@ -132,22 +134,22 @@ _BARE_FINALS = {
 # Verbose `+CME ERROR: <text>` (AT+CMEE=2, or modems that ignore CMEE=1),
 # 3GPP TS 27.007 §9.2, mapped back to their numbers.
 _CME_TEXTS = {
-    "phone failure": 0,
-    "operation not allowed": 3,
-    "operation not supported": 4,
-    "sim not inserted": 10,
-    "sim pin required": 11,
-    "sim puk required": 12,
-    "sim failure": 13,
-    "sim busy": 14,
-    "sim wrong": 15,
-    "incorrect password": 16,
-    "memory full": 20,
-    "invalid index": 21,
-    "not found": 22,
-    "no network service": 30,
-    "network timeout": 31,
-    "unknown": 100,
+    "phone failure": CmeCode.PHONE_FAILURE,
+    "operation not allowed": CmeCode.OPERATION_NOT_ALLOWED,
+    "operation not supported": CmeCode.OPERATION_NOT_SUPPORTED,
+    "sim not inserted": CmeCode.SIM_NOT_INSERTED,
+    "sim pin required": CmeCode.SIM_PIN_REQUIRED,
+    "sim puk required": CmeCode.SIM_PUK_REQUIRED,
+    "sim failure": CmeCode.SIM_FAILURE,
+    "sim busy": CmeCode.SIM_BUSY,
+    "sim wrong": CmeCode.SIM_WRONG,
+    "incorrect password": CmeCode.INCORRECT_PASSWORD,
+    "memory full": CmeCode.MEMORY_FULL,
+    "invalid index": CmeCode.INVALID_INDEX,
+    "not found": CmeCode.NOT_FOUND,
+    "no network service": CmeCode.NO_NETWORK_SERVICE,
+    "network timeout": CmeCode.NETWORK_TIMEOUT,
+    "unknown": CmeCode.UNKNOWN,
 }
 _NAME_RE = re.compile(r"^([+^!$#%*][A-Za-z0-9_]+)\s*(?::\s*(.*))?$")
 _COMMAND_RE = re.compile(r"^AT([+^!$#%*][A-Za-z0-9_]+)", re.IGNORECASE)

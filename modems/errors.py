@@ -47,18 +47,3 @@ class PduError(ModemError):
 
 class PortNotModem(ModemError):
     """The port opened but never answered `AT` (e.g. a dongle's diagnostics tty)."""
-
-
-# +CME error numbers from 3GPP TS 27.007 §9.2 that decide what the modem layer does.
-CME_OPERATION_NOT_ALLOWED = 3
-CME_SIM_NOT_INSERTED = 10
-CME_SIM_PIN_REQUIRED = 11
-CME_SIM_PUK_REQUIRED = 12
-CME_SIM_FAILURE = 13
-CME_SIM_BUSY = 14
-CME_SIM_WRONG = 15
-CME_INCORRECT_PASSWORD = 16
-CME_SIM_NOT_READY = 515  # vendor: "device busy" / not ready (Wavecom after AT+CFUN=1)
-
-SIM_ABSENT_CODES = frozenset({CME_SIM_NOT_INSERTED, CME_SIM_FAILURE, CME_SIM_WRONG})
-RETRY_CODES = frozenset({CME_SIM_BUSY, CME_SIM_NOT_READY})

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from .codes import REGISTERED, REGISTRATION_NAMES
 from .pdu import DecodedPdu
 
 __all__ = [
@@ -53,17 +54,6 @@ class SimIdentity:
     home_mnc: str | None
 
 
-# 3GPP TS 27.007 +CREG stat values, as operators read them.
-REGISTRATION_NAMES = {
-    0: "not searching",
-    1: "home",
-    2: "searching",
-    3: "denied",
-    4: "unknown",
-    5: "roaming",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class NetworkInfo:
     registration: int | None  # 3GPP TS 27.007 stat: 1 home, 5 roaming
@@ -72,7 +62,7 @@ class NetworkInfo:
 
     @property
     def registered(self) -> bool:
-        return self.registration in (1, 5)
+        return self.registration in REGISTERED
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""One modem: open, probe, initialise, identify the SIM, watch health, read SMS.
+"""One modem's lifecycle: open, probe, initialise, serve wake-ups, recover.
 
 One task per modem runs `Modem.run()`: a session opens the port and goes
 PROBING → INITIALIZING → READY (or NO_SIM / SIM_LOCKED), then serves wake-ups
@@ -7,16 +7,16 @@ port goes away or the modem stops answering; then the port is closed and
 reopened after a capped exponential back-off. A modem that stops answering
 (`hang_after` timeouts in a row) is reset with `AT+CFUN=1,1` and reopened.
 
-SMS: read (`AT+CMGR`) → hand to the owner, who returns once it is durable →
-delete (`AT+CMGD`). If the owner fails, the message stays on the SIM and is
-picked up again by the next sweep (`AT+CMGL=4`), which also runs at start,
-after every reconnect and every `sweep_interval` seconds.
+What the modem can do lives in one module per capability, each driven
+through the modem's `Session` (session.py: command helpers, hang counter):
+sim.py (PIN, ICCID, IMSI, number), messaging.py (storage, indications,
+read/sweep/delete), network.py (signal, registration, operator). What
+differs per vendor is in vendors.py. `Modem` decides states and events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import random
 import time
@@ -25,14 +25,11 @@ from dataclasses import dataclass, replace
 import structlog
 
 from .at import Unsolicited, split_args
-from .channel import NO_FINAL, ATChannel, Reply, open_channel
+from .channel import ATChannel, open_channel
+from .codes import SIM_ABSENT_CODES
 from .errors import (
-    RETRY_CODES,
-    SIM_ABSENT_CODES,
     CmeError,
-    CmsError,
     CommandError,
-    CommandNotSupported,
     CommandTimeout,
     ModemDisconnected,
     ModemError,
@@ -53,52 +50,18 @@ from .events import (
     SimReady,
     SmsReceived,
 )
+from .messaging import Messaging
+from .network import Network, moved
 from .pdu import decode_pdu
-from .replies import (
-    choose_cnmi,
-    iccid_from_crsm,
-    normalize_iccid,
-    parse_cnmi_ranges,
-    parse_cops_numeric,
-    parse_cpms_options,
-    parse_cpms_usage,
-    parse_creg,
-    parse_csq,
-    parse_list_entry,
-    parse_number_entry,
-    split_imsi,
-)
+from .replies import digits_of
+from .session import ModemHung, Session
+from .settings import ModemSettings
+from .sim import SimCard
+from .vendors import quirks_for
 
 __all__ = ["Backoff", "Modem", "ModemHung", "ModemSettings"]
 
 log = structlog.get_logger("modems.modem")
-
-
-class ModemHung(ModemError):
-    """The modem stopped answering: `hang_after` command timeouts in a row."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModemSettings:
-    baudrate: int = 115200
-    pin: str | None = None
-    command_timeout: float = 5.0  # smstools uses 5 s, Kannel 3 s
-    probe_timeout: float = 1.0
-    probe_attempts: int = 3
-    health_interval: float = 10.0
-    sweep_interval: float = 60.0
-    hang_after: int = 3
-    reconnect_initial: float = 0.5
-    reconnect_max: float = 30.0
-    not_modem_retry: float = 60.0
-    busy_retries: int = 5
-    busy_delay: float = 0.5
-    storage_preference: tuple[str, ...] = ("SM", "ME")
-    max_line: int = 8192
-    wake_queue: int = 1024
-    # False: identify the modem and SIM but never read (or delete) stored SMS
-    # (`supplier scan`, which must not take messages away from the daemon).
-    read_sms: bool = True
 
 
 class Backoff:
@@ -127,24 +90,15 @@ class _Wake(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class _NewSms:
+class _CmtiWake:
+    """A `+CMTI` indication: a new message stored at `index` (in `storage`, if it said)."""
+
     storage: str | None
     index: int
 
 
-# ICCID commands, tried in turn until one answers (docs/modems.md); the one
-# that worked is remembered for the next SIM in the same modem.
-_ICCID_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("AT+CCID", "+CCID"),
-    ("AT+ICCID", "+ICCID"),
-    ("AT^ICCID?", "^ICCID"),
-    ("AT+QCCID", "+QCCID"),
-    ("AT!ICCID?", "!ICCID"),
-    ("AT+CRSM=176,12258,0,0,10", "+CRSM"),
-)
 _SIM_HINT_URCS = frozenset({"+CPIN", "^SIMST", "+SIMCARD", "+QUSIM", "RDY", "+CFUN"})
 _NETWORK_URCS = frozenset({"+CREG", "+CGREG", "+CEREG", "+C5GREG"})
-_CMS_INVALID_INDEX = frozenset({321, 322})  # empty slot / memory full on read
 
 
 class Modem:
@@ -159,31 +113,50 @@ class Modem:
         self.device = DeviceInfo()
         self.sim: SimIdentity | None = None
         self.network = NetworkInfo(None, None, None)
-        self.storage: str | None = None
-        self.storage_used: int | None = None
-        self.storage_total: int | None = None
-        self.indications: str | None = None  # the AT+CNMI setting that took, None = polling
-        self.timeouts = 0
         self.resets = 0
-        self.sms_read = 0
         self.last_error: str | None = None
-        self._timeouts_in_row = 0
+        self._session = Session(port, settings)
+        self._sim = SimCard(self._session)
+        self._messaging = Messaging(self._session)
+        self._network = Network(self._session)
         self._seen_at = False
-        self._pin_failed = False
-        # Old Wavecom answers AT+CPIN? with no final OK. Until that is seen the
-        # +CPIN line gets a grace period for its OK; once seen, it completes
-        # the command at once (a health check must not stall SMS reading).
-        self._cpin_grace = 0.3
-        self._iccid_command: tuple[str, str] | None = None
-        self._channel: ATChannel | None = None
-        self._wake: asyncio.Queue[_Wake | _NewSms] = asyncio.Queue(settings.wake_queue)
-        self._sweep_due = False
+        self._wake: asyncio.Queue[_Wake | _CmtiWake] = asyncio.Queue(settings.wake_queue)
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max)
         self._log = log.bind(port=port)
 
-    # -- lifecycle ------------------------------------------------------------------
+    # -- what the owner reads ------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        return self.state is ModemState.READY and self.sim is not None
+
+    @property
+    def timeouts(self) -> int:
+        return self._session.timeouts
+
+    @property
+    def storage(self) -> str | None:
+        return self._messaging.storage
+
+    @property
+    def storage_used(self) -> int | None:
+        return self._messaging.storage_used
+
+    @property
+    def storage_total(self) -> int | None:
+        return self._messaging.storage_total
+
+    @property
+    def indications(self) -> str | None:
+        """The AT+CNMI setting that took; None = polling."""
+        return self._messaging.indications
+
+    @property
+    def sms_read(self) -> int:
+        return self._messaging.sms_read
+
+    # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name=f"modem {self.port}")
@@ -208,15 +181,11 @@ class Modem:
         """Ask for a reset (`AT+CFUN=1,1` and reopen), e.g. from an operator."""
         self._queue(_Wake.RESET)
 
-    @property
-    def ready(self) -> bool:
-        return self.state is ModemState.READY and self.sim is not None
-
     async def run(self) -> None:
         while True:
             delay: float
             try:
-                await self._session()
+                await self._session_run()
                 delay = self._backoff.next()
             except PortNotModem as exc:
                 self._note_error(exc)
@@ -246,14 +215,15 @@ class Modem:
 
     # -- one session: open → probe → init → serve ------------------------------------
 
-    async def _session(self) -> None:
+    async def _session_run(self) -> None:
         await self._set_state(ModemState.PROBING)
-        self._channel = await open_channel(
+        channel = await open_channel(
             self.port,
             self._on_urc,
             baudrate=self.settings.baudrate,
             max_line=self.settings.max_line,
         )
+        self._session.attach(channel)
         await self._probe()
         await self._set_state(ModemState.INITIALIZING)
         await self._initialize()
@@ -262,7 +232,7 @@ class Modem:
 
     async def _probe(self) -> None:
         """ESC + CR clears a half-typed command (Gammu does this); then AT until OK."""
-        channel = self._require_channel()
+        channel = self._session.channel
         channel.write_raw(b"\x1b\r")
         await channel.settle(quiet=0.05, limit=0.5)
         for _ in range(self.settings.probe_attempts):
@@ -273,79 +243,30 @@ class Modem:
             except CommandError:
                 continue  # a stale final from the flushed input; ask again
             self._seen_at = True
-            self._timeouts_in_row = 0
+            self._session.answered()
             return
         if self._seen_at:
             # It answered before: it is a modem that stopped answering.
-            self.timeouts += 1
-            self._reset_blind()
+            self._session.timeouts += 1
+            self._session.reset_blind()
             raise ModemHung(f"{self.port}: no answer to AT after a reopen")
         raise PortNotModem(f"{self.port}: no answer to AT")
 
     async def _initialize(self) -> None:
-        await self._try("ATE0")  # some modems ignore it: the reader drops echoes
-        if not await self._try("AT+CMEE=1"):
-            await self._try("AT+CMEE=2")
-        manufacturer = await self._text("AT+CGMI", "+CGMI")
+        session = self._session
+        await session.attempt("ATE0")  # some modems ignore it: the reader drops echoes
+        if not await session.attempt("AT+CMEE=1"):
+            await session.attempt("AT+CMEE=2")
         self.device = DeviceInfo(
-            manufacturer=manufacturer,
-            model=await self._text("AT+CGMM", "+CGMM"),
-            revision=await self._text("AT+CGMR", "+CGMR"),
-            imei=_digits(await self._text("AT+CGSN", "+CGSN")),
+            manufacturer=await session.text("AT+CGMI", "+CGMI"),
+            model=await session.text("AT+CGMM", "+CGMM"),
+            revision=await session.text("AT+CGMR", "+CGMR"),
+            imei=digits_of(await session.text("AT+CGSN", "+CGSN")),
         )
-        if manufacturer and "huawei" in manufacturer.lower():
-            # Huawei floods ^RSSI/^BOOT/^MODE/^DSFLOWRPT unless told not to.
-            await self._try("AT^CURC=0")
-        self._log = self._log.bind(model=self.device.model)
-
-    async def _setup_messaging(self) -> None:
-        await self._retrying("AT+CMGF=0")  # PDU mode: text mode loses non-Latin text
-        await self._try('AT+CSCS="GSM"')  # keep identity answers out of UCS-2 hex
-        await self._setup_storage()
-        await self._setup_indications()
-
-    async def _setup_storage(self) -> None:
-        offered: list[str] = []
-        try:
-            reply = await self._cmd("AT+CPMS=?")
-            offered = parse_cpms_options(reply.first("+CPMS") or "")
-        except (CommandError, ParseError) as exc:
-            self._log.debug("AT+CPMS=? unusable", error=str(exc))
-        choices = [s for s in self.settings.storage_preference if not offered or s in offered]
-        if not choices:
-            choices = offered[:1]
-        last_error: Exception | None = None
-        for storage in choices:
-            # One storage for reading, writing and receiving: reading two
-            # stores reads the same message twice on some modems.
-            try:
-                reply = await self._retrying(f'AT+CPMS="{storage}","{storage}","{storage}"')
-            except CommandError as exc:
-                last_error = exc
-                continue
-            self.storage = storage
-            usage = reply.first("+CPMS")
-            if usage:
-                with contextlib.suppress(ParseError):
-                    self.storage_used, self.storage_total = parse_cpms_usage(usage)
-            return
-        raise ModemError(f"{self.port}: no usable SMS storage ({last_error})")
-
-    async def _setup_indications(self) -> None:
-        ranges = None
-        try:
-            reply = await self._cmd("AT+CNMI=?")
-            ranges = parse_cnmi_ranges(reply.first("+CNMI") or "")
-        except (CommandError, ParseError) as exc:
-            self._log.debug("AT+CNMI=? unusable", error=str(exc))
-        for candidate in choose_cnmi(ranges) or choose_cnmi(None):
-            setting = ",".join(str(v) for v in candidate)
-            if await self._try(f"AT+CNMI={setting}"):
-                self.indications = setting
-                return
-        # No +CMTI: fall back to sweeping at every health check.
-        self.indications = None
-        self._log.warning("no new-SMS indications; polling instead")
+        session.quirks = quirks_for(self.device.manufacturer, self.device.model)
+        for command in session.quirks.init_commands:
+            await session.attempt(command)
+        self._bind_log()
 
     # -- SIM ----------------------------------------------------------------------
 
@@ -356,120 +277,46 @@ class Modem:
         stays READY it is the same SIM (a swap goes through removal, which
         the SIM status shows), so its ICCID is not read again every tick.
         """
-        status = await self._pin_status()
+        card = self._sim
+        status = await card.status()
         if status is None:
             await self._lose_sim("SIM removed")
             await self._set_state(ModemState.NO_SIM, "no SIM")
             return
-        if status in ("SIM PIN", "SIM PIN2") and self.settings.pin and not self._pin_failed:
-            try:
-                await self._cmd(f'AT+CPIN="{self.settings.pin}"')
-            except CommandError as exc:
-                # Never try a wrong PIN twice: three wrong tries lock the SIM.
-                self._pin_failed = True
-                self._note_error(exc)
-            status = await self._pin_status()
+        if status in ("SIM PIN", "SIM PIN2") and self.settings.pin and not card.pin_failed:
+            error = await card.unlock(self.settings.pin)
+            if error is not None:
+                self._note_error(error)
+            status = await card.status()
             if status is None:
                 await self._set_state(ModemState.NO_SIM, "no SIM")
                 return
         if status != "READY":
             await self._lose_sim(f"SIM locked: {status}")
-            detail = "wrong PIN" if self._pin_failed else f"SIM needs {status.removeprefix('SIM ')}"
+            detail = "wrong PIN" if card.pin_failed else f"SIM needs {status.removeprefix('SIM ')}"
             await self._set_state(ModemState.SIM_LOCKED, detail)
             return
         if not verify_iccid and self.ready:
             return
-        iccid = await self._read_iccid()
+        iccid = await card.read_iccid()
         if self.sim is not None and self.sim.iccid == iccid and self.state is ModemState.READY:
             return
         await self._lose_sim("SIM changed")
-        await self._setup_messaging()
-        imsi = await self._read_imsi()
-        home_mcc, home_mnc = split_imsi(imsi) if imsi else (None, None)
-        self.sim = SimIdentity(iccid, imsi, await self._read_number(), home_mcc, home_mnc)
-        self._log = log.bind(port=self.port, iccid=iccid, model=self.device.model)
+        await self._messaging.setup()
+        self.sim = await card.identify(iccid)
+        self._bind_log()
         await self._refresh_network(force_operator=True)
         await self._set_state(ModemState.READY)
         self._backoff.reset()
         await self._emit(SimReady(self.port, self.device, self.sim, self.network))
-        await self._sweep()
-
-    async def _pin_status(self) -> str | None:
-        """`READY`, `SIM PIN`, `SIM PUK`, …; None when there is no usable SIM."""
-        try:
-            reply = await self._retrying("AT+CPIN?", info_grace=self._cpin_grace)
-        except CmeError as exc:
-            if exc.code in SIM_ABSENT_CODES or exc.code in RETRY_CODES:
-                return None
-            if exc.code == 11:
-                return "SIM PIN"
-            if exc.code == 12:
-                return "SIM PUK"
-            raise
-        if reply.final.text == NO_FINAL:
-            self._cpin_grace = 0.0
-        value = (reply.first("+CPIN") or "").strip().strip('"').upper()
-        if value in ("NOT INSERTED", "NOT READY", "SIM FAILURE", "REMOVED", ""):
-            return None
-        return value
-
-    async def _read_iccid(self) -> str:
-        commands = list(_ICCID_COMMANDS)
-        if self._iccid_command is not None:
-            commands.remove(self._iccid_command)
-            commands.insert(0, self._iccid_command)
-        for command, prefix in commands:
-            try:
-                reply = await self._retrying(command)
-                if prefix == "+CRSM":
-                    iccid = iccid_from_crsm(reply.first("+CRSM") or "")
-                else:
-                    raw = reply.first(prefix) or next(iter(reply.bare()), "")
-                    iccid = normalize_iccid(raw)
-            except CmeError as exc:
-                if exc.code in SIM_ABSENT_CODES:
-                    raise
-                continue
-            except (CommandNotSupported, CommandError, ParseError):
-                continue
-            self._iccid_command = (command, prefix)
-            return iccid
-        raise ModemError(f"{self.port}: no command gave the SIM's ICCID")
-
-    async def _read_imsi(self) -> str | None:
-        try:
-            reply = await self._retrying("AT+CIMI")
-        except CommandError:
-            return None
-        for line in reply.bare() + reply.values("+CIMI"):
-            digits = _digits(line)
-            if digits and 6 <= len(digits) <= 15:
-                return digits
-        return None
-
-    async def _read_number(self) -> str | None:
-        """`AT+CNUM`, else the SIM's own-number phonebook; often empty on prepaid SIMs."""
-        number = await self._number_from("AT+CNUM", "+CNUM")
-        if number is None and await self._try('AT+CPBS="ON"'):
-            number = await self._number_from("AT+CPBR=1", "+CPBR")
-        return number
-
-    async def _number_from(self, command: str, prefix: str) -> str | None:
-        try:
-            reply = await self._cmd(command)
-        except CommandError:
-            return None
-        for value in reply.values(prefix):
-            if number := parse_number_entry(value):
-                return number
-        return None
+        await self._messaging.sweep(self._accept)
 
     async def _lose_sim(self, reason: str) -> None:
         if self.sim is None:
             return
         sim, self.sim = self.sim, None
         self._log.info("SIM lost", iccid=sim.iccid, reason=reason)
-        self._log = log.bind(port=self.port, model=self.device.model)
+        self._bind_log()
         await self._emit(SimLost(self.port, sim.iccid, reason))
 
     # -- serving ------------------------------------------------------------------
@@ -478,7 +325,8 @@ class Modem:
         loop = asyncio.get_running_loop()
         next_health = loop.time() + self.settings.health_interval
         next_sweep = loop.time() + self.settings.sweep_interval
-        channel = self._require_channel()
+        channel = self._session.channel
+        messaging = self._messaging
         while True:
             now = loop.time()
             deadline = min(next_health, next_sweep) if self.ready else next_health
@@ -486,29 +334,30 @@ class Modem:
             if not channel.is_open:
                 raise ModemDisconnected(f"{self.port}: {channel.lost_reason or 'port lost'}")
             try:
-                if isinstance(wake, _NewSms):
+                if isinstance(wake, _CmtiWake):
                     if self.ready:
-                        if wake.storage is not None and wake.storage != self.storage:
+                        if wake.storage is not None and wake.storage != messaging.storage:
                             self._log.warning("+CMTI for another storage", storage=wake.storage)
-                            await self._sweep()
+                            await messaging.sweep(self._accept)
                         else:
-                            await self._read_index(wake.index)
+                            await messaging.read(wake.index, self._accept)
                 elif wake is _Wake.RESET:
-                    self._reset_blind()
+                    self._session.reset_blind()
                     raise ModemHung(f"{self.port}: reset requested")
                 elif wake is _Wake.CHECK_SIM:
                     await self._check_sim()
                 elif wake is _Wake.NETWORK and self.ready:
                     await self._refresh_network()
                 elif wake is _Wake.SWEEP and self.ready:
-                    await self._sweep()
+                    await messaging.sweep(self._accept)
                 now = loop.time()
                 if now >= next_health:
                     next_health = now + self.settings.health_interval
                     await self._health()
-                if self.ready and (now >= next_sweep or self._sweep_due or not self.indications):
+                polling = not messaging.indications
+                if self.ready and (now >= next_sweep or messaging.sweep_due or polling):
                     next_sweep = now + self.settings.sweep_interval
-                    await self._sweep()
+                    await messaging.sweep(self._accept)
             except CommandTimeout as exc:
                 self._note_error(exc)  # below the hang threshold: carry on
             except CmeError as exc:
@@ -519,7 +368,7 @@ class Modem:
             except (CommandError, ParseError) as exc:
                 self._note_error(exc)
 
-    async def _next_wake(self, channel: ATChannel, timeout: float) -> _Wake | _NewSms | None:
+    async def _next_wake(self, channel: ATChannel, timeout: float) -> _Wake | _CmtiWake | None:
         if not self._wake.empty():
             return self._wake.get_nowait()
         getter = asyncio.ensure_future(self._wake.get())
@@ -543,89 +392,20 @@ class Modem:
 
     async def _refresh_network(self, *, force_operator: bool = False) -> None:
         previous = self.network
-        rssi = previous.rssi
-        registration = previous.registration
-        try:
-            reply = await self._cmd("AT+CSQ")
-            rssi = parse_csq(reply.first("+CSQ") or "")[0]
-        except (CommandError, ParseError) as exc:
-            self._log.debug("AT+CSQ failed", error=str(exc))
-        try:
-            reply = await self._cmd("AT+CREG?")
-            registration = parse_creg(reply.first("+CREG") or "").status
-        except (CommandError, ParseError) as exc:
-            self._log.debug("AT+CREG? failed", error=str(exc))
-        operator = previous.operator
-        if force_operator or registration != previous.registration or operator is None:
-            operator = await self._read_operator() if registration in (1, 5) else None
-        self.network = NetworkInfo(registration, operator, rssi)
+        self.network = await self._network.read(previous, force_operator=force_operator)
         if self.sim is None or self.state is not ModemState.READY:
             return
-        moved = abs((rssi or 0) - (previous.rssi or 0)) >= 3
-        moved = moved or (rssi == 99) != (previous.rssi == 99)
-        if (registration, operator) != (previous.registration, previous.operator) or moved:
+        if moved(previous, self.network):
             await self._emit(NetworkChanged(self.port, self.sim.iccid, self.network))
-
-    async def _read_operator(self) -> str | None:
-        await self._try("AT+COPS=3,2")
-        try:
-            reply = await self._cmd("AT+COPS?")
-            return parse_cops_numeric(reply.first("+COPS") or "")
-        except (CommandError, ParseError):
-            return None
 
     # -- SMS ----------------------------------------------------------------------
 
-    async def _read_index(self, index: int) -> None:
-        if not self.settings.read_sms:
-            return
-        try:
-            reply = await self._cmd(f"AT+CMGR={index}")
-        except CmsError as exc:
-            if exc.code in _CMS_INVALID_INDEX:
-                return  # already read and deleted (a sweep got there first)
-            raise
-        pdus = [line for line in reply.bare() if line]
-        if pdus:
-            await self._deliver(index, pdus[-1])
-
-    async def _sweep(self) -> None:
-        """Read every stored message (`AT+CMGL=4`): at start, after reconnects, periodically."""
-        self._sweep_due = False
-        if not self.settings.read_sms:
-            return
-        reply = await self._cmd("AT+CMGL=4", timeout=max(self.settings.command_timeout, 10.0))
-        entries: list[tuple[int, str]] = []
-        index: int | None = None
-        for line in reply.lines:
-            if line.upper().startswith("+CMGL"):
-                try:
-                    index = parse_list_entry(line.split(":", 1)[1])[0]
-                except (ParseError, IndexError) as exc:
-                    self._log.warning("bad +CMGL line", line=line, error=str(exc))
-                    index = None
-            elif index is not None:
-                entries.append((index, line))
-                index = None
-        for entry_index, pdu in entries:
-            await self._deliver(entry_index, pdu)
-        try:
-            usage = await self._cmd("AT+CPMS?")
-            value = usage.first("+CPMS")
-            if value:
-                self.storage_used, self.storage_total = parse_cpms_usage(value)
-        except (CommandError, ParseError):
-            pass
-        full = self.storage_total and (self.storage_used or 0) >= self.storage_total
-        if full:
-            # Full storage silently stops reception: say so loudly.
-            self._log.error("SMS storage full", used=self.storage_used)
-
-    async def _deliver(self, index: int, pdu: str) -> None:
+    async def _accept(self, index: int, pdu: str) -> bool:
+        """Hand one stored message to the owner; True once it is durable there."""
         sim = self.sim
-        storage = self.storage
+        storage = self._messaging.storage
         if sim is None or storage is None:
-            return
+            return False
         error: str | None = None
         try:
             message = decode_pdu(pdu)
@@ -642,19 +422,8 @@ class Modem:
             error=error,
             received_at=time.time(),
         )
-        try:
-            await self._handler(event)
-        except Exception as exc:  # noqa: BLE001 - whatever failed, the SMS stays on the SIM
-            self._log.error("SMS not accepted; kept on the SIM", index=index, error=repr(exc))
-            self._sweep_due = True
-            return
-        self.sms_read += 1
-        try:
-            await self._cmd(f"AT+CMGD={index}")
-        except CommandError as exc:
-            # Left on the SIM: the next sweep reads it again and the owner's
-            # duplicate check drops it.
-            self._log.warning("delete failed", index=index, error=str(exc))
+        await self._handler(event)
+        return True
 
     # -- unsolicited codes ------------------------------------------------------------
 
@@ -670,7 +439,7 @@ class Modem:
                 # SIM7000 sends `+CMTI: ,-1`; SIM800 adds "MMS PUSH": sweep instead.
                 self._queue(_Wake.SWEEP)
             else:
-                self._queue(_NewSms(fields[0] or None, index))
+                self._queue(_CmtiWake(fields[0] or None, index))
         elif name in _SIM_HINT_URCS:
             self._queue(_Wake.CHECK_SIM)
         elif name in _NETWORK_URCS:
@@ -689,89 +458,30 @@ class Modem:
         elif not name:
             self._log.debug("stray line", line=urc.text[:80])
 
-    def _queue(self, wake: _Wake | _NewSms) -> None:
+    def _queue(self, wake: _Wake | _CmtiWake) -> None:
         try:
             self._wake.put_nowait(wake)
         except asyncio.QueueFull:
-            self._sweep_due = True  # a flood: a sweep reads whatever it announced
+            self._messaging.sweep_due = True  # a flood: a sweep reads whatever it announced
 
-    # -- command helpers --------------------------------------------------------------
-
-    def _require_channel(self) -> ATChannel:
-        if self._channel is None or not self._channel.is_open:
-            raise ModemDisconnected(f"{self.port}: port is not open")
-        return self._channel
-
-    async def _cmd(
-        self, command: str, *, timeout: float | None = None, info_grace: float | None = None
-    ) -> Reply:
-        channel = self._require_channel()
-        try:
-            reply = await channel.command(
-                command,
-                timeout=timeout or self.settings.command_timeout,
-                info_grace=info_grace,
-            )
-        except CommandTimeout:
-            self.timeouts += 1
-            self._timeouts_in_row += 1
-            if self._timeouts_in_row >= self.settings.hang_after:
-                self._reset_blind()
-                raise ModemHung(
-                    f"{self.port}: {self._timeouts_in_row} commands in a row got no answer"
-                ) from None
-            raise
-        except CommandError:
-            self._timeouts_in_row = 0
-            raise
-        self._timeouts_in_row = 0
-        return reply
-
-    async def _retrying(self, command: str, *, info_grace: float | None = None) -> Reply:
-        """Retry `SIM busy` (CME 14) and `device busy` (515, Wavecom after CFUN=1), capped."""
-        delay = self.settings.busy_delay
-        for attempt in range(self.settings.busy_retries + 1):
-            try:
-                return await self._cmd(command, info_grace=info_grace)
-            except CmeError as exc:
-                if exc.code not in RETRY_CODES or attempt == self.settings.busy_retries:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _try(self, command: str) -> bool:
-        """A command whose failure is acceptable (an optional vendor setting)."""
-        try:
-            await self._cmd(command)
-        except CommandError:
-            return False
-        return True
-
-    async def _text(self, command: str, prefix: str) -> str | None:
-        try:
-            reply = await self._cmd(command)
-        except CommandError:
-            return None
-        value = reply.first(prefix) or next(iter(reply.bare()), None)
-        return value.strip().strip('"').strip() or None if value else None
-
-    def _reset_blind(self) -> None:
-        """`AT+CFUN=1,1` without waiting: the modem reboots, the port is reopened after."""
-        channel = self._channel
-        if channel is not None and channel.is_open:
-            channel.write_raw(b"AT+CFUN=1,1\r")
+    # -- helpers ------------------------------------------------------------------------
 
     def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        self._session.detach()
         while not self._wake.empty():
             self._wake.get_nowait()
 
     def _note_error(self, exc: Exception) -> None:
         self.last_error = str(exc)
         self._log.debug("modem error", error=str(exc))
+
+    def _bind_log(self) -> None:
+        """Log context: the port, the model once known, the ICCID while a SIM is in."""
+        context: dict[str, str | None] = {"port": self.port, "model": self.device.model}
+        if self.sim is not None:
+            context["iccid"] = self.sim.iccid
+        self._log = log.bind(**context)
+        self._messaging.log = self._log
 
     # -- events -------------------------------------------------------------------------
 
@@ -787,10 +497,3 @@ class Modem:
             await self._handler(event)
         except Exception as exc:  # noqa: BLE001 - an owner's bug must not kill the modem
             self._log.error("event handler failed", event=type(event).__name__, error=repr(exc))
-
-
-def _digits(value: str | None) -> str | None:
-    if not value:
-        return None
-    digits = "".join(ch for ch in value if ch.isdigit())
-    return digits or None

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from gsmmodem.pdu import GSM7_BASIC, GSM7_EXTENDED
 
+from .bcd import swap_nibbles
 from .errors import PduError
 
 __all__ = [
@@ -455,8 +456,7 @@ def _encode_address(number: str) -> bytes:
         return bytes((len(packed) * 2, 0xD0)) + packed
     digits = number.lstrip("+")
     toa = 0x91 if number.startswith("+") else 0x81
-    padded = digits + ("F" if len(digits) % 2 else "")
-    octets = bytes(int(padded[i + 1] + padded[i], 16) for i in range(0, len(padded), 2))
+    octets = bytes.fromhex(swap_nibbles(digits))
     return bytes((len(digits), toa)) + octets
 
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 from .at import split_args
+from .bcd import swap_nibbles
+from .codes import REGISTERED
 from .errors import ParseError
 from .pdu import decode_ucs2, gsm7_decode, unpack_septets
 
@@ -18,6 +20,7 @@ __all__ = [
     "Registration",
     "UssdReply",
     "choose_cnmi",
+    "digits_of",
     "iccid_from_crsm",
     "normalize_iccid",
     "parse_cnmi_ranges",
@@ -38,13 +41,6 @@ _THREE_DIGIT_MNC = frozenset(
     {302, 310, 311, 312, 313, 314, 315, 316, 334, 338, 342, 344, 346, 348, 350, 352, 354,
      356, 358, 360, 365, 366, 376, 405, 708, 710, 722, 732, 738, 750}
 )  # fmt: skip
-# Registration status values (3GPP TS 27.007 §7.2).
-REG_NOT_REGISTERED = 0
-REG_HOME = 1
-REG_SEARCHING = 2
-REG_DENIED = 3
-REG_UNKNOWN = 4
-REG_ROAMING = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +52,7 @@ class Registration:
 
     @property
     def registered(self) -> bool:
-        return self.status in (REG_HOME, REG_ROAMING)
+        return self.status in REGISTERED
 
 
 def _int(value: str, what: str) -> int:
@@ -130,7 +126,7 @@ def normalize_iccid(value: str) -> str:
     if text.startswith("98") and len(text) % 2 == 0:
         # Huawei's ^ICCID? gives the raw nibble-swapped EF_ICCID (ModemManager
         # checks for the same "98"): every ICCID starts 89 (telecom, ITU-T E.118).
-        text = "".join(text[i + 1] + text[i] for i in range(0, len(text), 2))
+        text = swap_nibbles(text)
     text = text.rstrip("F")
     if not text.isdigit() or not 18 <= len(text) <= 20:
         raise ParseError(f"ICCID {value!r} is not 18-20 digits")
@@ -145,8 +141,15 @@ def iccid_from_crsm(args: str) -> str:
     raw = fields[2]
     if len(raw) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", raw):
         raise ParseError(f"+CRSM data {raw!r} is not hex")
-    swapped = "".join(raw[i + 1] + raw[i] for i in range(0, len(raw), 2))
-    return normalize_iccid(swapped)
+    return normalize_iccid(swap_nibbles(raw))
+
+
+def digits_of(value: str | None) -> str | None:
+    """The digits of an answer (`+CGSN: "35…"`, an IMSI line), None if it has none."""
+    if not value:
+        return None
+    digits = "".join(ch for ch in value if ch.isdigit())
+    return digits or None
 
 
 def parse_number_entry(args: str) -> str | None:

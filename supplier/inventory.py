@@ -21,7 +21,7 @@ import structlog
 from modems.events import NetworkInfo, SimIdentity
 
 from .networks import ANY, international_number, slugs_for
-from .store import Activation, SimRow, Store, Usage
+from .store import Activation, FinishStatus, SimRow, Store, Usage
 
 __all__ = ["MAX_OFFERS", "ROUTE_HORIZON", "Inventory", "SimOverrideValues", "SimState"]
 
@@ -378,10 +378,10 @@ class Inventory:
             usage = self.usage.get(key, Usage())
             self.usage[key] = Usage(
                 usage.offers,
-                usage.sold + (status == 3),
-                usage.cancelled + (status == 4),
-                usage.returned + (status == 5),
-                usage.blocked or status in (1, 3),
+                usage.sold + (status == FinishStatus.SOLD),
+                usage.cancelled + (status == FinishStatus.CANCELLED),
+                usage.returned + (status == FinishStatus.RETURNED),
+                usage.blocked or status in (FinishStatus.NOT_FOR_SERVICE, FinishStatus.SOLD),
             )
         self.activations[activation.id] = activation
         if self._holder.get(activation.iccid) == activation.id:

@@ -29,6 +29,7 @@ from .config import SLUG_RE, HubConfig
 from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
 from .networks import ANY
+from .store import FINISH_STATUSES
 
 __all__ = ["ProtocolService", "create_protocol_app"]
 
@@ -132,7 +133,7 @@ class ProtocolService:
     async def finish_activation(self, hub: HubConfig, body: Body) -> Answer:
         activation_id = _int(body, "activationId", 1, _MAX_ID)
         status = _int(body, "status", 0, 99)
-        if status not in (1, 3, 4, 5):
+        if status not in FINISH_STATUSES:
             raise BadRequest(f"status: {status} is not one of 1, 3, 4, 5")
         activation, changed = await self.inventory.finish(hub.name, activation_id, status)
         log.info(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "Activation",
     "Delivery",
     "Earning",
+    "FinishStatus",
     "NewPart",
     "NewSms",
     "SimRow",
@@ -40,7 +42,17 @@ __all__ = [
     "Usage",
 ]
 
-FINISH_STATUSES = frozenset({1, 3, 4, 5})
+
+class FinishStatus(enum.IntEnum):
+    """FINISH_ACTIVATION `status` (docs/agent-protocol.md §3)."""
+
+    NOT_FOR_SERVICE = 1  # never offer this number for this service again
+    SOLD = 3  # sold and paid: used up for this service
+    CANCELLED = 4  # may be offered again, at most MAX_OFFERS times in all
+    RETURNED = 5  # the user was refunded: counts as cancelled for offering
+
+
+FINISH_STATUSES = frozenset(FinishStatus)
 T = TypeVar("T")
 
 
@@ -461,7 +473,7 @@ class Store:
         a FINISH when it missed our answer, and the first one stands.
         """
         if status not in FINISH_STATUSES:
-            raise ValueError(f"status {status} is not one of {sorted(FINISH_STATUSES)}")
+            raise ValueError(f"status {status} is not one of {sorted(map(int, FINISH_STATUSES))}")
 
         async def op(db: aiosqlite.Connection) -> tuple[Activation, bool]:
             # The usage counters follow by trigger (migration 3); a repeat or a
@@ -639,8 +651,8 @@ class Store:
         """Activations finished with status 3 (sold) since `since`, with their `sum`."""
         rows = await self._fetchall(
             "SELECT hub, iccid, currency, sum, finished FROM activations "
-            "WHERE status = 3 AND finished >= ? ORDER BY finished",
-            (since,),
+            "WHERE status = ? AND finished >= ? ORDER BY finished",
+            (int(FinishStatus.SOLD), since),
         )
         return [Earning(*tuple(row)) for row in rows]
 
