@@ -6,11 +6,13 @@ real serial code path through it.
 """
 
 from .bank import VirtualModemBank, make_sim
-from .device import Slot, VirtualModem, VirtualSim
+from .device import VirtualModem
+from .interpreter import EmulatedModem, Slot, VirtualSim
 from .profiles import PROFILES, VendorProfile
 
 __all__ = [
     "PROFILES",
+    "EmulatedModem",
     "Slot",
     "VendorProfile",
     "VirtualModem",
