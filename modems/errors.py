@@ -47,3 +47,12 @@ class PduError(ModemError):
 
 class PortNotModem(ModemError):
     """The port opened but never answered `AT` (e.g. a dongle's diagnostics tty)."""
+
+
+class ModemNotReady(ModemError):
+    """The port answers `AT`, but only with errors: a modem still starting up.
+
+    Any final result proves an AT interpreter (Qualcomm-based modems answer
+    `+CME ERROR: 14` or `ERROR` for seconds after power-up): probe again after
+    the normal back-off, never declare it `not_modem`.
+    """

@@ -33,6 +33,7 @@ class ModemState(enum.Enum):
     NO_SIM = "no_sim"  # no SIM, or the SIM failed (CME 10/13/15)
     SIM_LOCKED = "sim_locked"  # PIN/PUK needed and no (right) PIN configured
     READY = "ready"  # SIM identified, SMS indications on: this modem can earn
+    UNRESPONSIVE = "unresponsive"  # a command got no answer: out of sale until it answers
     RESETTING = "resetting"  # stopped answering; being reset and reopened
     REMOVED = "removed"  # the port is gone from the host (unplugged)
 

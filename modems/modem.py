@@ -4,8 +4,12 @@ One task per modem runs `Modem.run()`: a session opens the port and goes
 PROBING → INITIALIZING → READY (or NO_SIM / SIM_LOCKED), then serves wake-ups
 (`+CMTI`, SIM and registration codes) and periodic health checks until the
 port goes away or the modem stops answering; then the port is closed and
-reopened after a capped exponential back-off. A modem that stops answering
-(`hang_after` timeouts in a row) is reset with `AT+CFUN=1,1` and reopened.
+reopened after a capped exponential back-off. A port that answers `AT` only
+with errors is a modem still starting up: probed again after the back-off.
+The first command that gets no answer takes the SIM out of sale
+(UNRESPONSIVE, `SimLost`); a health check that is answered brings it back.
+A modem that stops answering (`hang_after` timeouts in a row) is reset with
+`AT+CFUN=1,1` and reopened.
 
 What the modem can do lives in one module per capability, each driven
 through the modem's `Session` (session.py: command helpers, hang counter):
@@ -33,6 +37,7 @@ from .errors import (
     CommandTimeout,
     ModemDisconnected,
     ModemError,
+    ModemNotReady,
     ParseError,
     PduError,
     PortNotModem,
@@ -191,6 +196,10 @@ class Modem:
                 self._note_error(exc)
                 await self._set_state(ModemState.NOT_MODEM, str(exc))
                 delay = self.settings.not_modem_retry
+            except ModemNotReady as exc:
+                self._note_error(exc)
+                await self._set_state(ModemState.PROBING, str(exc))
+                delay = self._backoff.next()
             except ModemHung as exc:
                 self._note_error(exc)
                 self.resets += 1
@@ -235,16 +244,23 @@ class Modem:
         channel = self._session.channel
         channel.write_raw(b"\x1b\r")
         await channel.settle(quiet=0.05, limit=0.5)
+        answered_error: CommandError | None = None
         for _ in range(self.settings.probe_attempts):
             try:
                 await channel.command("AT", timeout=self.settings.probe_timeout)
             except CommandTimeout:
                 continue
-            except CommandError:
-                continue  # a stale final from the flushed input; ask again
+            except CommandError as exc:
+                # A stale final from the flushed input, or a modem still starting
+                # up: either way an AT interpreter answered. Ask again.
+                answered_error = exc
+                continue
             self._seen_at = True
             self._session.answered()
             return
+        if answered_error is not None:
+            self._seen_at = True
+            raise ModemNotReady(f"{self.port}: answers AT with {answered_error.final}")
         if self._seen_at:
             # It answered before: it is a modem that stopped answering.
             self._session.timeouts += 1
@@ -359,7 +375,12 @@ class Modem:
                     next_sweep = now + self.settings.sweep_interval
                     await messaging.sweep(self._accept)
             except CommandTimeout as exc:
-                self._note_error(exc)  # below the hang threshold: carry on
+                # Below the hang threshold, so no reset yet; but a modem that does
+                # not answer cannot deliver an SMS: out of sale at once, back on
+                # sale when a health check finds it answering again.
+                self._note_error(exc)
+                await self._lose_sim("modem not answering")
+                await self._set_state(ModemState.UNRESPONSIVE, str(exc))
             except CmeError as exc:
                 if exc.code in SIM_ABSENT_CODES:
                     await self._check_sim()

@@ -103,9 +103,13 @@ class Session:
         return True
 
     async def text(self, command: str, prefix: str) -> str | None:
-        """The text of a one-line answer (`+CGMI: x` or a bare `x`), None on an error."""
+        """The text of a one-line answer (`+CGMI: x` or a bare `x`), None on an error.
+
+        Busy answers are retried: a modem just powered up may answer its
+        identity commands `+CME ERROR: 14` for a while.
+        """
         try:
-            reply = await self.command(command)
+            reply = await self.retrying(command)
         except CommandError:
             return None
         value = reply.first(prefix) or next(iter(reply.bare()), None)

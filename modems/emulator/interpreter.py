@@ -87,6 +87,10 @@ class EmulatedModem:
         self._listeners: list[Callable[[], None]] = []
         self._pin_ok = False
         self._pin_tries = 3
+        # Finals answered, in turn, to the first command lines after every
+        # power-up (Qualcomm-based modems: `+CME ERROR: 14` or `ERROR` for a while).
+        self.power_up_errors: tuple[str, ...] = ()
+        self._errors_left: list[str] = []
         self._boot_state()
 
     # -- bytes in, bytes out -----------------------------------------------------------
@@ -162,6 +166,7 @@ class EmulatedModem:
         self.phonebook = "SM"
         self.flooding = self.profile.rssi_flood is not None
         self.busy_left = self.profile.busy_after_boot
+        self._errors_left = list(self.power_up_errors)
         self._pin_ok = self.sim is not None and self.sim.pin is None
 
     def _start_flood(self) -> None:
@@ -300,6 +305,10 @@ class EmulatedModem:
             return  # heard, never answered
         if self.echo or self.profile.echo_ignores_ate0:
             self._write(line.encode("latin-1") + b"\r")
+        if self._errors_left:
+            self._lines(self._errors_left.pop(0))
+            self._changed()
+            return
         stripped = line.strip()
         if not stripped.upper().startswith("AT"):
             self._lines("ERROR")
