@@ -350,22 +350,7 @@ class Modem:
             if not channel.is_open:
                 raise ModemDisconnected(f"{self.port}: {channel.lost_reason or 'port lost'}")
             try:
-                if isinstance(wake, _CmtiWake):
-                    if self.ready:
-                        if wake.storage is not None and wake.storage != messaging.storage:
-                            self._log.warning("+CMTI for another storage", storage=wake.storage)
-                            await messaging.sweep(self._accept)
-                        else:
-                            await messaging.read(wake.index, self._accept)
-                elif wake is _Wake.RESET:
-                    self._session.reset_blind()
-                    raise ModemHung(f"{self.port}: reset requested")
-                elif wake is _Wake.CHECK_SIM:
-                    await self._check_sim()
-                elif wake is _Wake.NETWORK and self.ready:
-                    await self._refresh_network()
-                elif wake is _Wake.SWEEP and self.ready:
-                    await messaging.sweep(self._accept)
+                await self._on_wake(wake)
                 now = loop.time()
                 if now >= next_health:
                     next_health = now + self.settings.health_interval
@@ -388,6 +373,27 @@ class Modem:
                     self._note_error(exc)
             except (CommandError, ParseError) as exc:
                 self._note_error(exc)
+
+    async def _on_wake(self, wake: _Wake | _CmtiWake | None) -> None:
+        """What a wake-up asks for; SMS and network work only while a SIM is ready."""
+        messaging = self._messaging
+        if isinstance(wake, _CmtiWake):
+            if not self.ready:
+                return
+            if wake.storage is not None and wake.storage != messaging.storage:
+                self._log.warning("+CMTI for another storage", storage=wake.storage)
+                await messaging.sweep(self._accept)
+            else:
+                await messaging.read(wake.index, self._accept)
+        elif wake is _Wake.RESET:
+            self._session.reset_blind()
+            raise ModemHung(f"{self.port}: reset requested")
+        elif wake is _Wake.CHECK_SIM:
+            await self._check_sim()
+        elif wake is _Wake.NETWORK and self.ready:
+            await self._refresh_network()
+        elif wake is _Wake.SWEEP and self.ready:
+            await messaging.sweep(self._accept)
 
     async def _next_wake(self, channel: ATChannel, timeout: float) -> _Wake | _CmtiWake | None:
         if not self._wake.empty():

@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from modems.at import split_args
-from modems.bcd import swap_nibbles
-from modems.codes import REGISTERED, CmeCode, CmsCode, RegStatus
+from modems.codes import CmeCode, CmsCode, RegStatus
 from modems.pdu import encode_deliver_parts
 
+from . import network_commands, sim_commands, sms_commands
 from .profiles import VendorProfile
 
 __all__ = ["EmulatedModem", "Slot", "VirtualSim"]
@@ -85,8 +84,8 @@ class EmulatedModem:
         self._in = bytearray()
         self._flood: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[], None]] = []
-        self._pin_ok = False
-        self._pin_tries = 3
+        self.pin_ok = False
+        self.pin_tries = 3
         # Finals answered, in turn, to the first command lines after every
         # power-up (Qualcomm-based modems: `+CME ERROR: 14` or `ERROR` for a while).
         self.power_up_errors: tuple[str, ...] = ()
@@ -129,7 +128,7 @@ class EmulatedModem:
         if self.plugged and self._output is not None:
             self._output(data)
 
-    def _lines(self, *lines: str) -> None:
+    def write_lines(self, *lines: str) -> None:
         self._write(b"".join(b"\r\n" + line.encode("latin-1") + b"\r\n" for line in lines))
 
     # -- state changes observers (tests wait on them with timeouts) -------------------
@@ -167,7 +166,7 @@ class EmulatedModem:
         self.flooding = self.profile.rssi_flood is not None
         self.busy_left = self.profile.busy_after_boot
         self._errors_left = list(self.power_up_errors)
-        self._pin_ok = self.sim is not None and self.sim.pin is None
+        self.pin_ok = self.sim is not None and self.sim.pin is None
 
     def _start_flood(self) -> None:
         interval = self.profile.rssi_flood
@@ -179,14 +178,14 @@ class EmulatedModem:
                 self._flood = None
                 return
             if not self.hung:
-                self._lines(f"^RSSI: {self.rssi}", "^DSFLOWRPT: 0000000A,00000000,00000000")
+                self.write_lines(f"^RSSI: {self.rssi}", "^DSFLOWRPT: 0000000A,00000000,00000000")
             self._flood = asyncio.get_running_loop().call_later(interval, tick)
 
         self._flood = asyncio.get_running_loop().call_later(interval, tick)
 
     # -- storage --------------------------------------------------------------------------
 
-    def _store(self, name: str | None = None) -> dict[int, Slot] | None:
+    def store(self, name: str | None = None) -> dict[int, Slot] | None:
         name = name or self.storage
         if name in ("SM", "SM_P"):
             return self.sim.sm if self.sim is not None else None
@@ -194,7 +193,7 @@ class EmulatedModem:
 
     def stored(self) -> dict[int, Slot]:
         """The messages in the storage the modem currently receives into."""
-        store = self._store()
+        store = self.store()
         return dict(store) if store is not None else {}
 
     def has_pdu(self, pdu: str) -> bool:
@@ -209,8 +208,8 @@ class EmulatedModem:
 
     def receive_pdu(self, pdu: str) -> int | None:
         """The network delivers one PDU: stored and announced, or held while storage is full."""
-        store = self._store()
-        if store is None or not self._sim_ready():
+        store = self.store()
+        if store is None or not self.sim_ready():
             self.network_queue.append(pdu)
             return None
         index = self._free_index(store)
@@ -221,7 +220,7 @@ class EmulatedModem:
         self.arrival_log.append((time.monotonic(), index, pdu))
         if self.cnmi_mt == 1 and self.plugged and not self.hung:
             self.cmti_log.append((time.monotonic(), index, pdu))
-            self._lines(f'+CMTI: "{self.storage}",{index}')
+            self.write_lines(f'+CMTI: "{self.storage}",{index}')
         self._changed()
         return index
 
@@ -249,7 +248,7 @@ class EmulatedModem:
 
     def fill_storage(self, sender: str = "+100", text: str = "old message") -> int:
         """Fill every free slot (messages that arrived while nobody listened)."""
-        store = self._store()
+        store = self.store()
         if store is None:
             return 0
         count = 0
@@ -259,7 +258,7 @@ class EmulatedModem:
         self._changed()
         return count
 
-    def _drain_network_queue(self) -> None:
+    def drain_network_queue(self) -> None:
         queued, self.network_queue = self.network_queue, []
         for pdu in queued:
             self.receive_pdu(pdu)
@@ -279,18 +278,18 @@ class EmulatedModem:
 
     def remove_sim(self) -> VirtualSim | None:
         sim, self.sim = self.sim, None
-        self._pin_ok = False
+        self.pin_ok = False
         if self.profile.sim_removed_urc:
-            self._lines(self.profile.sim_removed_urc)
+            self.write_lines(self.profile.sim_removed_urc)
         self._changed()
         return sim
 
     def insert_sim(self, sim: VirtualSim) -> None:
         self.sim = sim
-        self._pin_ok = sim.pin is None
+        self.pin_ok = sim.pin is None
         if self.profile.sim_inserted_urc:
-            self._lines(self.profile.sim_inserted_urc)
-        self._drain_network_queue()
+            self.write_lines(self.profile.sim_inserted_urc)
+        self.drain_network_queue()
         self._changed()
 
     # -- the AT interpreter ---------------------------------------------------------------
@@ -306,12 +305,12 @@ class EmulatedModem:
         if self.echo or self.profile.echo_ignores_ate0:
             self._write(line.encode("latin-1") + b"\r")
         if self._errors_left:
-            self._lines(self._errors_left.pop(0))
+            self.write_lines(self._errors_left.pop(0))
             self._changed()
             return
         stripped = line.strip()
         if not stripped.upper().startswith("AT"):
-            self._lines("ERROR")
+            self.write_lines("ERROR")
             return
         body = stripped[2:]
         commands = _split_commands(body) or [""]
@@ -319,39 +318,43 @@ class EmulatedModem:
         for command in commands:
             result = self._execute(command.strip())
             if result is None:  # answered on its own (no final OK)
-                self._lines(*out)
+                self.write_lines(*out)
                 self._changed()
                 return
             lines, final = result
             out.extend(lines)
             if final != "OK":
                 out.append(final)
-                self._lines(*out)
+                self.write_lines(*out)
                 self._changed()
                 return
         out.append("OK")
-        self._lines(*out)
+        self.write_lines(*out)
         self._changed()
 
-    def _cme(self, code: CmeCode) -> str:
+    # Used by the command modules (sim_commands, sms_commands, network_commands).
+
+    def cme(self, code: CmeCode) -> str:
+        """A `+CME ERROR: n` final, or plain `ERROR` until `AT+CMEE=1` (as modems do)."""
         if self.cmee == 0:
             return "ERROR"
         return f"+CME ERROR: {int(code)}"
 
-    def _cms(self, code: CmsCode) -> str:
+    def cms(self, code: CmsCode) -> str:
         return f"+CMS ERROR: {int(code)}"
 
-    def _sim_ready(self) -> bool:
-        return self.sim is not None and self._pin_ok
+    def sim_ready(self) -> bool:
+        return self.sim is not None and self.pin_ok
 
-    def _sim_error(self) -> str | None:
+    def sim_error(self) -> str | None:
+        """The final a SIM command gets while the SIM is absent, locked or busy; None if usable."""
         if self.sim is None:
-            return self._cme(CmeCode.SIM_NOT_INSERTED)
-        if not self._pin_ok:
-            return self._cme(CmeCode.SIM_PIN_REQUIRED)
+            return self.cme(CmeCode.SIM_NOT_INSERTED)
+        if not self.pin_ok:
+            return self.cme(CmeCode.SIM_PIN_REQUIRED)
         if self.busy_left > 0:
             self.busy_left -= 1
-            return self._cme(CmeCode.DEVICE_BUSY)
+            return self.cme(CmeCode.DEVICE_BUSY)
         return None
 
     def _execute(self, command: str) -> tuple[list[str], str] | None:
@@ -399,235 +402,7 @@ class EmulatedModem:
             self._start_flood()
         return [], "OK"
 
-    def _h_cpin(self, name: str, arg: str) -> tuple[list[str], str] | None:
-        if arg == "?":
-            if self.sim is None:
-                return [], self._cme(CmeCode.SIM_NOT_INSERTED)
-            if self.busy_left > 0:
-                self.busy_left -= 1
-                return [], self._cme(CmeCode.DEVICE_BUSY)
-            if self._pin_ok:
-                state = "READY"
-            elif self._pin_tries <= 0:
-                state = "SIM PUK"
-            else:
-                state = "SIM PIN"
-            if self.profile.cpin_without_ok:
-                self._lines(f"+CPIN: {state}")
-                return None
-            return [f"+CPIN: {state}"], "OK"
-        if arg.startswith("="):
-            if self.sim is None:
-                return [], self._cme(CmeCode.SIM_NOT_INSERTED)
-            given = split_args(arg[1:])[0] if arg[1:] else ""
-            if self._pin_ok:
-                return [], self._cme(CmeCode.OPERATION_NOT_ALLOWED)
-            if self._pin_tries <= 0:
-                return [], self._cme(CmeCode.SIM_PUK_REQUIRED)
-            if given == self.sim.pin:
-                self._pin_ok = True
-                self._pin_tries = 3
-                return [], "OK"
-            self._pin_tries -= 1
-            return [], self._cme(CmeCode.INCORRECT_PASSWORD)
-        return [], "ERROR"
-
-    def _h_cimi(self, name: str, arg: str) -> tuple[list[str], str]:
-        error = self._sim_error()
-        if error:
-            return [], error
-        assert self.sim is not None
-        return [self.sim.imsi], "OK"
-
-    def _h_iccid(self, name: str, arg: str) -> tuple[list[str], str]:
-        if name not in self.profile.iccid_commands:
-            return [], self.profile.unknown_reply
-        if self.sim is None:
-            return [], self._cme(CmeCode.SIM_NOT_INSERTED)
-        if self.busy_left > 0:
-            self.busy_left -= 1
-            return [], self._cme(CmeCode.DEVICE_BUSY)
-        iccid = self.sim.iccid
-        if name == "+CCID":
-            return [f"+CCID: {iccid}"], "OK"
-        if name == "+ICCID":
-            return [f"ICCID: {iccid}"], "OK"
-        if name == "^ICCID":
-            return [f"^ICCID: {swap_nibbles(iccid)}"], "OK"
-        if name == "+QCCID":
-            return [f"+QCCID: {iccid}"], "OK"
-        if name == "!ICCID":
-            return [f"!ICCID: {iccid}"], "OK"
-        if name == "+CRSM":
-            if arg.replace(" ", "") != "=176,12258,0,0,10":
-                return [], self._cme(CmeCode.OPERATION_NOT_ALLOWED)
-            return [f'+CRSM: 144,0,"{swap_nibbles(iccid)}"'], "OK"
-        return [], self.profile.unknown_reply
-
-    def _h_cnum(self, name: str, arg: str) -> tuple[list[str], str]:
-        error = self._sim_error()
-        if error:
-            return [], error
-        assert self.sim is not None
-        if self.profile.number_in_cnum and self.sim.number:
-            return [f'+CNUM: "","+{self.sim.number}",145'], "OK"
-        return [], "OK"
-
-    def _h_cpbs(self, name: str, arg: str) -> tuple[list[str], str]:
-        error = self._sim_error()
-        if error:
-            return [], error
-        self.phonebook = split_args(arg[1:])[0] if arg.startswith("=") else "SM"
-        return [], "OK"
-
-    def _h_cpbr(self, name: str, arg: str) -> tuple[list[str], str]:
-        error = self._sim_error()
-        if error:
-            return [], error
-        assert self.sim is not None
-        own = self.phonebook == "ON"
-        if own and arg == "=1" and self.sim.number and not self.profile.number_in_cnum:
-            return [f'+CPBR: 1,"+{self.sim.number}",145,"Own number"'], "OK"
-        return [], self._cme(CmeCode.NOT_FOUND)
-
     def _h_simple(self, name: str, arg: str) -> tuple[list[str], str]:
-        return [], "OK"
-
-    def _h_cscs(self, name: str, arg: str) -> tuple[list[str], str]:
-        if arg == "?":
-            return ['+CSCS: "GSM"'], "OK"
-        if arg == "=?":
-            return ['+CSCS: ("IRA","GSM","UCS2")'], "OK"
-        return [], "OK"
-
-    def _h_cmgf(self, name: str, arg: str) -> tuple[list[str], str]:
-        if arg == "?":
-            return ["+CMGF: 0"], "OK"
-        if arg == "=?":
-            return ["+CMGF: (0)"], "OK"
-        # The emulator speaks PDU mode only (the daemon never uses text mode).
-        return ([], "OK") if arg == "=0" else ([], self._cms(CmsCode.OPERATION_NOT_SUPPORTED))
-
-    def _h_cpms(self, name: str, arg: str) -> tuple[list[str], str]:
-        if arg == "=?":
-            options = ",".join(f'"{s}"' for s in self.profile.storages)
-            return [f"+CPMS: ({options}),({options}),({options})"], "OK"
-        if arg == "?":
-            used = len(self._store() or {})
-            total = self.profile.capacity
-            entry = f'"{self.storage}",{used},{total}'
-            return [f"+CPMS: {entry},{entry},{entry}"], "OK"
-        error = self._sim_error()
-        if error:
-            return [], error
-        wanted = split_args(arg[1:])
-        if not wanted or any(s not in self.profile.storages for s in wanted):
-            return [], self._cms(CmsCode.OPERATION_NOT_ALLOWED)
-        self.storage = wanted[-1] if len(wanted) >= 3 else wanted[0]
-        used = len(self._store() or {})
-        total = self.profile.capacity
-        return [f"+CPMS: {used},{total},{used},{total},{used},{total}"], "OK"
-
-    def _h_cnmi(self, name: str, arg: str) -> tuple[list[str], str]:
-        if arg == "=?":
-            return [f"+CNMI: {self.profile.cnmi_ranges}"], "OK"
-        if arg == "?":
-            return [f"+CNMI: 2,{self.cnmi_mt},0,0,0"], "OK"
-        setting = arg[1:].replace(" ", "")
-        if setting in self.profile.cnmi_rejects:
-            return [], self._cms(CmsCode.OPERATION_NOT_SUPPORTED)
-        fields = setting.split(",")
-        try:
-            self.cnmi_mt = int(fields[1]) if len(fields) > 1 and fields[1] else 0
-        except ValueError:
-            return [], "ERROR"
-        return [], "OK"
-
-    def _h_cmgr(self, name: str, arg: str) -> tuple[list[str], str]:
-        error = self._sim_error()
-        if error:
-            return [], error
-        try:
-            index = int(arg[1:])
-        except ValueError:
-            return [], self._cms(CmsCode.INVALID_MEMORY_INDEX)
-        slot = (self._store() or {}).get(index)
-        if slot is None:
-            return (
-                ([], self._cms(CmsCode.INVALID_MEMORY_INDEX))
-                if self.profile.empty_read_error
-                else ([], "OK")
-            )
-        status = slot.status
-        slot.status = 1
-        return [f"+CMGR: {status},,{len(slot.pdu) // 2 - _smsc_octets(slot.pdu)}", slot.pdu], "OK"
-
-    def _h_cmgl(self, name: str, arg: str) -> tuple[list[str], str]:
-        error = self._sim_error()
-        if error:
-            return [], error
-        try:
-            wanted = int(arg[1:]) if arg.startswith("=") else 0
-        except ValueError:
-            return [], self._cms(CmsCode.OPERATION_NOT_ALLOWED)
-        lines = []
-        for index, slot in sorted((self._store() or {}).items()):
-            if wanted not in (4, slot.status):
-                continue
-            length = len(slot.pdu) // 2 - _smsc_octets(slot.pdu)
-            lines += [f"+CMGL: {index},{slot.status},,{length}", slot.pdu]
-            slot.status = 1
-        return lines, "OK"
-
-    def _h_cmgd(self, name: str, arg: str) -> tuple[list[str], str]:
-        error = self._sim_error()
-        if error:
-            return [], error
-        fields = split_args(arg[1:])
-        store = self._store()
-        if store is None:
-            return [], self._cms(CmsCode.SIM_NOT_INSERTED)
-        try:
-            index = int(fields[0])
-            flag = int(fields[1]) if len(fields) > 1 and fields[1] else 0
-        except (ValueError, IndexError):
-            return [], self._cms(CmsCode.INVALID_MEMORY_INDEX)
-        if flag == 4:
-            self.deleted.extend(slot.pdu for slot in store.values())
-            store.clear()
-        else:
-            base = self.profile.index_base
-            if not base <= index < base + self.profile.capacity:
-                return [], self._cms(CmsCode.INVALID_MEMORY_INDEX)
-            slot = store.pop(index, None)
-            if slot is not None:
-                self.deleted.append(slot.pdu)
-        if self.network_queue:
-            asyncio.get_running_loop().call_soon(self._drain_network_queue)
-        return [], "OK"
-
-    def _h_csq(self, name: str, arg: str) -> tuple[list[str], str]:
-        return [f"+CSQ: {self.rssi},99"], "OK"
-
-    def _h_creg(self, name: str, arg: str) -> tuple[list[str], str]:
-        if arg.startswith("="):
-            try:
-                self.creg_mode = int(arg[1:] or 0)
-            except ValueError:
-                return [], "ERROR"
-            return [], "OK"
-        status = self.registration if self._sim_ready() else RegStatus.NOT_SEARCHING
-        return [f"{name}: {self.creg_mode},{int(status)}"], "OK"
-
-    def _h_cops(self, name: str, arg: str) -> tuple[list[str], str]:
-        if arg.startswith("=3,"):
-            self.cops_format = int(arg[3:] or 0)
-            return [], "OK"
-        if arg == "?":
-            if not self._sim_ready() or self.registration not in REGISTERED or self.sim is None:
-                return ["+COPS: 0"], "OK"
-            oper = self.sim.operator if self.cops_format == 2 else "EMULATED"
-            return [f'+COPS: 0,{self.cops_format},"{oper}",2'], "OK"
         return [], "OK"
 
     def _h_cfun(self, name: str, arg: str) -> tuple[list[str], str]:
@@ -642,21 +417,7 @@ class EmulatedModem:
     def _reboot(self) -> None:
         self._boot_state()
         self._start_flood()
-        self._lines("RDY")
-
-    def _h_cusd(self, name: str, arg: str) -> tuple[list[str], str]:
-        if self._sim_error():
-            return [], self._cme(CmeCode.SIM_NOT_INSERTED)
-        # `AT+CUSD=1` only turns result codes on; a request carries the USSD string.
-        if self.sim is not None and self.sim.number and '"' in arg:
-            reply = f'+CUSD: 0,"Your number is {self.sim.number}",15'
-            asyncio.get_running_loop().call_soon(self._lines, reply)
-        return [], "OK"
-
-    def _h_cgatt(self, name: str, arg: str) -> tuple[list[str], str]:
-        if self._sim_error():
-            return [], self._cme(CmeCode.SIM_NOT_INSERTED)
-        return (["+CGATT: 1"], "OK") if arg == "?" else ([], "OK")
+        self.write_lines("RDY")
 
     _TABLE: ClassVar[dict[str, Callable[[EmulatedModem, str, str], _Result | None]]] = {
         "+CGMI": _h_ident,
@@ -666,34 +427,13 @@ class EmulatedModem:
         "+GSN": _h_ident,
         "+CMEE": _h_cmee,
         "^CURC": _h_curc,
-        "+CPIN": _h_cpin,
-        "+CIMI": _h_cimi,
-        "+CCID": _h_iccid,
-        "+ICCID": _h_iccid,
-        "^ICCID": _h_iccid,
-        "+QCCID": _h_iccid,
-        "!ICCID": _h_iccid,
-        "+CRSM": _h_iccid,
-        "+CNUM": _h_cnum,
-        "+CPBS": _h_cpbs,
-        "+CPBR": _h_cpbr,
-        "+CSCS": _h_cscs,
-        "+CMGF": _h_cmgf,
-        "+CPMS": _h_cpms,
-        "+CNMI": _h_cnmi,
-        "+CMGR": _h_cmgr,
-        "+CMGL": _h_cmgl,
-        "+CMGD": _h_cmgd,
-        "+CSQ": _h_csq,
-        "+CREG": _h_creg,
-        "+CGREG": _h_creg,
-        "+COPS": _h_cops,
         "+CFUN": _h_cfun,
-        "+CUSD": _h_cusd,
-        "+CGATT": _h_cgatt,
         "+CSMS": _h_simple,
         "+CSCA": _h_simple,
         "+CLIP": _h_simple,
+        **sim_commands.COMMANDS,
+        **sms_commands.COMMANDS,
+        **network_commands.COMMANDS,
     }
 
 
@@ -721,10 +461,3 @@ def _split_name(command: str) -> tuple[str, str]:
         if char in "=?":
             return command[:index].upper(), command[index:]
     return command.upper(), ""
-
-
-def _smsc_octets(pdu: str) -> int:
-    try:
-        return int(pdu[:2], 16) + 1
-    except ValueError:
-        return 0
