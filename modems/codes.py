@@ -17,6 +17,7 @@ __all__ = [
     "CmeCode",
     "CmsCode",
     "RegStatus",
+    "SmsStatus",
 ]
 
 
@@ -66,6 +67,16 @@ class RegStatus(enum.IntEnum):
     EMERGENCY_ONLY = 8
     HOME_CSFB_NOT_PREFERRED = 9
     ROAMING_CSFB_NOT_PREFERRED = 10
+
+
+class SmsStatus(enum.IntEnum):
+    """A stored message's `<stat>` in PDU mode (`AT+CMGL=n`, `+CMGL`, `+CMGR`), TS 27.005 §3.1."""
+
+    RECEIVED_UNREAD = 0
+    RECEIVED_READ = 1
+    STORED_UNSENT = 2
+    STORED_SENT = 3
+    ALL = 4  # only as the `AT+CMGL` filter
 
 
 # The SIM is not there (or not usable): the modem is NO_SIM.

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from .codes import CmsCode
+from .codes import CmsCode, SmsStatus
 from .errors import CmsError, CommandError, ModemError, ParseError
 from .replies import (
     choose_cnmi,
@@ -120,7 +120,7 @@ class Messaging:
         if not self._session.settings.read_sms:
             return
         timeout = max(self._session.settings.command_timeout, 10.0)
-        reply = await self._session.command("AT+CMGL=4", timeout=timeout)
+        reply = await self._session.command(f"AT+CMGL={SmsStatus.ALL:d}", timeout=timeout)
         entries: list[tuple[int, str]] = []
         index: int | None = None
         for line in reply.lines:

@@ -31,6 +31,7 @@ from modems.events import PoolEvent, SimLost, SimReady
 from .config import parse_config
 from .daemon import Daemon
 from .errors import SupplierError
+from .store import FinishStatus
 
 __all__ = ["DemoHub", "run_demo"]
 
@@ -234,6 +235,6 @@ async def _one_round(hub: DemoHub, bank: VirtualModemBank, say: Callable[[str], 
         f"hub     PUSH_SMS for +{number} (sms {body.get('smsId')}) after {took:.0f} ms: "
         f"{json.dumps(body['text'], ensure_ascii=False)[:90]}"
     )
-    finish = await hub.call("FINISH_ACTIVATION", activationId=activation, status=3)
+    finish = await hub.call("FINISH_ACTIVATION", activationId=activation, status=FinishStatus.SOLD)
     say(f"hub     FINISH_ACTIVATION {activation} status 3 (sold): {finish.get('status')}")
     return 1

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from modems.codes import CmeCode, CmsCode, RegStatus
+from modems.codes import CmeCode, CmsCode, RegStatus, SmsStatus
 from modems.pdu import encode_deliver_parts
 
 from . import network_commands, sim_commands, sms_commands
@@ -34,7 +34,7 @@ _Result = tuple[list[str], str]  # information lines, final result
 @dataclass
 class Slot:
     pdu: str
-    status: int = 0  # 0 received unread, 1 received read
+    status: int = SmsStatus.RECEIVED_UNREAD
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from modems.at import split_args
-from modems.codes import CmsCode
+from modems.codes import CmsCode, SmsStatus
 
 if TYPE_CHECKING:
     from .interpreter import EmulatedModem
@@ -85,8 +85,8 @@ def cmgr(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
             else ([], "OK")
         )
     status = slot.status
-    slot.status = 1
-    return [f"+CMGR: {status},,{len(slot.pdu) // 2 - _smsc_octets(slot.pdu)}", slot.pdu], "OK"
+    slot.status = SmsStatus.RECEIVED_READ
+    return [f"+CMGR: {status:d},,{len(slot.pdu) // 2 - _smsc_octets(slot.pdu)}", slot.pdu], "OK"
 
 
 def cmgl(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
@@ -94,16 +94,16 @@ def cmgl(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
     if error:
         return [], error
     try:
-        wanted = int(arg[1:]) if arg.startswith("=") else 0
+        wanted = int(arg[1:]) if arg.startswith("=") else SmsStatus.RECEIVED_UNREAD
     except ValueError:
         return [], modem.cms(CmsCode.OPERATION_NOT_ALLOWED)
     lines = []
     for index, slot in sorted((modem.store() or {}).items()):
-        if wanted not in (4, slot.status):
+        if wanted not in (SmsStatus.ALL, slot.status):
             continue
         length = len(slot.pdu) // 2 - _smsc_octets(slot.pdu)
-        lines += [f"+CMGL: {index},{slot.status},,{length}", slot.pdu]
-        slot.status = 1
+        lines += [f"+CMGL: {index},{slot.status:d},,{length}", slot.pdu]
+        slot.status = SmsStatus.RECEIVED_READ
     return lines, "OK"
 
 
