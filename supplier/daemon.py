@@ -144,7 +144,9 @@ class Daemon:
         )
         self._runner, self.listening = await _serve(app, config.server.listen)
         token = config.status.token.get_secret_value() if config.status.token else None
-        status_app = create_status_app(self.view, self.metrics, token)
+        status_app = create_status_app(
+            self.view, self.metrics, token, listen_host=config.status.listen[0]
+        )
         self._status_runner, self.status_listening = await _serve(status_app, config.status.listen)
         self.pool = ModemPool(
             config.modems.ports,

@@ -352,7 +352,7 @@ class Inventory:
                 service=service,
                 country=sim.country,
                 operator=sim.operator,
-                sum=None if sum is None else str(sum),
+                sum=None if sum is None else format(sum, "f"),  # 10, not 1E+1
                 currency=currency,
                 now=now,
                 release_at=now + self.release_after,

@@ -275,13 +275,32 @@ async def test_earnings_and_an_unplugged_sim(run: RunFactory) -> None:
         "alpha",
         {"action": "FINISH_ACTIVATION", "activationId": answer["activationId"], "status": 3},
     )
+    # A sum of 10 is money, not `1E+1` (Decimal.normalize() of 10).
+    ten = await r.call(
+        "alpha",
+        {
+            "action": "GET_NUMBER",
+            "country": "russia",
+            "operator": "any",
+            "service": "wa",
+            "sum": 10,
+            "currency": 643,
+        },
+    )
+    await r.call(
+        "alpha", {"action": "FINISH_ACTIVATION", "activationId": ten["activationId"], "status": 3}
+    )
     status = await get(r, "/api/status")
     assert status["earnings"] == [
-        {"hub": "alpha", "currency": "?", "today": "5", "days7": "5", "days30": "5"}
+        {"hub": "alpha", "currency": "?", "today": "5.00", "days7": "5.00", "days30": "5.00"},
+        {"hub": "alpha", "currency": "RUB", "today": "10.00", "days7": "10.00", "days30": "10.00"},
     ]
+    iccid = next(m.sim.iccid for m in r.bank if m.sim and m.sim.number == str(ten["number"]))
+    detail = await get(r, f"/api/sims/{iccid}")
+    assert [a["sum"] for a in detail["activations"]] == ["10.00"]
     iccid = next(m.sim.iccid for m in r.bank if m.sim and m.sim.number == str(answer["number"]))
     mine = row(await get(r, "/api/sims"), iccid)
-    assert mine["earnings"] == {"?": "5"} and mine["earned_7d"] is True
+    assert mine["earnings"] == {"?": "5.00"} and mine["earned_7d"] is True
     assert mine["history"]["vk"] == {"offers": 1, "sold": 1, "cancelled": 0, "returned": 0}
 
     gone = r.bank[2]
