@@ -92,11 +92,13 @@ async def test_a_session_expires_and_logout_revokes_it_on_the_server(run: RunFac
                 value = cookie.value
                 assert int(cookie["max-age"]) == 12 * 3600
             # Two logins get two different values: a session, not a fixed digest of the token.
-            async with aiohttp.ClientSession(cookie_jar=jar()) as other:
-                async with other.post(
+            async with (
+                aiohttp.ClientSession(cookie_jar=jar()) as other,
+                other.post(
                     f"{url}/login", data={"token": TOKEN}, allow_redirects=False
-                ) as response:
-                    assert response.cookies["supplier_session"].value != value
+                ) as response,
+            ):
+                assert response.cookies["supplier_session"].value != value
             async with browser.get(f"{url}/api/sims") as response:
                 assert response.status == 200
 
