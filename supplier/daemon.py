@@ -169,7 +169,8 @@ class Daemon:
             return "starting"
         t = self.view.summary()
         return (
-            f"{t['modems']} modems; {t['ready']} SIMs ready, {t['no_signal']} no signal, "
+            f"{t['modems']} modems; {t['ready']} SIMs ready, {t['active']} active, "
+            f"{t['no_signal']} no signal, "
             f"{t['no_number']} no number, {t['no_sim']} no SIM, {t['errors']} errors; "
             f"{t['open_activations']} open activations"
         )
@@ -217,7 +218,7 @@ class Daemon:
         assert inventory is not None
         assert inbox is not None
         if isinstance(event, SmsReceived):
-            self.metrics.sms_received.inc()
+            self.metrics.sms_parts_received.inc()
             await inbox.accept(event)  # raises if not durable: the SMS stays on the SIM
         elif isinstance(event, SimReady):
             sim = await inventory.sim_ready(event.port, event.sim, event.network)

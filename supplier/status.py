@@ -269,14 +269,20 @@ class StatusView:
         return rows
 
     def summary(self) -> dict[str, int]:
-        """In-memory totals (no database): the STATUS= line and the page's first row."""
+        """In-memory totals (no database): the STATUS= line and the page's cards.
+
+        Each card counts exactly the rows the state filter of the same name
+        shows (`FILTERS`): `ready` is on sale now, `active` is held by an
+        activation, `no_number` includes an unknown home network.
+        """
         inventory, _, pool = self._parts()
         states = Counter(self.sim_state(iccid) for iccid in inventory.sims)
         modem_states = pool.counts()
         now = self.daemon.clock()
         return {
             "modems": len(pool),
-            "ready": states["ready"] + states["active"],
+            "ready": states["ready"],
+            "active": states["active"],
             "no_signal": states["no_signal"],
             "no_number": states["no_number"] + states["unknown_network"],
             "no_sim": modem_states.get(ModemState.NO_SIM, 0),
@@ -340,7 +346,10 @@ class StatusView:
 
     async def live(self) -> Live:
         inventory, store, pool = self._parts()
-        sims = Counter((self.sim_state(s.iccid), s.operator) for s in inventory.sims.values())
+        sims = Counter(
+            (self.sim_state(s.iccid), s.country or "unknown", s.operator)
+            for s in inventory.sims.values()
+        )
         backlog = {hub.name: (0, 0.0) for hub in self.daemon.config.hubs}
         backlog.update(await store.backlog(self.daemon.clock()))
         return Live(
@@ -348,6 +357,7 @@ class StatusView:
             modems={state.value: n for state, n in pool.counts().items()},
             backlog=backlog,
             modem_counters=[(m.port, m.resets, m.timeouts) for m in pool],
+            sms_messages=await store.sms_count(0.0),
         )
 
 

@@ -234,6 +234,7 @@ async def test_metrics(run: RunFactory) -> None:
         assert metric(text, fail) == 1
         assert metric(text, "supplier_get_number_seconds_count") == 1
         assert metric(text, "supplier_sms_received_total") == 1
+        assert metric(text, "supplier_sms_parts_received_total") == 1
         assert metric(text, 'supplier_pushes_total{hub="alpha",result="retry"}') == 1
         assert metric(text, 'supplier_push_backlog{hub="alpha"}') == 1
         assert metric(text, 'supplier_push_oldest_undelivered_seconds{hub="alpha"}') >= 0
@@ -255,6 +256,17 @@ async def test_metrics(run: RunFactory) -> None:
             text = await response.text()
         assert metric(text, 'supplier_pushes_total{hub="alpha",result="SUCCESS"}') == 1
         assert metric(text, 'supplier_push_backlog{hub="alpha"}') == 0
+        # The SIMs carry their country: an operator slug exists in several countries.
+        assert 'supplier_sims{country="russia",operator=' in text
+
+        # A long message in three parts is one message received, three parts read.
+        modem.deliver("x" * 400, "VK")
+        await r.until(lambda: r.sms_count() >= 4)
+        await r.hubs["alpha"].wait_for(2)
+        async with session.get(status_url(r, "/metrics")) as response:
+            text = await response.text()
+        assert metric(text, "supplier_sms_received_total") == 2
+        assert metric(text, "supplier_sms_parts_received_total") == 4
 
 
 async def test_earnings_and_an_unplugged_sim(run: RunFactory) -> None:

@@ -27,18 +27,25 @@ function bars(n) {
 function money(m) { return Object.entries(m || {}).map(([c, v]) => esc(v) + " " + esc(c)).join("<br>"); }
 function short(port) { return port ? port.split("/").pop() : ""; }
 
+// Each card counts exactly what the state filter of the same name shows.
+const GROUPS = {ready: ["ready"], active: ["active"], no_signal: ["no_signal"],
+  no_number: ["no_number", "unknown_network"], no_sim: ["no_sim"],
+  errors: ["sim_locked", "resetting", "disconnected"], disabled: ["disabled"], gone: ["gone"]};
 function card(label, n, cls, id) {
-  return '<div class="card ' + (cls || "") + '" data-testid="total-' + id + '"><div class="n">' + n + '</div><div class="l">' + label + "</div></div>";
+  const filter = GROUPS[id] ? ' data-filter="' + id + '" role="button" tabindex="0" title="show these"' : "";
+  return '<div class="card ' + (cls || "") + '" data-testid="total-' + id + '"' + filter + '><div class="n">' + n + '</div><div class="l">' + label + "</div></div>";
 }
 function renderStatus(st) {
   const t = st.totals;
   $("#totals").innerHTML = [
     card("modems", t.modems, "", "modems"),
     card("SIMs ready", t.ready, "ok", "ready"),
+    card("SIMs active", t.active, "ok", "active"),
     card("no signal", t.no_signal, t.no_signal ? "warn" : "", "no_signal"),
     card("no number", t.no_number, t.no_number ? "warn" : "", "no_number"),
+    card("out of sale", t.disabled, t.disabled ? "warn" : "", "disabled"),
     card("no SIM", t.no_sim, t.no_sim ? "bad" : "", "no_sim"),
-    card("errors", t.errors, t.errors ? "bad" : "", "errors"),
+    card("modem errors", t.errors, t.errors ? "bad" : "", "errors"),
     card("SIMs gone", t.gone, t.gone ? "bad" : "", "gone"),
     card("open activations", t.open_activations, "", "open_activations"),
     card("SMS today", st.sms_today, "", "sms_today"),
@@ -64,7 +71,7 @@ function value(s, key) {
 }
 function matches(s) {
   const want = $("#state").value;
-  if (want === "problem" ? !PROBLEMS.has(s.state) : want && s.state !== want) return false;
+  if (want === "problem" ? !PROBLEMS.has(s.state) : want && !GROUPS[want].includes(s.state)) return false;
   if ($("#idle").checked && (s.earned_7d || !s.iccid)) return false;
   const q = $("#filter").value.trim().toLowerCase();
   if (!q) return true;
@@ -89,9 +96,9 @@ function renderSims() {
       '<td data-label="Port" class="mono" title="' + esc(s.port) + '">' + esc(short(s.port)) + "</td>" +
       '<td data-label="ICCID" class="mono">' + link + "</td>" +
       '<td data-label="Number" class="mono">' + (s.number ? "+" + esc(s.number) : "") + "</td>" +
-      '<td data-label="Network">' + esc(s.country || "") + (s.operator ? " / " + esc(s.operator) : "") + "</td>" +
+      '<td data-label="Country / operator">' + esc(s.country || "") + (s.operator ? " / " + esc(s.operator) : "") + "</td>" +
       '<td data-label="Signal">' + bars(s.bars) + "</td>" +
-      '<td data-label="Registration">' + esc(s.registration || "") + "</td>" +
+      '<td data-label="Network">' + esc(s.registration || "") + "</td>" +
       '<td data-label="State"><span class="pill s-' + esc(s.state) + '">' + esc(LABELS[s.state] || s.state) + "</span></td>" +
       '<td data-label="Activation">' + act + "</td>" +
       '<td data-label="History (sold/cancelled)" class="history">' + hist + "</td>" +
@@ -131,6 +138,12 @@ document.querySelectorAll("th[data-key]").forEach((th) => th.addEventListener("c
   renderSims();
 }));
 ["#filter", "#state", "#idle"].forEach((s) => $(s).addEventListener("input", renderSims));
+$("#totals").addEventListener("click", (e) => {
+  const card = e.target.closest("[data-filter]");
+  if (!card) return;
+  $("#state").value = $("#state").value === card.dataset.filter ? "" : card.dataset.filter;
+  renderSims();
+});
 document.querySelector('th[data-key="port"]').classList.add("sorted");
 refresh();
 setInterval(refresh, REFRESH);
