@@ -35,6 +35,7 @@ from modems.events import REGISTRATION_NAMES, ModemState
 from . import __version__
 from .config import phone_digits
 from .errors import StoreError
+from .inventory import NumberTaken
 from .metrics import CONTENT_TYPE, Live, Metrics
 from .store import Activation, Delivery, Sms
 
@@ -725,11 +726,14 @@ async def set_number(request: web.Request) -> web.Response:
             number = phone_digits(value)
         except ValueError as exc:
             return _error(400, f"number: {value!r}: {exc}")
-    return await _change_sim(
-        request,
-        lambda inventory, iccid: inventory.set_number(iccid, number),
-        lambda sim: {"number": sim.number},
-    )
+    try:
+        return await _change_sim(
+            request,
+            lambda inventory, iccid: inventory.set_number(iccid, number),
+            lambda sim: {"number": sim.number},
+        )
+    except NumberTaken as exc:
+        return _error(409, f"number: {exc}")
 
 
 async def set_sale(request: web.Request) -> web.Response:

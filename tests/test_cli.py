@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,21 +92,50 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
     await r.call(
         "alpha", {"action": "FINISH_ACTIVATION", "activationId": other["activationId"], "status": 3}
     )
+    assert r.daemon.status_listening is not None
     config = Path(r.daemon.config.storage.path).parent / "supplier.yaml"
-    config.write_text(
-        "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
-        f"storage: {{path: '{r.daemon.config.storage.path}'}}\n"
-    )
+
+    def write(status_port: int) -> None:
+        config.write_text(
+            "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
+            f"storage: {{path: '{r.daemon.config.storage.path}'}}\n"
+            f"status: {{listen: '127.0.0.1:{status_port}'}}\n"
+        )
+
+    # The daemon answers on its status address: the states are its live ones.
+    write(r.daemon.status_listening[1])
     code, out, err = await supplier("sims", "--config", str(config))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["NUMBER", "ICCID", "COUNTRY/OPERATOR", "STATE", "OPEN"]
     mts = next(line for line in lines if f"+{answer['number']}" in line)
-    assert "russia/mts" in mts and "on sale" in mts
+    assert "russia/mts" in mts and "active (live)" in mts
     assert f"alpha:vk#{answer['activationId']}" in mts and "vk 0/0/1" in mts
     megafon = next(line for line in lines if f"+{other['number']}" in line)
     assert "tg 1/0/1!" in megafon  # sold: never offered for tg again
-    assert lines[-1] == "3 SIMs, 3 on sale, 1 open activations"
+    assert "ready (live)" in megafon
+    assert lines[-1] == "3 SIMs, 3 on sale, 1 open activations; live states from the running daemon"
+
+    # No daemon answering: the store's "last seen", which live SIMs keep fresh.
+    store = r.daemon.store
+    assert store is not None
+    iccids = list(r.daemon.inventory.sims)  # type: ignore[union-attr]
+    await store.touch_sims(iccids, time.time() - 3 * 3600)
+    write(closed_port())
+    code, out, err = await supplier("sims", "--config", str(config))
+    assert code == 0, err
+    assert out.count("on sale, last seen 3 h ago") == 3
+    assert "the daemon is not answering" in out.splitlines()[-1]
+    await r.daemon.mark_seen(time.time())  # what the daemon does every minute
+    code, out, err = await supplier("sims", "--config", str(config))
+    assert out.count("on sale, last seen 0 s ago") + out.count("last seen 1 s ago") == 3
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def test_sims_without_a_database(tmp_path: Path) -> None:
