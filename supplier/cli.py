@@ -237,7 +237,7 @@ def _check_config(config: Config) -> int:
     for hub, model in zip(resolved["hubs"], config.hubs, strict=True):
         hub["key"] = _mask(model.key.get_secret_value())
     token = config.status.token
-    resolved["status"]["token"] = _mask(token.get_secret_value() if token else None)
+    resolved["status"]["token"] = _mask(token.get_secret_value() if token is not None else None)
     resolved["modems"]["pin"] = _mask(config.modems.pin)
     print(json.dumps(resolved, indent=2, ensure_ascii=False))
     for warning in config_warnings(config):

@@ -322,7 +322,7 @@ def _explain(error: ValidationError) -> str:
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         # An empty secret is named as empty: the one thing worth saying about it.
-        shown = ("empty" if value in ("", None) else "***") if secret else _show(value)
+        shown = ("empty" if value in ("", None) else _show("***")) if secret else _show(value)
         text = f"{_where(loc)}: {shown}: {message[0].lower() + message[1:]}"
     more = len(error.errors()) - 1
     return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
@@ -369,7 +369,8 @@ def warnings(config: Config) -> list[str]:
                 f"hubs[{i}].push_url: {hub.push_url!r} is an example address; "
                 "put the hub's PUSH_SMS URL here"
             )
-    token = config.status.token.get_secret_value() if config.status.token else None
+    secret = config.status.token
+    token = secret.get_secret_value() if secret is not None else None
     if token == "":
         out.append("status.token: empty, so the status page is open and operator actions are off")
     elif token is not None and len(token) < MIN_KEY:

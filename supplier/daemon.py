@@ -26,7 +26,7 @@ from modems.events import (
     SimReady,
     SmsReceived,
 )
-from modems.modem import ModemSettings
+from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
 from .config import Config
@@ -211,7 +211,7 @@ class Daemon:
         assert self.pool is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STARTUP_SUMMARY_WITHIN
-        while not all(m.state in _SETTLED for m in self.pool) and loop.time() < deadline:
+        while not all(self._settled(m) for m in self.pool) and loop.time() < deadline:
             self._pool_changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(deadline - loop.time()):
@@ -222,7 +222,7 @@ class Daemon:
             "start-up summary",
             modems=t["modems"] - counts.get(ModemState.NOT_MODEM, 0),
             not_modem_ports=counts.get(ModemState.NOT_MODEM, 0),
-            still_starting=sum(1 for m in self.pool if m.state not in _SETTLED),
+            still_starting=sum(1 for m in self.pool if not self._settled(m)),
             sims_ready=t["ready"],
             sims_active=t["active"],
             no_signal=t["no_signal"],
@@ -233,6 +233,13 @@ class Daemon:
             listen=_address(self.listening),
             status=f"http://{_address(self.status_listening)}/",
         )
+
+    def _settled(self, modem: Modem) -> bool:
+        """Done starting: a state to stay in, and a ready modem's SIM is in the inventory."""
+        if modem.state is not ModemState.READY:
+            return modem.state in _SETTLED
+        sim = self.inventory.sims.get(modem.sim.iccid) if self.inventory and modem.sim else None
+        return sim is not None and sim.online
 
     def _log_modem(self, event: ModemStateChanged) -> None:
         """One line per change an operator cares about: ready, reset, gone, back, no SIM…"""
@@ -248,7 +255,7 @@ class Daemon:
             if before in ("gone", "resetting"):
                 log.info("modem back", was=before, **fields)
         elif state == "resetting":
-            log.warning("modem not answering; resetting it", **fields)
+            log.warning("modem reset", **fields)
         elif state == "gone":
             unplugged = event.state is ModemState.REMOVED
             log.warning("modem unplugged" if unplugged else "modem gone; reopening", **fields)
