@@ -14,6 +14,7 @@ import pytest
 
 from modems.emulator import VirtualModemBank
 from modems.pdu import SmsDeliver, decode_pdu
+from supplier.demo import DEMO_TEXTS, SHOWN, demo_sms, plural, shorten
 
 from .conftest import BankFactory
 from .hubkit import RunFactory
@@ -165,3 +166,29 @@ async def test_demo_runs_the_whole_path_and_stops_by_itself() -> None:
     assert [activation for _, activation in taken][: len(finished)] == finished
     served = re.search(r"demo    done: (\d+) activations served, (\d+) SMS pushed", out)
     assert served is not None and int(served.group(1)) == len(finished) >= 3
+    # Each SMS comes from the service that was sold, and is shown on one line.
+    sold = re.findall(r"GET_NUMBER (\w+) in \w+: \+\d+", out)
+    senders = re.findall(r"network SMS from (\S+) to \+\d+ \((\d+) characters?\)", out)
+    assert len(senders) >= 3
+    for service, (sender, _) in zip(sold, senders, strict=False):
+        assert sender == DEMO_TEXTS[service][0], (service, sender)
+    for shown in re.findall(r"PUSH_SMS for .*: “(.*)”$", out, re.MULTILINE):
+        assert len(shown) <= SHOWN
+    assert not re.search(r"\b1 (offers|countries|activations|characters)\b", out)
+
+
+def test_demo_texts_shortening_and_plurals() -> None:
+    for service, (sender, _) in DEMO_TEXTS.items():
+        got_sender, text = demo_sms(service)
+        assert got_sender == sender and "{code}" not in text and re.search(r"\d{5,6}", text)
+    long = demo_sms("go")[1]
+    assert len(long) > SHOWN
+    cut = shorten(long)
+    assert len(cut) == SHOWN and cut.endswith("…") and long.startswith(cut[:-1])
+    assert shorten("short\ntext") == "short text"  # one line, not cut
+    assert [plural(n, "offer") for n in (0, 1, 2)] == ["0 offers", "1 offer", "2 offers"]
+    assert plural(1, "country", "countries") == "1 country"
+    assert plural(3, "country", "countries") == "3 countries"
+    # The login page's hint points at where the demo prints its token.
+    login = (ROOT / "supplier" / "static" / "login.html").read_text()
+    assert "supplier demo" in login and "status page at" in login
