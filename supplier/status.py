@@ -100,8 +100,13 @@ def _decimal(value: str | None) -> Decimal:
 
 
 def money(amount: Decimal) -> str:
-    """A sum as money: `10.00`, `7.25`, `0.50` (never `1E+1` or `7.2500`)."""
-    return format(amount.quantize(Decimal("0.01")), "f")
+    """A sum as money: `10.00`, `7.25`, `0.0125` (never `1E+1` or `7.2500`).
+
+    Two decimals, more when the hub paid in smaller units (dollars come with 4).
+    """
+    exponent = amount.normalize().as_tuple().exponent
+    places = min(4, max(2, -exponent if isinstance(exponent, int) else 2))
+    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
 
 
 def _money(sums: dict[str, Decimal]) -> dict[str, str]:
@@ -507,7 +512,10 @@ def _bearer(request: web.Request) -> str | None:
 
 def _host_allowed(request: web.Request) -> bool:
     """Without a token: the Host must name the listen address, localhost, or (wildcard) an IP."""
-    host = (URL(f"http://{request.host}").host or "") if request.host else ""
+    try:
+        host = (URL(f"http://{request.host}").host or "") if request.host else ""
+    except ValueError:
+        return False
     host = host.strip("[]").lower().rstrip(".")
     allowed = request.app[_HOSTS]
     if host in allowed:

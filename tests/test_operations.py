@@ -341,3 +341,23 @@ async def test_the_operator_reset_is_logged(run: RunFactory) -> None:
         await r.until(lambda: any(e.get("event") == "modem reset" for e in logs))
     reset = next(e for e in logs if e.get("event") == "modem reset")
     assert reset["port"] == port and reset["log_level"] == "warning"
+
+
+async def test_live_sims_last_seen_follows_the_health_checks(run: RunFactory) -> None:
+    r = await run(modems=2)
+    store, daemon = r.daemon.store, r.daemon
+    assert store is not None
+    iccids = [m.sim.iccid for m in r.bank if m.sim]
+    await store.touch_sims(iccids, time.time() - 3600)  # as if last written an hour ago
+    marked = asyncio.Event()
+    mark = daemon.mark_seen
+
+    async def spy(now: float) -> None:
+        await mark(now)
+        marked.set()
+
+    daemon.mark_seen = spy  # type: ignore[method-assign]
+    daemon.seen_interval = 0.0  # every housekeeping round (about 5 s) instead of every minute
+    await asyncio.wait_for(marked.wait(), 15)
+    seen = {s.iccid: s.last_seen for s in await store.load_sims()}
+    assert all(time.time() - seen[i] < 30 for i in iccids)

@@ -336,6 +336,19 @@ async def test_odd_paths_get_a_json_answer(run: RunFactory, bad: str) -> None:
         assert response.status in (404, 400)
 
 
+def test_money_is_shown_as_money() -> None:
+    from decimal import Decimal
+
+    from supplier.status import money
+
+    assert money(Decimal("1E+1")) == "10.00"  # what Decimal("10").normalize() gives
+    assert money(Decimal("7.2500")) == "7.25"
+    assert money(Decimal("0.5")) == "0.50"
+    assert money(Decimal("0.0125")) == "0.0125"  # dollars come with 4 decimals
+    assert money(Decimal("0.00001")) == "0.0000"
+    assert money(Decimal(0)) == "0.00"
+
+
 def test_status_view_needs_a_started_daemon() -> None:
     from supplier.config import parse_config
 

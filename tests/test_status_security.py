@@ -253,6 +253,8 @@ async def test_without_a_token_only_the_listen_address_or_localhost_is_answered(
             (f"evil.example:{port}", 421),  # a name that rebinds to 127.0.0.1
             ("evil.example", 421),
             (f"10.1.2.3:{port}", 421),
+            ("[::1", 421),  # not even a host name
+            ("", 421),
         ):
             async with session.get(status_url(r, "/api/sims"), headers={"Host": host}) as response:
                 assert response.status == expected, host
