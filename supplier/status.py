@@ -373,6 +373,7 @@ SESSION_TTL = 12 * 3600.0  # a login lasts a working day; logout ends it at once
 MAX_SESSIONS = 256  # the oldest is dropped beyond this (each login makes one)
 FAILURE_WINDOW = 60.0  # failed tokens are counted per client address over this window
 MAX_FAILURES = 10  # ... and beyond this many, tokens from that address are not even checked
+MAX_FAILURES_ALL = 100  # the same across all addresses (guessing spread over many of them)
 STATIC = ("index.js", "sim.js", "login.js", "style.css")  # served without a token
 HEADERS = {
     # Scripts and styles come only from our own files: no inline script can run.
@@ -422,17 +423,22 @@ class FailureLimiter:
 
     Past `limit` failures in `window` seconds an address gets 429 without its
     token being compared, so guessing runs at `limit` a minute, not thousands
-    a second. A valid session cookie still works from a limited address.
+    a second; past `limit_all` from all addresses together, every address
+    does. A valid session cookie still works from a limited address.
     """
+
+    ALL = "*"  # the key counting every address's failures together
 
     def __init__(
         self,
         limit: int = MAX_FAILURES,
         window: float = FAILURE_WINDOW,
         *,
+        limit_all: int = MAX_FAILURES_ALL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
+        self.limit_all = limit_all
         self.window = window
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
@@ -451,19 +457,25 @@ class FailureLimiter:
 
     def retry_after(self, peer: str) -> float | None:
         """Seconds until this address may try again, or None when it may now."""
-        failures = self._recent(peer)
-        if failures is None or len(failures) < self.limit:
-            return None
-        return max(1.0, failures[0] + self.window - self.clock())
+        waits = []
+        for key, limit in ((peer, self.limit), (self.ALL, self.limit_all)):
+            failures = self._recent(key)
+            if failures is not None and len(failures) >= limit:
+                waits.append(max(1.0, failures[0] + self.window - self.clock()))
+        return max(waits, default=None)
 
     def failed(self, peer: str) -> int:
-        failures = self._recent(peer)
-        if failures is None:
-            if len(self._failures) > 10_000:  # a spray of addresses: forget the quiet ones
-                self._failures = {p: f for p, f in self._failures.items() if len(f) > 1}
-            failures = self._failures.setdefault(peer, deque())
-        failures.append(self.clock())
-        return len(failures)
+        """Count a wrong token from `peer`; how many it has in the window."""
+        if len(self._failures) > 10_000:  # a spray of addresses: forget the quiet ones
+            self._failures = {p: f for p, f in self._failures.items() if len(f) > 1}
+        counts = []
+        for key in (peer, self.ALL):
+            failures = self._recent(key)
+            if failures is None:
+                failures = self._failures.setdefault(key, deque())
+            failures.append(self.clock())
+            counts.append(len(failures))
+        return counts[0]
 
 
 _VIEW = web.AppKey("view", StatusView)

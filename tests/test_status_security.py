@@ -260,3 +260,15 @@ async def test_without_a_token_only_the_listen_address_or_localhost_is_answered(
                 assert response.status == expected, host
                 if expected == 421:
                     assert (await response.json())["status"] == "ERROR"
+
+
+def test_guessing_from_many_addresses_is_limited_too() -> None:
+    clock = Clock(0.0)
+    limiter = FailureLimiter(limit=10, window=60, limit_all=100, clock=clock)
+    for i in range(100):
+        assert limiter.retry_after(f"10.0.{i // 250}.{i % 250}") is None
+        limiter.failed(f"10.0.{i // 250}.{i % 250}")
+    wait = limiter.retry_after("192.0.2.1")  # a fresh address: the total is reached
+    assert wait is not None and 1 <= wait <= 60
+    clock.advance(61)
+    assert limiter.retry_after("192.0.2.1") is None
