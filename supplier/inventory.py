@@ -106,6 +106,7 @@ class Inventory:
         self.activations: dict[int, Activation] = {}  # unfinished, and recent finished ones
         self._holder: dict[str, int] = {}  # iccid → the activation that may hold it
         self._reserved: set[str] = set()  # iccids being committed by a GET_NUMBER in flight
+        self._numbers_claimed: set[str] = set()  # numbers an operator's change is writing
         # GET_SERVICES is asked every few seconds by every hub: its counts are
         # cached until something changes (`version`) or a hold runs out.
         self.version = 0
@@ -269,10 +270,17 @@ class Inventory:
         if other is not None:
             where = f" in {other.port}" if other.port else ""
             raise NumberTaken(f"+{wanted} is already the number of SIM {other.iccid}{where}")
-        if not await self.store.set_sim_number(iccid, number):
-            return None
-        sim.manual_number = number
-        self._derive(sim)
+        if wanted in self._numbers_claimed:
+            raise NumberTaken(f"+{wanted} is being given to another SIM right now")
+        if wanted:
+            self._numbers_claimed.add(wanted)  # two requests at once cannot both pass the check
+        try:
+            if not await self.store.set_sim_number(iccid, number):
+                return None
+            sim.manual_number = number
+            self._derive(sim)
+        finally:
+            self._numbers_claimed.discard(wanted or "")
         log.info("SIM number set by an operator", iccid=iccid, number=sim.number, port=sim.port)
         return sim
 
