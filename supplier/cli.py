@@ -24,19 +24,22 @@ from aiohttp import web
 from modems.emulator import PROFILES, VirtualModemBank
 from modems.emulator.control import FAULTS, create_control_app
 from modems.modem import ModemSettings
-from modems.pool import raise_open_file_limit
+from modems.pool import expand_ports, raise_open_file_limit
 
 from . import __version__, logs
 from .config import Config, ConfigError, ModemsConfig, load_config, parse_host_port
+from .config import warnings as config_warnings
 from .daemon import Daemon, modem_settings
 from .demo import run_demo
 from .errors import SupplierError
-from .inspection import scan, sims_report
+from .inspection import daemon_sims, held_ports, live_view, scan, sims_report
 from .systemd import Notifier
 
 __all__ = ["main"]
 
 DEFAULT_CONTROL = "127.0.0.1:8765"
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_HELP = "default: info for run (start-up, modem and SIM changes, hub problems), else warning"
 
 
 class CliError(Exception):
@@ -74,13 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Number-supplier daemon for SIM banks (GSM modems → SMS-activation hubs).",
     )
     parser.add_argument("--version", action="version", version=f"supplier {__version__}")
-    parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
+    parser.add_argument("--log-level", default=None, choices=LOG_LEVELS, help=LOG_HELP)
+    # The same option after the command (`supplier run --log-level debug`); SUPPRESS
+    # keeps a value given before the command when none is given after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help=LOG_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     emulate = commands.add_parser(
         "emulate",
+        parents=[common],
         help="run the virtual modem bank alone",
         description="Run N emulated GSM modems on pseudo-terminals, with an HTTP control API.",
     )
@@ -102,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     control = commands.add_parser(
         "emulator",
+        parents=[common],
         help="control a running virtual modem bank",
         description="Deliver SMS to, or inject faults into, a bank from `supplier emulate`.",
     )
@@ -120,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
+        parents=[common],
         help="run the daemon in the foreground (logs to stderr)",
         description="Drive the modems, answer the hubs, push SMS. SIGTERM stops, SIGHUP reloads.",
     )
@@ -127,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check-config",
+        parents=[common],
         help="validate a configuration and print the resolved settings",
         description="Exit 0 and print the settings (keys masked), or exit 2 with the problem.",
     )
@@ -134,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = commands.add_parser(
         "scan",
+        parents=[common],
         help="probe the modem ports once and print what is there",
         description="Open every configured port, identify modem and SIM, print a table. "
         "Stored SMS are neither read nor deleted. Ports a running daemon holds show as busy.",
@@ -148,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sims = commands.add_parser(
         "sims",
+        parents=[common],
         help="the SIM inventory from the store",
         description="Every SIM the daemon has seen: number, country/operator, state, "
         "open activations and per-service history (sold/cancelled/offered).",
@@ -156,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
+        parents=[common],
         help="a first run with no hardware: virtual modems, the daemon and a built-in hub",
         description="Start 16 emulated modems, the daemon on top of them, and a small hub that "
         "polls GET_SERVICES, takes numbers, sends SMS into the bank and receives them by "
@@ -178,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.error exits
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level or ("info" if args.command == "run" else "warning"))
     raise_open_file_limit()
     try:
         if args.command == "run":
@@ -194,8 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
         if args.command == "scan":
             return asyncio.run(_scan(args))
         if args.command == "sims":
-            config = load_config(args.config)
-            print(sims_report(config.storage.path))
+            print(sims_report(load_config(args.config)))
             return 0
     except ConfigError as exc:
         print(f"supplier: {exc}", file=sys.stderr)
@@ -216,15 +227,21 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
+def _mask(value: str | None) -> str | None:
+    """A secret as check-config shows it: `***`, or `""` when it is empty (say so)."""
+    return value if not value else "***"
+
+
 def _check_config(config: Config) -> int:
     resolved = config.model_dump(mode="json")
-    for hub in resolved["hubs"]:
-        hub["key"] = "***"
-    if resolved["status"]["token"] is not None:
-        resolved["status"]["token"] = "***"  # noqa: S105 - a mask, not a password
-    if resolved["modems"]["pin"] is not None:
-        resolved["modems"]["pin"] = "***"
+    for hub, model in zip(resolved["hubs"], config.hubs, strict=True):
+        hub["key"] = _mask(model.key.get_secret_value())
+    token = config.status.token
+    resolved["status"]["token"] = _mask(token.get_secret_value() if token is not None else None)
+    resolved["modems"]["pin"] = _mask(config.modems.pin)
     print(json.dumps(resolved, indent=2, ensure_ascii=False))
+    for warning in config_warnings(config):
+        print(f"supplier: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -363,5 +380,23 @@ async def _scan(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else None
     patterns = args.ports or (config.modems.ports if config else ModemsConfig().ports)
     settings = modem_settings(config) if config else ModemSettings()
+    held = held_ports(patterns)
+    if held:
+        # A running daemon opens its ports exclusively: probing them would only
+        # wait for the timeout. Say so at once and show what the daemon sees.
+        live = await daemon_sims(config) if config is not None else None
+        where = "" if config is not None else " (give --config to see its live view)"
+        print(
+            f"supplier: {len(held)} port{'s' if len(held) > 1 else ''} held by another "
+            f"process, the daemon if it runs{where}: {' '.join(held)}",
+            file=sys.stderr,
+        )
+        if live is not None:
+            print(live_view(live))
+            return 0
+        free = [p for p in expand_ports(patterns) if p not in set(held)]
+        if not free:
+            return 1
+        patterns = free
     print(await scan(patterns, settings, args.timeout))
     return 0

@@ -6,6 +6,8 @@ A bad file gives one line naming the key, the value and what was expected
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -25,6 +27,12 @@ from pydantic import (
 
 from .errors import SupplierError
 
+MIN_KEY = 8  # hub keys, and the least a status token should be
+# config.example.yaml's stand-ins: a file that still has them is not ready to run.
+PLACEHOLDER_KEYS = frozenset({"put-the-key-from-the-hub-here", "another-key-from-onlinesim"})
+# Names reserved for examples (RFC 2606 / RFC 6761): never a real hub.
+_EXAMPLE_HOST = re.compile(r"(^|\.)(example(\.(com|net|org))?|test|invalid)$", re.IGNORECASE)
+
 __all__ = [
     "SLUG_RE",
     "ActivationConfig",
@@ -36,6 +44,7 @@ __all__ = [
     "parse_config",
     "parse_host_port",
     "phone_digits",
+    "warnings",
 ]
 
 
@@ -134,8 +143,8 @@ class HubConfig(_Frozen):
     @field_validator("key")
     @classmethod
     def _key(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 8:
-            raise ValueError("expected a key of at least 8 characters")
+        if len(value.get_secret_value()) < MIN_KEY:
+            raise ValueError(f"expected a key of at least {MIN_KEY} characters")
         return value
 
     @field_validator("push_url")
@@ -231,6 +240,16 @@ class Config(_Frozen):
     @field_validator("sims")
     @classmethod
     def _sims(cls, value: dict[str, SimOverride]) -> dict[str, SimOverride]:
+        owners: dict[str, str] = {}
+        for iccid, override in value.items():
+            if override.number is None:
+                continue
+            if override.number in owners:
+                raise ValueError(
+                    f"expected every SIM to have its own number: {override.number} is given "
+                    f"to both {owners[override.number]} and {iccid}"
+                )
+            owners[override.number] = str(iccid)
         return _digit_keys(value, 18, 20, "ICCIDs")
 
     @field_validator("networks")
@@ -299,9 +318,12 @@ def _explain(error: ValidationError) -> str:
         text = f"{_where(loc)}: unknown key"
     else:
         value = first.get("input")
-        if isinstance(value, SecretStr) or (loc and loc[-1] in ("key", "token", "pin")):
-            value = "***"
-        text = f"{_where(loc)}: {_show(value)}: {message[0].lower() + message[1:]}"
+        secret = isinstance(value, SecretStr) or (loc and loc[-1] in ("key", "token", "pin"))
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        # An empty secret is named as empty: the one thing worth saying about it.
+        shown = ("empty" if value in ("", None) else _show("***")) if secret else _show(value)
+        text = f"{_where(loc)}: {shown}: {message[0].lower() + message[1:]}"
     more = len(error.errors()) - 1
     return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
@@ -330,3 +352,40 @@ def load_config(path: str | Path) -> Config:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     return parse_config(data, str(path))
+
+
+def _host(url: str) -> str:
+    return re.sub(r"^https?://([^/:?#]+).*$", r"\1", url)
+
+
+def warnings(config: Config) -> list[str]:
+    """What `check-config` warns about: valid settings that will not work as they are."""
+    out = []
+    for i, hub in enumerate(config.hubs):
+        if hub.key.get_secret_value() in PLACEHOLDER_KEYS:
+            out.append(f"hubs[{i}].key: still the example's placeholder; put the hub's key here")
+        if _EXAMPLE_HOST.search(_host(hub.push_url)):
+            out.append(
+                f"hubs[{i}].push_url: {hub.push_url!r} is an example address; "
+                "put the hub's PUSH_SMS URL here"
+            )
+    secret = config.status.token
+    token = secret.get_secret_value() if secret is not None else None
+    if token == "":
+        out.append("status.token: empty, so the status page is open and operator actions are off")
+    elif token is not None and len(token) < MIN_KEY:
+        out.append(
+            f"status.token: {len(token)} characters; use at least {MIN_KEY} "
+            "(a long random string), as for hub keys"
+        )
+    folder = Path(config.storage.path).parent
+    if not folder.is_dir():
+        out.append(f"storage.path: the folder {str(folder)!r} does not exist")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        out.append(f"storage.path: the folder {str(folder)!r} is not writable by this user")
+    out.extend(
+        f"modems.ports: {pattern!r} matches no port now"
+        for pattern in config.modems.ports
+        if not glob.glob(pattern)
+    )
+    return out

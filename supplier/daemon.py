@@ -10,6 +10,7 @@ store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -25,8 +26,8 @@ from modems.events import (
     SimReady,
     SmsReceived,
 )
-from modems.modem import ModemSettings
-from modems.pool import ModemPool
+from modems.modem import Modem, ModemSettings
+from modems.pool import ModemPool, expand_ports
 
 from .config import Config
 from .errors import StoreError
@@ -43,6 +44,22 @@ __all__ = ["Daemon"]
 log = structlog.get_logger("supplier.daemon")
 
 SHUTDOWN_GRACE = 5.0  # seconds for hub requests in flight to finish at a stop
+SEEN_INTERVAL = 60.0  # live SIMs' last_seen is written this often (`supplier sims`)
+STARTUP_SUMMARY_WITHIN = 60.0  # the start-up summary waits this long at most for modems
+# What an operator calls a modem's state, for the one log line per change that matters.
+_LOGGED = {
+    ModemState.READY: "ready",
+    ModemState.NO_SIM: "no_sim",
+    ModemState.SIM_LOCKED: "sim_locked",
+    ModemState.UNRESPONSIVE: "unresponsive",
+    ModemState.NOT_MODEM: "not_modem",
+    ModemState.RESETTING: "resetting",
+    ModemState.DISCONNECTED: "gone",
+    ModemState.REMOVED: "gone",
+}
+_SETTLED = frozenset(
+    {ModemState.READY, ModemState.NO_SIM, ModemState.SIM_LOCKED, ModemState.NOT_MODEM}
+)
 
 
 def _sim_overrides(config: Config) -> dict[str, SimOverrideValues]:
@@ -102,6 +119,11 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._status_runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._announce: asyncio.Task[None] | None = None
+        self._pool_changed = asyncio.Event()
+        self._port_states: dict[str, str] = {}  # port → the last state logged for it
+        self.seen_interval = SEEN_INTERVAL
+        self._stopping = False  # modems stopped on purpose: no "gone" lines for them
         self.listening: tuple[str, int] | None = None
         self.status_listening: tuple[str, int] | None = None
         self.metrics = Metrics()
@@ -144,7 +166,9 @@ class Daemon:
         )
         self._runner, self.listening = await _serve(app, config.server.listen)
         token = config.status.token.get_secret_value() if config.status.token else None
-        status_app = create_status_app(self.view, self.metrics, token)
+        status_app = create_status_app(
+            self.view, self.metrics, token, listen_host=config.status.listen[0]
+        )
         self._status_runner, self.status_listening = await _serve(status_app, config.status.listen)
         self.pool = ModemPool(
             config.modems.ports,
@@ -152,6 +176,7 @@ class Daemon:
             modem_settings(config),
             rescan_interval=config.modems.rescan_interval,
         )
+        matched = len(expand_ports(config.modems.ports))
         await self.pool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         log.info(
@@ -159,7 +184,16 @@ class Daemon:
             listen=_address(self.listening),
             status=f"http://{_address(self.status_listening)}/",
             ports=config.modems.ports,
+            ports_matched=matched,
+            hubs=[hub.name for hub in config.hubs],
+            sims_known=len(self.inventory.sims),
         )
+        if not matched:
+            log.warning(
+                "no serial port matches modems.ports; waiting for modems to be plugged in",
+                ports=config.modems.ports,
+            )
+        self._announce = asyncio.create_task(self._startup_summary(), name="startup summary")
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (`systemctl status supplier`)."""
@@ -167,15 +201,85 @@ class Daemon:
             return "starting"
         t = self.view.summary()
         return (
-            f"{t['modems']} modems; {t['ready']} SIMs ready, {t['no_signal']} no signal, "
+            f"{t['modems']} modems; {t['ready']} SIMs ready, {t['active']} active, "
+            f"{t['no_signal']} no signal, "
             f"{t['no_number']} no number, {t['no_sim']} no SIM, {t['errors']} errors; "
             f"{t['open_activations']} open activations"
         )
 
+    async def _startup_summary(self) -> None:
+        """One line once every modem found at start has settled (or after a minute)."""
+        assert self.pool is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_SUMMARY_WITHIN
+        while not all(self._settled(m) for m in self.pool) and loop.time() < deadline:
+            self._pool_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - loop.time()):
+                    await self._pool_changed.wait()
+        t = self.view.summary()
+        counts = self.pool.counts()
+        log.info(
+            "start-up summary",
+            modems=t["modems"] - counts.get(ModemState.NOT_MODEM, 0),
+            not_modem_ports=counts.get(ModemState.NOT_MODEM, 0),
+            still_starting=sum(1 for m in self.pool if not self._settled(m)),
+            sims_ready=t["ready"],
+            sims_active=t["active"],
+            no_signal=t["no_signal"],
+            no_number=t["no_number"],
+            no_sim=t["no_sim"],
+            errors=t["errors"],
+            hubs=[hub.name for hub in self.config.hubs],
+            listen=_address(self.listening),
+            status=f"http://{_address(self.status_listening)}/",
+        )
+
+    def _settled(self, modem: Modem) -> bool:
+        """Done starting: a state to stay in, and a ready modem's SIM is in the inventory."""
+        if modem.state is not ModemState.READY:
+            return modem.state in _SETTLED
+        sim = self.inventory.sims.get(modem.sim.iccid) if self.inventory and modem.sim else None
+        return sim is not None and sim.online
+
+    def _log_modem(self, event: ModemStateChanged) -> None:
+        """One line per change an operator cares about: ready, reset, gone, back, no SIM…"""
+        state = _LOGGED.get(event.state)
+        if state is None or self._stopping:
+            return  # probing, initializing: steps on the way, not states
+        before = self._port_states.get(event.port)
+        if state == before:
+            return  # a not_modem port re-probed every minute, a reconnect retried
+        self._port_states[event.port] = state
+        fields = {"port": event.port, "detail": event.detail}
+        if state == "ready":
+            if before in ("gone", "resetting", "unresponsive"):
+                log.info("modem back", was=before, **fields)
+        elif state == "unresponsive":
+            log.warning("modem not answering; its SIM is out of sale until it answers", **fields)
+        elif state == "resetting":
+            log.warning("modem reset", **fields)
+        elif state == "gone":
+            unplugged = event.state is ModemState.REMOVED
+            log.warning("modem unplugged" if unplugged else "modem gone; reopening", **fields)
+        elif state == "no_sim":
+            log.warning("modem has no SIM", **fields)
+        elif state == "sim_locked":
+            log.warning("SIM locked; not used", **fields)
+        else:
+            log.info("port does not answer AT; not a modem (probed again every minute)", **fields)
+
     async def stop(self) -> None:
+        self._stopping = True
+        if self._announce is not None:
+            self._announce.cancel()
+            await asyncio.gather(self._announce, return_exceptions=True)
+            self._announce = None
         if self._runner is not None:
             await self._runner.cleanup()  # no more hub requests; those in flight finish
             self._runner = None
+        if self.protocol is not None:
+            self.protocol.unknown_key.close()
         if self._status_runner is not None:
             await self._status_runner.cleanup()
             self._status_runner = None
@@ -208,14 +312,20 @@ class Daemon:
         self.protocol.set_hubs(config.hubs)
         await self.pusher.set_hubs(config.hubs)
         self.config = config
-        log.info("configuration reloaded", hubs=[hub.name for hub in config.hubs])
+        log.info(
+            "configuration reloaded",
+            hubs=[hub.name for hub in config.hubs],
+            services=list(config.services),
+            sim_overrides=len(config.sims),
+            network_overrides=len(config.networks),
+        )
 
     async def on_pool_event(self, event: PoolEvent) -> None:
         inventory, inbox = self.inventory, self.inbox
         assert inventory is not None
         assert inbox is not None
         if isinstance(event, SmsReceived):
-            self.metrics.sms_received.inc()
+            self.metrics.sms_parts_received.inc()
             await inbox.accept(event)  # raises if not durable: the SMS stays on the SIM
         elif isinstance(event, SimReady):
             sim = await inventory.sim_ready(event.port, event.sim, event.network)
@@ -230,13 +340,23 @@ class Daemon:
             )
         elif isinstance(event, SimLost):
             inventory.sim_lost(event.iccid)
+            lost = inventory.sims.get(event.iccid)
+            holder = inventory.holder(event.iccid)
+            (log.debug if self._stopping else log.warning)(
+                "SIM lost",
+                port=event.port,
+                iccid=event.iccid,
+                reason=event.reason,
+                number=lost.number if lost else None,
+                open_activation=holder.id if holder else None,
+            )
         elif isinstance(event, NetworkChanged):
             inventory.network_changed(event.iccid, event.network)
-        elif isinstance(event, ModemStateChanged) and event.state in (
-            ModemState.REMOVED,
-            ModemState.DISCONNECTED,
-        ):
-            inventory.modem_gone(event.port)
+        elif isinstance(event, ModemStateChanged):
+            self._log_modem(event)
+            if event.state in (ModemState.REMOVED, ModemState.DISCONNECTED):
+                inventory.modem_gone(event.port)
+        self._pool_changed.set()
         for observer in self._observers:
             observer(event)
 
@@ -244,6 +364,7 @@ class Daemon:
         """Complete multipart SMS whose parts stopped coming; forget old activations."""
         assert self.inbox is not None
         assert self.inventory is not None
+        seen_at = self.clock()
         while True:
             deadline = self.inbox.next_deadline()
             delay = 5.0 if deadline is None else min(5.0, max(0.05, deadline - self.clock()))
@@ -253,3 +374,21 @@ class Daemon:
             except StoreError as exc:
                 log.error("cannot complete waiting multipart SMS", error=str(exc))
             self.inventory.prune()
+            if self.clock() - seen_at >= self.seen_interval:
+                seen_at = self.clock()
+                await self.mark_seen(seen_at)
+
+    async def mark_seen(self, now: float) -> None:
+        """Live SIMs are seen now: their stored last_seen follows (health checks keep them)."""
+        assert self.inventory is not None
+        assert self.store is not None
+        live = [sim for sim in self.inventory.sims.values() if sim.online]
+        if not live:
+            return
+        try:
+            await self.store.touch_sims([sim.iccid for sim in live], now)
+        except StoreError as exc:
+            log.error("cannot record that SIMs were seen", error=str(exc))
+            return
+        for sim in live:
+            sim.last_seen = now

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import secrets
@@ -35,13 +34,41 @@ from .store import FinishStatus
 
 __all__ = ["DemoHub", "run_demo"]
 
-DEMO_TEXTS = (
-    ("VK", "VK: 33708 — код подтверждения. Никому не говорите код!"),
-    ("Telegram", "Telegram code: 51924. You can also tap on this link to log in."),
-    ("WhatsApp", "Your WhatsApp code: 482-913. Don't share this code with others 🔐"),
-    ("Google", "G-309216 is your Google verification code. " * 4),
-    ("+79001234567", "Your code is 7781. Valid for 5 minutes, price 5€ [promo]"),
-)
+# What each service's SMS looks like ({code} is a fresh code each time).
+DEMO_TEXTS = {
+    "vk": ("VK", "VK: {code} — код подтверждения. Никому не говорите код!"),
+    "ok": ("OK.RU", "OK login code: {code}. Do not give it to anyone."),
+    "wa": ("WhatsApp", "Your WhatsApp code: {code}. Don't share this code with others 🔐"),
+    "tg": ("Telegram", "Telegram code: {code}. You can also tap on this link to log in."),
+    "go": (
+        "Google",
+        "G-{code} is your Google verification code. Don't share it with anyone: Google will "
+        "never call or message you to ask for it. If you didn't ask for a code, someone may "
+        "be trying to get into your account.",
+    ),
+    "fb": ("Facebook", "{code} is your Facebook confirmation code"),
+    "ig": ("Instagram", "Use {code} to verify your Instagram account."),
+    "tw": ("X", "Your X verification code is {code}."),
+}
+GENERIC_TEXT = ("+79001234567", "Your {service} code is {code}. Valid for 5 minutes.")
+SHOWN = 80  # characters of an SMS text shown on one demo line
+
+
+def demo_sms(service: str) -> tuple[str, str]:
+    """The sender and text of an SMS for `service`, as that service would send it."""
+    sender, text = DEMO_TEXTS.get(service, GENERIC_TEXT)
+    return sender, text.format(code=f"{random.randrange(10_000, 1_000_000)}", service=service)
+
+
+def shorten(text: str, width: int = SHOWN) -> str:
+    """One line of at most `width` characters; a cut text ends with an ellipsis."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """`1 offer`, `2 offers`, `1 country`, `3 countries`."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 class DemoHub:
@@ -184,7 +211,7 @@ async def run_demo(
             remaining = interval if deadline is None else min(interval, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, remaining))
-        say(f"demo    done: {served} activations served, {len(hub.received)} SMS pushed")
+        say(f"demo    done: {plural(served, 'activation')} served, {len(hub.received)} SMS pushed")
     finally:
         if daemon is not None:
             await daemon.stop()
@@ -202,8 +229,8 @@ async def _one_round(hub: DemoHub, bank: VirtualModemBank, say: Callable[[str], 
         return 0
     countries = sorted({country for country, _, _ in offers})
     say(
-        f"hub     GET_SERVICES: {sum(n for _, _, n in offers)} offers in "
-        f"{len(countries)} countries ({', '.join(countries)})"
+        f"hub     GET_SERVICES: {plural(sum(n for _, _, n in offers), 'offer')} in "
+        f"{plural(len(countries), 'country', 'countries')} ({', '.join(countries)})"
     )
     country, service, _ = random.choice(offers)
     answer = await hub.call(
@@ -218,11 +245,11 @@ async def _one_round(hub: DemoHub, bank: VirtualModemBank, say: Callable[[str], 
     if modem is None:
         say(f"network no emulated SIM has +{number}")
         return 0
-    sender, text = random.choice(DEMO_TEXTS)
+    sender, text = demo_sms(service)
     pushed = hub.expect(number)
     sent = time.monotonic()
     modem.deliver(text, sender)
-    say(f"network SMS from {sender} to +{number} ({len(text)} characters)")
+    say(f"network SMS from {sender} to +{number} ({plural(len(text), 'character')})")
     try:
         body = await asyncio.wait_for(pushed, 30)
     except TimeoutError:
@@ -233,7 +260,7 @@ async def _one_round(hub: DemoHub, bank: VirtualModemBank, say: Callable[[str], 
     took = (time.monotonic() - sent) * 1000
     say(
         f"hub     PUSH_SMS for +{number} (sms {body.get('smsId')}) after {took:.0f} ms: "
-        f"{json.dumps(body['text'], ensure_ascii=False)[:90]}"
+        f"“{shorten(str(body['text']))}”"
     )
     finish = await hub.call("FINISH_ACTIVATION", activationId=activation, status=FinishStatus.SOLD)
     say(f"hub     FINISH_ACTIVATION {activation} status 3 (sold): {finish.get('status')}")

@@ -2,28 +2,35 @@
 
 `scan` probes the ports once through the same modem code as the daemon but
 never reads or deletes a stored SMS, so it cannot take messages away. Ports
-held by a running daemon are opened exclusively by it and show as busy.
+held by a running daemon are opened exclusively by it: then `scan` says so at
+once and shows the daemon's live view (its status API) instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from modems.events import REGISTRATION_NAMES, ModemState, PoolEvent
 from modems.modem import ModemSettings
 from modems.pool import ModemPool, expand_ports
 
+from .config import Config
 from .errors import SupplierError
-from .networks import ANY, COUNTRIES, OPERATORS, slugs_for
+from .inventory import Inventory, SimOverrideValues
+from .networks import ANY, COUNTRIES, OPERATORS
 from .store import Store
 
-__all__ = ["format_table", "scan", "sims_report"]
+__all__ = ["daemon_sims", "format_table", "held_ports", "live_view", "scan", "sims_report"]
 
 _SETTLED = frozenset(
     {ModemState.READY, ModemState.NO_SIM, ModemState.SIM_LOCKED, ModemState.NOT_MODEM}
@@ -127,49 +134,139 @@ def _ago(now: float, then: float | None) -> str:
     return f"{seconds / 86400:.0f} d ago"
 
 
-def sims_report(path: str) -> str:
-    """The SIM inventory as the store has it (the daemon may be running)."""
+def _status_base(config: Config) -> str | None:
+    """The running daemon's status address, seen from this host (None: port 0)."""
+    host, port = config.status.listen
+    if port == 0:
+        return None
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def daemon_sims(config: Config, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+    """The running daemon's live SIM rows (its status API), or None if none answers."""
+    base = _status_base(config)
+    if base is None:
+        return None
+    token = config.status.token.get_secret_value() if config.status.token else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(f"{base}/api/sims", headers=headers) as response,
+        ):
+            if response.status != 200:
+                return None
+            body = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    sims = body.get("sims") if isinstance(body, dict) else None
+    return sims if isinstance(sims, list) else None
+
+
+def live_view(rows: list[dict[str, Any]]) -> str:
+    """The daemon's view of its ports, as `scan` would print it."""
+    table = []
+    for row in rows:
+        rssi = row.get("rssi")
+        signal = "-" if rssi is None or rssi == 99 else f"{rssi} ({-113 + 2 * rssi} dBm)"
+        network = f"{row.get('country') or '?'}/{row.get('operator') or ANY}"
+        table.append(
+            [
+                str(row.get("port") or "-"),
+                str(row.get("model") or "-"),
+                str(row.get("iccid") or "-"),
+                f"+{row['number']}" if row.get("number") else "-",
+                f"{network} {row.get('registration') or ''}".strip() if row.get("iccid") else "-",
+                signal,
+                str(row.get("state") or "-"),
+            ]
+        )
+    header = ["PORT", "MODEM", "ICCID", "NUMBER", "NETWORK", "SIGNAL", "STATE"]
+    ready = sum(1 for r in rows if r.get("state") == "ready")
+    return format_table(header, table) + f"\n{len(rows)} ports, {ready} SIMs ready"
+
+
+def held_ports(patterns: Sequence[str]) -> list[str]:
+    """Ports another process holds exclusively (as a running daemon does): checked at once."""
+    held = []
+    for port in expand_ports(patterns):
+        try:
+            fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(port)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return held
+
+
+def sims_report(config: Config) -> str:
+    """The SIM inventory (the daemon may be running: then its live states are shown)."""
+    path = config.storage.path
     if not Path(path).exists():
         raise SupplierError(f"no database at {path} (has the daemon run with this config?)")
-    return asyncio.run(_sims_report(path, time.time()))
+    return asyncio.run(_sims_report(config, time.time()))
 
 
-async def _sims_report(path: str, now: float) -> str:
-    store = await Store.open(path)
+async def _sims_report(config: Config, now: float) -> str:
+    live = await daemon_sims(config)
+    live_by_iccid = {row["iccid"]: row for row in live or () if row.get("iccid")}
+    store = await Store.open(config.storage.path)
     try:
-        sims = await store.load_sims()
-        usage = await store.load_usage()
-        activations = await store.load_activations(since=now)
+        # The inventory the daemon uses, with the config's overrides: the same
+        # number, country and operator as the hubs are sold.
+        inventory = Inventory(
+            store,
+            services=config.services,
+            release_after=config.activation.release_after,
+            sim_overrides={
+                iccid: SimOverrideValues(o.number, o.country, o.operator)
+                for iccid, o in config.sims.items()
+            },
+            network_overrides={
+                code: (o.country, o.operator) for code, o in config.networks.items()
+            },
+            clock=lambda: now,
+        )
+        await inventory.load()
     finally:
         await store.close()
     open_by_iccid: dict[str, list[str]] = {}
-    for activation in activations:
+    for activation in inventory.activations.values():
         if activation.is_open(now):
             open_by_iccid.setdefault(activation.iccid, []).append(
                 f"{activation.hub}:{activation.service}#{activation.id}"
             )
     history: dict[str, list[str]] = {}
-    for (number, service), use in sorted(usage.items()):
+    for (number, service), use in sorted(inventory.usage.items()):
         history.setdefault(number, []).append(
             f"{service} {use.sold}/{use.cancelled}/{use.offers}" + ("!" if use.blocked else "")
         )
     rows = []
-    for sim in sorted(sims, key=lambda s: (s.port or "", s.iccid)):
-        sim_number = sim.number_manual or sim.number
-        country: str | None = sim.country
-        operator: str | None = sim.operator
-        if not country:
-            country, operator = slugs_for(sim.imsi, {})
-        state = "on sale" if sim.enabled else "out of sale"
+    sims = sorted(inventory.sims.values(), key=lambda s: (s.port or "", s.iccid))
+    for sim in sims:
+        row = live_by_iccid.get(sim.iccid)
+        if row is not None:
+            state = f"{row.get('state', '?')} (live)"
+        else:
+            state = ("on sale" if sim.enabled else "out of sale") + (
+                f", last seen {_ago(now, sim.last_seen)}"
+            )
         rows.append(
             [
-                f"+{sim_number}" if sim_number else "-",
+                f"+{sim.number}" if sim.number else "-",
                 sim.iccid,
-                f"{country or '?'}/{operator or ANY}",
-                f"{state}, seen {_ago(now, sim.last_seen)}"
-                + (f" on {os.path.basename(sim.port)}" if sim.port else ""),
+                f"{sim.country or '?'}/{sim.operator or ANY}",
+                state + (f" on {os.path.basename(sim.port)}" if sim.port else ""),
                 ", ".join(open_by_iccid.get(sim.iccid, [])) or "-",
-                " ".join(history.get(sim_number or "", [])) or "-",
+                " ".join(history.get(sim.number or "", [])) or "-",
             ]
         )
     header = [
@@ -181,8 +278,14 @@ async def _sims_report(path: str, now: float) -> str:
         "HISTORY sold/cancelled/offered",
     ]
     total_open = sum(len(v) for v in open_by_iccid.values())
+    source = (
+        "live states from the running daemon"
+        if live is not None
+        else "the daemon is not answering: states from the store (last seen is "
+        "refreshed every minute while a SIM is live)"
+    )
     return (
         format_table(header, rows)
         + f"\n{len(rows)} SIMs, {sum(1 for s in sims if s.enabled)} on sale, "
-        f"{total_open} open activations"
+        f"{total_open} open activations; {source}"
     )

@@ -20,16 +20,41 @@ import structlog
 
 from modems.events import NetworkInfo, SimIdentity
 
+from .errors import SupplierError
 from .networks import ANY, international_number, slugs_for
 from .store import Activation, FinishStatus, SimRow, Store, Usage
 
-__all__ = ["MAX_OFFERS", "ROUTE_HORIZON", "Inventory", "SimOverrideValues", "SimState"]
+__all__ = [
+    "MAX_OFFERS",
+    "ROUTE_HORIZON",
+    "Inventory",
+    "NumberTaken",
+    "SimOverrideValues",
+    "SimState",
+    "sale_number",
+]
 
 log = structlog.get_logger("supplier.inventory")
 
 MAX_OFFERS = 4  # FINISH 4: "may be offered for this service again, at most 4 times in total"
 ROUTE_HORIZON = 86400.0  # an unfinished activation gets its number's SMS for a day at most
 _KEEP_FINISHED = 7 * 86400.0  # recent activations kept in memory (status page, routing)
+
+
+class NumberTaken(SupplierError):
+    """An operator's number that another SIM already has (both would be sold)."""
+
+
+def sale_number(
+    *, manual: str | None, configured: str | None, reported: str | None, country: str | None
+) -> str | None:
+    """The number a SIM is sold under: the one rule, for the hubs, the page and the CLI.
+
+    The operator's setting first, then the config's `sims:` entry, then what
+    the modem reported; with the country code of the SIM's home country.
+    """
+    raw = manual or configured or reported
+    return international_number(raw, country) if raw else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +106,7 @@ class Inventory:
         self.activations: dict[int, Activation] = {}  # unfinished, and recent finished ones
         self._holder: dict[str, int] = {}  # iccid → the activation that may hold it
         self._reserved: set[str] = set()  # iccids being committed by a GET_NUMBER in flight
+        self._numbers_claimed: set[str] = set()  # numbers an operator's change is writing
         # GET_SERVICES is asked every few seconds by every hub: its counts are
         # cached until something changes (`version`) or a hold runs out.
         self.version = 0
@@ -149,8 +175,12 @@ class Inventory:
         sim.config_number = override.number if override else None
         sim.country = (override.country if override and override.country else None) or country
         sim.operator = (override.operator if override and override.operator else None) or operator
-        raw = sim.manual_number or sim.config_number or sim.modem_number
-        sim.number = international_number(raw, sim.country) if raw else None
+        sim.number = sale_number(
+            manual=sim.manual_number,
+            configured=sim.config_number,
+            reported=sim.modem_number,
+            country=sim.country,
+        )
         if before is not None and before != sim.country:
             self._by_country.get(before, set()).discard(sim.iccid)
         if sim.country is not None:
@@ -222,14 +252,44 @@ class Inventory:
     # -- operator actions (status route) -------------------------------------------------
 
     async def set_number(self, iccid: str, number: str | None) -> SimState | None:
-        """An operator's number for a SIM (digits with country code); None clears it."""
+        """An operator's number for a SIM (digits with country code); None clears it.
+
+        Raises NumberTaken when the number it would be sold under is another
+        SIM's: two SIMs with one number would both be sold and both get its SMS.
+        """
         sim = self.sims.get(iccid)
-        if sim is None or not await self.store.set_sim_number(iccid, number):
+        if sim is None:
             return None
-        sim.manual_number = number
-        self._derive(sim)
+        wanted = sale_number(
+            manual=number,
+            configured=sim.config_number,
+            reported=sim.modem_number,
+            country=sim.country,
+        )
+        other = self.owner_of(wanted, besides=iccid) if wanted else None
+        if other is not None:
+            where = f" in {other.port}" if other.port else ""
+            raise NumberTaken(f"+{wanted} is already the number of SIM {other.iccid}{where}")
+        if wanted in self._numbers_claimed:
+            raise NumberTaken(f"+{wanted} is being given to another SIM right now")
+        if wanted:
+            self._numbers_claimed.add(wanted)  # two requests at once cannot both pass the check
+        try:
+            if not await self.store.set_sim_number(iccid, number):
+                return None
+            sim.manual_number = number
+            self._derive(sim)
+        finally:
+            self._numbers_claimed.discard(wanted or "")
         log.info("SIM number set by an operator", iccid=iccid, number=sim.number, port=sim.port)
         return sim
+
+    def owner_of(self, number: str, *, besides: str = "") -> SimState | None:
+        """The SIM (other than `besides`) sold under this number, if any."""
+        for sim in self.sims.values():
+            if sim.number == number and sim.iccid != besides:
+                return sim
+        return None
 
     async def set_enabled(self, iccid: str, enabled: bool) -> SimState | None:
         """Take a SIM out of sale (False) or put it back (True); activations are kept."""
@@ -352,7 +412,7 @@ class Inventory:
                 service=service,
                 country=sim.country,
                 operator=sim.operator,
-                sum=None if sum is None else str(sum),
+                sum=None if sum is None else format(sum, "f"),  # 10, not 1E+1
                 currency=currency,
                 now=now,
                 release_at=now + self.release_after,

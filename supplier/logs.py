@@ -1,29 +1,110 @@
-"""structlog set-up: readable on a terminal, JSON lines otherwise (journald)."""
+"""structlog set-up: readable on a terminal, JSON lines otherwise (journald).
+
+At `info` (the default of `supplier run`) the log tells an operator what
+happens: start-up, each modem and SIM change that matters, hub problems,
+reloads. The modem layer's own step-by-step lines (every state on the way,
+every port found) are `debug` then: the daemon logs the changes that matter
+from the events it receives.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+__all__ = ["Throttled", "configure"]
+
+# The modem layer's info lines that the daemon's own lines replace at info level.
+_MODEM_STEPS = frozenset({"modem state", "port found", "port gone", "SIM lost"})
+
+
+def _modem_steps_are_debug(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if method == "info" and event.get("event") in _MODEM_STEPS and "port" in event:
+        raise structlog.DropEvent
+    return event
 
 
 def configure(level: str = "info", *, json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if level != "debug":
+        processors.insert(0, _modem_steps_are_debug)
+    if json:
+        # The traceback as text in the line (`exception`), not `exc_info: true`.
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer())
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class Throttled:
+    """A warning that can come in floods (a hub with a wrong key retrying every second).
+
+    The first one is logged as it comes; those after it are counted and
+    logged as one line with the count once `interval` seconds have passed,
+    and so on each interval while they keep coming. After a quiet interval
+    the next one is logged as it comes again.
+    """
+
+    def __init__(self, logger: Any, event: str, *, interval: float = 60.0) -> None:
+        self.logger = logger
+        self.event = event
+        self.repeated = event + " (repeated)"
+        self.interval = interval
+        self._count = 0
+        self._last: dict[str, Any] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, **fields: Any) -> None:
+        if self._timer is None:
+            self.logger.warning(self.event, **fields)
+            self._start()
+            return
+        self._count += 1
+        self._last = fields
+
+    def _start(self) -> None:
+        self._count = 0
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        """End the current interval: its count, if any, as one line."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._count:
+            self.logger.warning(
+                self.repeated,
+                count=self._count,
+                seconds=self.interval,
+                **{f"last_{k}": v for k, v in self._last.items()},
+            )
+            self._start()
+
+    def close(self) -> None:
+        """At a stop: the count so far, if any, and no timer left behind."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._count:
+            self.logger.warning(self.repeated, count=self._count, seconds=self.interval)
+        self._count = 0

@@ -34,10 +34,12 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Live:
     """What a scrape reads from the daemon's state at that moment."""
 
-    sims: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (state, operator) → n
+    # (state, country, operator) → n; an operator slug such as beeline exists in several countries
+    sims: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
     modems: Mapping[str, int] = field(default_factory=dict)  # modem state → n
     backlog: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # hub → (n, age s)
     modem_counters: Iterable[tuple[str, int, int]] = ()  # (port, resets, timeouts)
+    sms_messages: int = 0  # messages in the store: a long one counts once, when whole
 
 
 class _LiveCollector(Collector):
@@ -48,11 +50,11 @@ class _LiveCollector(Collector):
         live = self.live
         sims = GaugeMetricFamily(
             "supplier_sims",
-            "SIMs known to the inventory, by state and operator",
-            labels=["state", "operator"],
+            "SIMs known to the inventory, by state, country and operator",
+            labels=["state", "country", "operator"],
         )
-        for (state, operator), count in sorted(live.sims.items()):
-            sims.add_metric([state, operator], count)
+        for (state, country, operator), count in sorted(live.sims.items()):
+            sims.add_metric([state, country, operator], count)
         yield sims
         modems = GaugeMetricFamily(
             "supplier_modems", "Serial ports by modem state", labels=["state"]
@@ -84,6 +86,11 @@ class _LiveCollector(Collector):
             timeouts.add_metric([port], timeout_count)
         yield resets
         yield timeouts
+        yield CounterMetricFamily(
+            "supplier_sms_received",
+            "SMS messages received (a long message counts once, when whole or given up on)",
+            value=live.sms_messages,
+        )
 
 
 class Metrics:
@@ -101,9 +108,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.sms_received = Counter(
-            "supplier_sms_received",
-            "SMS read from the modems (each part of a long message counts)",
+        self.sms_parts_received = Counter(
+            "supplier_sms_parts_received",
+            "SMS parts read from the modems (each part of a long message counts)",
             registry=self.registry,
         )
         self.pushes = Counter(

@@ -28,6 +28,7 @@ from aiohttp.web_response import ContentCoding
 from .config import SLUG_RE, HubConfig
 from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
+from .logs import Throttled
 from .networks import ANY
 from .store import FINISH_STATUSES
 
@@ -55,6 +56,7 @@ class ProtocolService:
         self.inventory = inventory
         self.set_hubs(hubs)
         self._on_request = on_request
+        self.unknown_key = Throttled(log, "hub request with an unknown key")  # first, then a count
         self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
             "GET_SERVICES": self.get_services,
             "GET_NUMBER": self.get_number,
@@ -288,6 +290,7 @@ async def _dispatch(request: web.Request, service: ProtocolService, seen: dict[s
         bearer = service.find_hub(auth[7:].strip())
         hub = bearer if bearer is not None and bearer.profile == "onlinesim" else None
     if hub is None:
+        service.unknown_key(peer=request.remote, action=str(body.get("action"))[:40])
         raise Unauthorized("key: missing or unknown")
     seen["hub"] = hub.name
     action = body.get("action")

@@ -2,17 +2,23 @@
 
 Served on `status.listen` (loopback by default). With `status.token` set,
 every route asks for it, as `Authorization: Bearer …` or through the login
-form, which sets a cookie holding an HMAC of the token (never the token).
-SMS texts and operator actions need the token: without one they are off.
+form, which opens a server-side session (a random cookie value with an
+expiry, revoked by logout and forgotten at a restart). Failed tokens are
+rate-limited per client address across requests. Without a token, only Host
+headers naming the listen address or localhost are answered (DNS rebinding),
+SMS texts are hidden and operator actions are off. Every answer carries a
+Content-Security-Policy without inline script, no framing, no referrer, and
+`Cache-Control: no-store` on anything that can show numbers or texts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import hmac
+import ipaddress
 import json
-from collections import Counter
+import secrets
+import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -22,12 +28,14 @@ from urllib.parse import quote
 
 import structlog
 from aiohttp import hdrs, web
+from yarl import URL
 
 from modems.events import REGISTRATION_NAMES, ModemState
 
 from . import __version__
 from .config import phone_digits
 from .errors import StoreError
+from .inventory import NumberTaken
 from .metrics import CONTENT_TYPE, Live, Metrics
 from .store import Activation, Delivery, Sms
 
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
     from .daemon import Daemon
     from .inventory import Inventory, SimState
 
-__all__ = ["StatusView", "bars", "create_status_app"]
+__all__ = ["FailureLimiter", "Sessions", "StatusView", "bars", "create_status_app", "money"]
 
 log = structlog.get_logger("supplier.status")
 
@@ -60,7 +68,12 @@ CURRENCIES = {
     764: "THB",
     458: "MYR",
 }
-_MODEM_ERRORS = (ModemState.SIM_LOCKED, ModemState.RESETTING, ModemState.DISCONNECTED)
+_MODEM_ERRORS = (
+    ModemState.SIM_LOCKED,
+    ModemState.UNRESPONSIVE,
+    ModemState.RESETTING,
+    ModemState.DISCONNECTED,
+)
 
 
 def bars(rssi: int | None) -> int | None:
@@ -91,8 +104,18 @@ def _decimal(value: str | None) -> Decimal:
         return Decimal(0)
 
 
+def money(amount: Decimal) -> str:
+    """A sum as money: `10.00`, `7.25`, `0.0125` (never `1E+1` or `7.2500`).
+
+    Two decimals, more when the hub paid in smaller units (dollars come with 4).
+    """
+    exponent = amount.normalize().as_tuple().exponent
+    places = min(4, max(2, -exponent if isinstance(exponent, int) else 2))
+    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
+
+
 def _money(sums: dict[str, Decimal]) -> dict[str, str]:
-    return {currency: format(total.normalize(), "f") for currency, total in sorted(sums.items())}
+    return {currency: money(total) for currency, total in sorted(sums.items())}
 
 
 def _activation(a: Activation, now: float) -> dict[str, Any]:
@@ -103,7 +126,7 @@ def _activation(a: Activation, now: float) -> dict[str, Any]:
         "number": a.number,
         "country": a.country,
         "operator": a.operator,
-        "sum": a.sum,
+        "sum": money(_decimal(a.sum)) if a.sum is not None else None,
         "currency": currency_name(a.currency) if a.currency is not None else None,
         "created": a.created,
         "age": max(0.0, now - a.created),
@@ -257,14 +280,20 @@ class StatusView:
         return rows
 
     def summary(self) -> dict[str, int]:
-        """In-memory totals (no database): the STATUS= line and the page's first row."""
+        """In-memory totals (no database): the STATUS= line and the page's cards.
+
+        Each card counts exactly the rows the state filter of the same name
+        shows (`FILTERS`): `ready` is on sale now, `active` is held by an
+        activation, `no_number` includes an unknown home network.
+        """
         inventory, _, pool = self._parts()
         states = Counter(self.sim_state(iccid) for iccid in inventory.sims)
         modem_states = pool.counts()
         now = self.daemon.clock()
         return {
             "modems": len(pool),
-            "ready": states["ready"] + states["active"],
+            "ready": states["ready"],
+            "active": states["active"],
             "no_signal": states["no_signal"],
             "no_number": states["no_number"] + states["unknown_network"],
             "no_sim": modem_states.get(ModemState.NO_SIM, 0),
@@ -302,7 +331,7 @@ class StatusView:
                 {
                     "hub": hub,
                     "currency": currency,
-                    **{w: format(v.normalize(), "f") for w, v in sums.items()},
+                    **{w: money(v) for w, v in sums.items()},
                 }
                 for (hub, currency), sums in sorted(earnings.items())
             ],
@@ -328,7 +357,10 @@ class StatusView:
 
     async def live(self) -> Live:
         inventory, store, pool = self._parts()
-        sims = Counter((self.sim_state(s.iccid), s.operator) for s in inventory.sims.values())
+        sims = Counter(
+            (self.sim_state(s.iccid), s.country or "unknown", s.operator)
+            for s in inventory.sims.values()
+        )
         backlog = {hub.name: (0, 0.0) for hub in self.daemon.config.hubs}
         backlog.update(await store.backlog(self.daemon.clock()))
         return Live(
@@ -336,39 +368,144 @@ class StatusView:
             modems={state.value: n for state, n in pool.counts().items()},
             backlog=backlog,
             modem_counters=[(m.port, m.resets, m.timeouts) for m in pool],
+            sms_messages=await store.sms_count(0.0),
         )
 
 
 # -- the web app ------------------------------------------------------------------------
 
+SESSION_TTL = 12 * 3600.0  # a login lasts a working day; logout ends it at once
+MAX_SESSIONS = 256  # the oldest is dropped beyond this (each login makes one)
+FAILURE_WINDOW = 60.0  # failed tokens are counted per client address over this window
+MAX_FAILURES = 10  # ... and beyond this many, tokens from that address are not even checked
+MAX_FAILURES_ALL = 100  # the same across all addresses (guessing spread over many of them)
+STATIC = ("index.js", "sim.js", "login.js", "style.css")  # served without a token
+HEADERS = {
+    # Scripts and styles come only from our own files: no inline script can run.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class Sessions:
+    """Logins as random values kept here with their expiry; logout deletes one."""
+
+    def __init__(
+        self, ttl: float = SESSION_TTL, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._expiry: dict[str, float] = {}
+
+    def open(self) -> str:
+        now = self.clock()
+        self._expiry = {k: t for k, t in self._expiry.items() if t > now}
+        while len(self._expiry) >= MAX_SESSIONS:
+            del self._expiry[min(self._expiry, key=self._expiry.__getitem__)]
+        value = secrets.token_urlsafe(32)
+        self._expiry[value] = now + self.ttl
+        return value
+
+    def valid(self, value: str) -> bool:
+        expiry = self._expiry.get(value)
+        if expiry is None:
+            return False
+        if expiry <= self.clock():
+            del self._expiry[value]
+            return False
+        return True
+
+    def close(self, value: str) -> None:
+        self._expiry.pop(value, None)
+
+
+class FailureLimiter:
+    """Failed tokens per client address over a sliding window, across requests.
+
+    Past `limit` failures in `window` seconds an address gets 429 without its
+    token being compared, so guessing runs at `limit` a minute, not thousands
+    a second; past `limit_all` from all addresses together, every address
+    does. A valid session cookie still works from a limited address.
+    """
+
+    ALL = "*"  # the key counting every address's failures together
+
+    def __init__(
+        self,
+        limit: int = MAX_FAILURES,
+        window: float = FAILURE_WINDOW,
+        *,
+        limit_all: int = MAX_FAILURES_ALL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.limit_all = limit_all
+        self.window = window
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, peer: str) -> deque[float] | None:
+        failures = self._failures.get(peer)
+        if failures is None:
+            return None
+        horizon = self.clock() - self.window
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+        if not failures:
+            del self._failures[peer]
+            return None
+        return failures
+
+    def retry_after(self, peer: str) -> float | None:
+        """Seconds until this address may try again, or None when it may now."""
+        waits = []
+        for key, limit in ((peer, self.limit), (self.ALL, self.limit_all)):
+            failures = self._recent(key)
+            if failures is not None and len(failures) >= limit:
+                waits.append(max(1.0, failures[0] + self.window - self.clock()))
+        return max(waits, default=None)
+
+    def failed(self, peer: str) -> int:
+        """Count a wrong token from `peer`; how many it has in the window."""
+        if len(self._failures) > 10_000:  # a spray of addresses: forget the quiet ones
+            self._failures = {p: f for p, f in self._failures.items() if len(f) > 1}
+        counts = []
+        for key in (peer, self.ALL):
+            failures = self._recent(key)
+            if failures is None:
+                failures = self._failures.setdefault(key, deque())
+            failures.append(self.clock())
+            counts.append(len(failures))
+        return counts[0]
+
+
 _VIEW = web.AppKey("view", StatusView)
 _METRICS = web.AppKey("metrics", Metrics)
 _TOKEN = web.AppKey("token", str)  # "" when no token is set
 _PAGES = web.AppKey("pages", dict)
+_SESSIONS = web.AppKey("sessions", Sessions)
+_LIMITER = web.AppKey("limiter", FailureLimiter)
+_HOSTS = web.AppKey("hosts", frozenset)  # Host names answered without a token; empty: any IP
+_OPERATOR = web.RequestKey("operator", bool)  # this request carries the token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _session_value(token: str) -> str:
-    return hmac.new(token.encode(), b"supplier status session", hashlib.sha256).hexdigest()
-
-
 def authenticated(request: web.Request) -> bool:
-    """True when a token is set and this request carries it (header or cookie)."""
-    token = request.app[_TOKEN]
-    if not token:
-        return False
-    auth = request.headers.get(hdrs.AUTHORIZATION, "")
-    if auth[:7].lower() == "bearer " and hmac.compare_digest(
-        auth[7:].strip().encode(), token.encode()
-    ):
-        return True
-    cookie = request.cookies.get(COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(cookie.encode(), _session_value(token).encode())
+    """True when a token is set and this request carries it (header or session cookie)."""
+    return bool(request.get(_OPERATOR, False))
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"status": "ERROR", "error": message}, status=status)
+def _peer(request: web.Request) -> str:
+    return request.remote or "-"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"status": "ERROR", "error": message}, status=status, headers=headers)
 
 
 def _refusal(kind: type[web.HTTPException], message: str) -> web.HTTPException:
@@ -377,10 +514,79 @@ def _refusal(kind: type[web.HTTPException], message: str) -> web.HTTPException:
     )
 
 
+def _too_many(retry_after: float) -> web.Response:
+    return _error(
+        429,
+        f"too many wrong tokens from this address; try again in {retry_after:.0f} s",
+        headers={hdrs.RETRY_AFTER: str(int(retry_after + 0.999))},
+    )
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get(hdrs.AUTHORIZATION, "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+def _host_allowed(request: web.Request) -> bool:
+    """Without a token: the Host must name the listen address, localhost, or (wildcard) an IP."""
+    try:
+        host = (URL(f"http://{request.host}").host or "") if request.host else ""
+    except ValueError:
+        return False
+    host = host.strip("[]").lower().rstrip(".")
+    allowed = request.app[_HOSTS]
+    if host in allowed:
+        return True
+    if "*" in allowed:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The security headers on every answer, errors and redirects included."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    response.headers.update(HEADERS)
+    static = request.path.lstrip("/") in STATIC and response.status == 200
+    response.headers[hdrs.CACHE_CONTROL] = "no-cache" if static else "no-store"
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With a token set, everything but the login form needs it."""
-    if not request.app[_TOKEN] or request.path in ("/login", "/style.css"):
+    """With a token set, everything but the login form needs it; without, a known Host."""
+    token = request.app[_TOKEN]
+    if not token:
+        if not _host_allowed(request):
+            log.warning("status request with a foreign Host refused", host=request.host)
+            return _error(421, "unknown Host; use the status address or localhost")
+        return await handler(request)
+    peer = _peer(request)
+    cookie = request.cookies.get(COOKIE, "")
+    if cookie and request.app[_SESSIONS].valid(cookie):
+        request[_OPERATOR] = True
+    else:
+        given = _bearer(request)
+        if given is not None:
+            wait = request.app[_LIMITER].retry_after(peer)
+            if wait is not None:
+                return _too_many(wait)
+            if hmac.compare_digest(given.encode(), token.encode()):
+                request[_OPERATOR] = True
+            else:
+                count = request.app[_LIMITER].failed(peer)
+                if count == 1:
+                    log.warning("status request with a wrong Bearer token", peer=peer)
+    if request.path in ("/login", *(f"/{name}" for name in STATIC)):
         return await handler(request)
     if authenticated(request):
         return await handler(request)
@@ -401,9 +607,15 @@ async def sim_page(request: web.Request) -> web.Response:
     return _page(request, "sim.html")
 
 
-async def style(request: web.Request) -> web.Response:
+_TYPES = {"css": "text/css", "js": "text/javascript"}
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.path.lstrip("/")
     return web.Response(
-        text=request.app[_PAGES]["style.css"], content_type="text/css", charset="utf-8"
+        text=request.app[_PAGES][name],
+        content_type=_TYPES[name.rsplit(".", 1)[1]],
+        charset="utf-8",
     )
 
 
@@ -411,26 +623,51 @@ async def login_form(request: web.Request) -> web.Response:
     return _page(request, "login.html")
 
 
-def _safe_next(value: str | None) -> str:
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/"
+def safe_next(value: str | None) -> str:
+    """Where to go after the login: a path on this site, judged after parsing; else `/`.
+
+    Control characters and backslashes are refused outright (browsers and
+    yarl drop tabs and newlines, which turns `/<TAB>/evil` into `//evil`).
+    """
+    if not value or not value.startswith("/") or value.startswith("//"):
+        return "/"
+    if any(ord(c) < 0x21 or c in "\\\x7f" for c in value):
+        return "/"
+    try:
+        url = URL(value)
+    except ValueError:
+        return "/"
+    if url.scheme or url.host is not None or url.raw_authority:
+        return "/"
+    if not url.raw_path.startswith("/") or url.raw_path.startswith("//"):
+        return "/"
+    return value
 
 
 async def login(request: web.Request) -> web.Response:
     token = request.app[_TOKEN]
+    peer = _peer(request)
+    limiter = request.app[_LIMITER]
+    wait = limiter.retry_after(peer)
+    if wait is not None:
+        return _too_many(wait)
     form = await request.post()
     given = form.get("token")
-    target = _safe_next(str(form.get("next") or request.query.get("next") or "/"))
+    target = safe_next(str(form.get("next") or request.query.get("next") or "/"))
     if token and isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode()):
         response = web.HTTPSeeOther(target)
         response.set_cookie(
-            COOKIE, _session_value(token), httponly=True, samesite="Strict", path="/"
+            COOKIE,
+            request.app[_SESSIONS].open(),
+            httponly=True,
+            samesite="Strict",
+            path="/",
+            max_age=int(SESSION_TTL),
         )
-        log.info("operator logged in", peer=request.remote)
+        log.info("operator logged in", peer=peer)
         raise response
-    log.warning("status login refused", peer=request.remote)
-    await asyncio.sleep(0.5)  # slows down guessing; the token is the only secret here
+    count = limiter.failed(peer)
+    log.warning("status login refused", peer=peer, failures_this_minute=count)
     page = request.app[_PAGES]["login.html"].replace(
         "<!--error-->", '<p class="error">That is not the status token.</p>'
     )
@@ -438,6 +675,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    request.app[_SESSIONS].close(request.cookies.get(COOKIE, ""))
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
     raise response
@@ -513,11 +751,14 @@ async def set_number(request: web.Request) -> web.Response:
             number = phone_digits(value)
         except ValueError as exc:
             return _error(400, f"number: {value!r}: {exc}")
-    return await _change_sim(
-        request,
-        lambda inventory, iccid: inventory.set_number(iccid, number),
-        lambda sim: {"number": sim.number},
-    )
+    try:
+        return await _change_sim(
+            request,
+            lambda inventory, iccid: inventory.set_number(iccid, number),
+            lambda sim: {"number": sim.number},
+        )
+    except NumberTaken as exc:
+        return _error(409, f"number: {exc}")
 
 
 async def set_sale(request: web.Request) -> web.Response:
@@ -557,20 +798,38 @@ def _load_pages() -> dict[str, str]:
     folder = resources.files("supplier") / "static"
     return {
         name: (folder / name).read_text(encoding="utf-8")
-        for name in ("index.html", "sim.html", "login.html", "style.css")
+        for name in ("index.html", "sim.html", "login.html", *STATIC)
     }
 
 
+def allowed_hosts(listen_host: str) -> frozenset[str]:
+    """Host names a token-less status route answers; `*` adds any IP (wildcard listen)."""
+    hosts = {"localhost", "127.0.0.1", "::1", listen_host.strip("[]").lower()}
+    if listen_host in ("0.0.0.0", "::", ""):  # noqa: S104 - a comparison, not a bind
+        hosts.add("*")
+    return frozenset(hosts)
+
+
 def create_status_app(
-    view: StatusView, metrics_registry: Metrics, token: str | None
+    view: StatusView,
+    metrics_registry: Metrics,
+    token: str | None,
+    *,
+    listen_host: str = "127.0.0.1",
+    sessions: Sessions | None = None,
+    limiter: FailureLimiter | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_guard, _store_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_headers, _guard, _store_errors], client_max_size=64 * 1024)
     app[_VIEW] = view
     app[_METRICS] = metrics_registry
     app[_TOKEN] = token or ""
     app[_PAGES] = _load_pages()
+    app[_SESSIONS] = sessions or Sessions()
+    app[_LIMITER] = limiter or FailureLimiter()
+    app[_HOSTS] = allowed_hosts(listen_host)
     app.router.add_get("/", index)
-    app.router.add_get("/style.css", style)
+    for name in STATIC:
+        app.router.add_get(f"/{name}", static)
     app.router.add_get("/sims/{iccid}", sim_page)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)

@@ -423,6 +423,16 @@ class Store:
     async def set_sim_number(self, iccid: str, number: str | None) -> bool:
         return await self._update_sim("number_manual = ?", (number,), iccid)
 
+    async def touch_sims(self, iccids: list[str], now: float) -> None:
+        """Mark SIMs seen now (they are live): `supplier sims` shows a truthful age."""
+
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "UPDATE sims SET last_seen = ? WHERE iccid = ?", [(now, i) for i in iccids]
+            )
+
+        await self._write(op, "cannot record that SIMs were seen")
+
     async def _update_sim(self, assignment: str, params: tuple[object, ...], iccid: str) -> bool:
         async def op(db: aiosqlite.Connection) -> bool:
             cursor = await db.execute(

@@ -43,7 +43,9 @@ def shared_dir(*parts: str) -> Path:
     if not path.is_dir():
         if os.environ.get("CI"):
             pytest.fail(f"{path} is missing: CI must have shared/ beside the clone")
-        pytest.skip(f"{path} is not here (shared/ is beside the clone in CI)")
+        pytest.skip(
+            f"{path} is missing: put the shared data folder there (shared/ beside the clone)"
+        )
     return path
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from modems.emulator import VirtualModemBank
 from modems.pdu import SmsDeliver, decode_pdu
+from supplier.demo import DEMO_TEXTS, SHOWN, demo_sms, plural, shorten
 
 from .conftest import BankFactory
 from .hubkit import RunFactory
@@ -90,21 +93,50 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
     await r.call(
         "alpha", {"action": "FINISH_ACTIVATION", "activationId": other["activationId"], "status": 3}
     )
+    assert r.daemon.status_listening is not None
     config = Path(r.daemon.config.storage.path).parent / "supplier.yaml"
-    config.write_text(
-        "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
-        f"storage: {{path: '{r.daemon.config.storage.path}'}}\n"
-    )
+
+    def write(status_port: int) -> None:
+        config.write_text(
+            "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
+            f"storage: {{path: '{r.daemon.config.storage.path}'}}\n"
+            f"status: {{listen: '127.0.0.1:{status_port}'}}\n"
+        )
+
+    # The daemon answers on its status address: the states are its live ones.
+    write(r.daemon.status_listening[1])
     code, out, err = await supplier("sims", "--config", str(config))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["NUMBER", "ICCID", "COUNTRY/OPERATOR", "STATE", "OPEN"]
     mts = next(line for line in lines if f"+{answer['number']}" in line)
-    assert "russia/mts" in mts and "on sale" in mts
+    assert "russia/mts" in mts and "active (live)" in mts
     assert f"alpha:vk#{answer['activationId']}" in mts and "vk 0/0/1" in mts
     megafon = next(line for line in lines if f"+{other['number']}" in line)
     assert "tg 1/0/1!" in megafon  # sold: never offered for tg again
-    assert lines[-1] == "3 SIMs, 3 on sale, 1 open activations"
+    assert "ready (live)" in megafon
+    assert lines[-1] == "3 SIMs, 3 on sale, 1 open activations; live states from the running daemon"
+
+    # No daemon answering: the store's "last seen", which live SIMs keep fresh.
+    store = r.daemon.store
+    assert store is not None
+    iccids = list(r.daemon.inventory.sims)  # type: ignore[union-attr]
+    await store.touch_sims(iccids, time.time() - 3 * 3600)
+    write(closed_port())
+    code, out, err = await supplier("sims", "--config", str(config))
+    assert code == 0, err
+    assert out.count("on sale, last seen 3 h ago") == 3
+    assert "the daemon is not answering" in out.splitlines()[-1]
+    await r.daemon.mark_seen(time.time())  # what the daemon does every minute
+    code, out, err = await supplier("sims", "--config", str(config))
+    assert out.count("on sale, last seen 0 s ago") + out.count("last seen 1 s ago") == 3
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def test_sims_without_a_database(tmp_path: Path) -> None:
@@ -134,3 +166,29 @@ async def test_demo_runs_the_whole_path_and_stops_by_itself() -> None:
     assert [activation for _, activation in taken][: len(finished)] == finished
     served = re.search(r"demo    done: (\d+) activations served, (\d+) SMS pushed", out)
     assert served is not None and int(served.group(1)) == len(finished) >= 3
+    # Each SMS comes from the service that was sold, and is shown on one line.
+    sold = re.findall(r"GET_NUMBER (\w+) in \w+: \+\d+", out)
+    senders = re.findall(r"network SMS from (\S+) to \+\d+ \((\d+) characters?\)", out)
+    assert len(senders) >= 3
+    for service, (sender, _) in zip(sold, senders, strict=False):
+        assert sender == DEMO_TEXTS[service][0], (service, sender)
+    for shown in re.findall(r"PUSH_SMS for .*: “(.*)”$", out, re.MULTILINE):
+        assert len(shown) <= SHOWN
+    assert not re.search(r"\b1 (offers|countries|activations|characters)\b", out)
+
+
+def test_demo_texts_shortening_and_plurals() -> None:
+    for service, (sender, _) in DEMO_TEXTS.items():
+        got_sender, text = demo_sms(service)
+        assert got_sender == sender and "{code}" not in text and re.search(r"\d{5,6}", text)
+    long = demo_sms("go")[1]
+    assert len(long) > SHOWN
+    cut = shorten(long)
+    assert len(cut) == SHOWN and cut.endswith("…") and long.startswith(cut[:-1])
+    assert shorten("short\ntext") == "short text"  # one line, not cut
+    assert [plural(n, "offer") for n in (0, 1, 2)] == ["0 offers", "1 offer", "2 offers"]
+    assert plural(1, "country", "countries") == "1 country"
+    assert plural(3, "country", "countries") == "3 countries"
+    # The login page's hint points at where the demo prints its token.
+    login = (ROOT / "supplier" / "static" / "login.html").read_text()
+    assert "supplier demo" in login and "status page at" in login

@@ -1,4 +1,4 @@
-"""The hub protocol over real HTTP: every rule of docs/agent-protocol.md and the hub's seven tests."""
+"""The hub protocol over real HTTP: every rule of docs/protocol.md and the hub's seven tests."""
 
 from __future__ import annotations
 

@@ -7,7 +7,12 @@ broken ones raise the stack's own errors, never anything else, never a hang.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,9 +26,26 @@ from .conftest import SHARED, shared_dir
 REPLIES = SHARED / "data" / "real-modem-replies"
 
 
+MISSING = (
+    f"recorded real-modem replies missing: put the shared data folder at {REPLIES} "
+    "(shared/ beside the clone; CI has it)"
+)
+
+
 def dumps(folder: str) -> list[Path]:
     path = REPLIES / folder
     return sorted(path.glob("*.dump")) if path.is_dir() else []
+
+
+def cases(paths: list[Path]) -> list[Any]:
+    """Parameters for the recordings; one skipped case saying what is missing if there are none.
+
+    (An empty list would skip with pytest's "got empty parameter set", which
+    says nothing about where the recordings should be.)
+    """
+    if paths:
+        return [pytest.param(p, id=f"{p.parent.name}/{p.name}") for p in paths]
+    return [pytest.param(None, id="no-recordings", marks=pytest.mark.skip(reason=MISSING))]
 
 
 def read_reply(path: Path) -> tuple[str, list[str], Final]:
@@ -57,7 +79,7 @@ def test_the_recordings_are_here() -> None:
     assert len(dumps("at-sms-failing")) >= 10
 
 
-@pytest.mark.parametrize("path", dumps("at-sms"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", cases(dumps("at-sms")))
 def test_good_sms_reply_decodes(path: Path) -> None:
     message = decode_pdu(cmgr_pdu(path))
     if isinstance(message, SmsDeliver):
@@ -73,7 +95,7 @@ def test_good_sms_reply_decodes(path: Path) -> None:
         assert isinstance(message.text, str)
 
 
-@pytest.mark.parametrize("path", dumps("at-sms-failing"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", cases(dumps("at-sms-failing")))
 def test_broken_sms_reply_raises_our_error(path: Path) -> None:
     with pytest.raises(PduError):
         decode_pdu(cmgr_pdu(path))
@@ -112,7 +134,7 @@ OTHER = [
 ]
 
 
-@pytest.mark.parametrize("path", OTHER, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", cases(OTHER))
 def test_other_recordings_parse(path: Path) -> None:
     parsers = {
         "+CREG": parse_creg,
@@ -146,9 +168,7 @@ def test_specific_recordings() -> None:
     assert e160.text.startswith("Ihr Guthaben für die Nr.")
 
 
-@pytest.mark.parametrize(
-    "path", dumps("at-sms") + dumps("at-sms-failing") + OTHER, ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", cases(dumps("at-sms") + dumps("at-sms-failing") + OTHER))
 def test_reader_gives_the_same_events_byte_by_byte(path: Path) -> None:
     data = path.read_bytes()
     whole = ATReader().feed(data)
@@ -156,3 +176,28 @@ def test_reader_gives_the_same_events_byte_by_byte(path: Path) -> None:
     bytewise = [event for byte in data for event in reader.feed(bytes([byte]))]
     assert bytewise == whole
     assert whole, f"{path.name}: no events at all"
+
+
+def test_a_clone_without_shared_says_what_is_missing(tmp_path: Path) -> None:
+    """A user's clone has no ../shared: the skips say what is missing and where it goes."""
+    root = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "clone"
+    shutil.copytree(root / "tests", clone / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "pyproject.toml", clone / "pyproject.toml")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/test_recorded_replies.py", "-k", "not without_shared"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(root)},
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "empty parameter set" not in result.stdout
+    assert f"recorded real-modem replies missing: put the shared data folder at {tmp_path}" in (
+        result.stdout
+    )
+    assert "skipped" in result.stdout.splitlines()[-1]

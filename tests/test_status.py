@@ -234,6 +234,7 @@ async def test_metrics(run: RunFactory) -> None:
         assert metric(text, fail) == 1
         assert metric(text, "supplier_get_number_seconds_count") == 1
         assert metric(text, "supplier_sms_received_total") == 1
+        assert metric(text, "supplier_sms_parts_received_total") == 1
         assert metric(text, 'supplier_pushes_total{hub="alpha",result="retry"}') == 1
         assert metric(text, 'supplier_push_backlog{hub="alpha"}') == 1
         assert metric(text, 'supplier_push_oldest_undelivered_seconds{hub="alpha"}') >= 0
@@ -255,6 +256,17 @@ async def test_metrics(run: RunFactory) -> None:
             text = await response.text()
         assert metric(text, 'supplier_pushes_total{hub="alpha",result="SUCCESS"}') == 1
         assert metric(text, 'supplier_push_backlog{hub="alpha"}') == 0
+        # The SIMs carry their country: an operator slug exists in several countries.
+        assert 'supplier_sims{country="russia",operator=' in text
+
+        # A long message in three parts is one message received, three parts read.
+        modem.deliver("x" * 400, "VK")
+        await r.until(lambda: r.sms_count() >= 4)
+        await r.hubs["alpha"].wait_for(2)
+        async with session.get(status_url(r, "/metrics")) as response:
+            text = await response.text()
+        assert metric(text, "supplier_sms_received_total") == 2
+        assert metric(text, "supplier_sms_parts_received_total") == 4
 
 
 async def test_earnings_and_an_unplugged_sim(run: RunFactory) -> None:
@@ -275,13 +287,32 @@ async def test_earnings_and_an_unplugged_sim(run: RunFactory) -> None:
         "alpha",
         {"action": "FINISH_ACTIVATION", "activationId": answer["activationId"], "status": 3},
     )
+    # A sum of 10 is money, not `1E+1` (Decimal.normalize() of 10).
+    ten = await r.call(
+        "alpha",
+        {
+            "action": "GET_NUMBER",
+            "country": "russia",
+            "operator": "any",
+            "service": "wa",
+            "sum": 10,
+            "currency": 643,
+        },
+    )
+    await r.call(
+        "alpha", {"action": "FINISH_ACTIVATION", "activationId": ten["activationId"], "status": 3}
+    )
     status = await get(r, "/api/status")
     assert status["earnings"] == [
-        {"hub": "alpha", "currency": "?", "today": "5", "days7": "5", "days30": "5"}
+        {"hub": "alpha", "currency": "?", "today": "5.00", "days7": "5.00", "days30": "5.00"},
+        {"hub": "alpha", "currency": "RUB", "today": "10.00", "days7": "10.00", "days30": "10.00"},
     ]
+    iccid = next(m.sim.iccid for m in r.bank if m.sim and m.sim.number == str(ten["number"]))
+    detail = await get(r, f"/api/sims/{iccid}")
+    assert [a["sum"] for a in detail["activations"]] == ["10.00"]
     iccid = next(m.sim.iccid for m in r.bank if m.sim and m.sim.number == str(answer["number"]))
     mine = row(await get(r, "/api/sims"), iccid)
-    assert mine["earnings"] == {"?": "5"} and mine["earned_7d"] is True
+    assert mine["earnings"] == {"?": "5.00"} and mine["earned_7d"] is True
     assert mine["history"]["vk"] == {"offers": 1, "sold": 1, "cancelled": 0, "returned": 0}
 
     gone = r.bank[2]
@@ -303,6 +334,19 @@ async def test_odd_paths_get_a_json_answer(run: RunFactory, bad: str) -> None:
         session.get(status_url(r, bad)) as response,
     ):
         assert response.status in (404, 400)
+
+
+def test_money_is_shown_as_money() -> None:
+    from decimal import Decimal
+
+    from supplier.status import money
+
+    assert money(Decimal("1E+1")) == "10.00"  # what Decimal("10").normalize() gives
+    assert money(Decimal("7.2500")) == "7.25"
+    assert money(Decimal("0.5")) == "0.50"
+    assert money(Decimal("0.0125")) == "0.0125"  # dollars come with 4 decimals
+    assert money(Decimal("0.00001")) == "0.0000"
+    assert money(Decimal(0)) == "0.00"
 
 
 def test_status_view_needs_a_started_daemon() -> None:

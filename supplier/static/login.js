@@ -1,0 +1,1 @@
+document.getElementById("next").value = new URLSearchParams(location.search).get("next") || "/";
