@@ -280,6 +280,8 @@ class Daemon:
             except StoreError as exc:
                 if not backoff:
                     log.error("cannot complete waiting multipart SMS", error=str(exc))
+                else:
+                    log.debug("cannot complete waiting multipart SMS", error=str(exc))
                 backoff = min(cap, backoff * 2) if backoff else first
             else:
                 if backoff:

@@ -150,7 +150,13 @@ class Inbox:
         for assembled in self._reassembler.expire(self.clock()):
             first = assembled.parts[0]
             sms = self._from_parts(assembled, first.sender, None)
-            stored, deliveries = await self.store.complete(sms)
+            try:
+                stored, deliveries = await self.store.complete(sms)
+            except Exception:
+                # The reassembler has let go of parts the store still holds: take them back,
+                # so the next turn (the caller waits first) tries again.
+                await self.load()
+                raise
             log.warning(
                 "multipart SMS delivered incomplete",
                 iccid=first.sim,

@@ -147,3 +147,34 @@ async def test_a_new_database_never_reissues_an_id(tmp_path: Path) -> None:
     assert issued == sorted(set(issued)), issued  # every one new, each above the last
     assert sms == sorted(set(sms)), sms
     assert all(type(i) is int and i <= MAX_JSON_ID for i in issued + sms)
+
+
+async def test_housekeeping_on_a_failing_store_waits_between_attempts(run: RunFactory) -> None:
+    import contextlib
+    import time
+
+    from modems.pdu import encode_deliver_parts
+
+    from .test_delivery import received
+    from .test_push_faults import captured_logs, set_writable
+
+    r = await run(1, sms={"reassembly_timeout": "300ms"})
+    inbox, store = r.daemon.inbox, r.daemon.store
+    assert inbox is not None and store is not None
+    pdus = encode_deliver_parts("Bank", "x" * 400, reference=9)
+    await inbox.accept(received("8970010000000000004", pdus[0], 1, at=time.time()))
+    await set_writable(store, False)  # the part is stored; completing it will fail
+    event = "cannot complete waiting multipart SMS"
+    with captured_logs() as logs:
+        await logs.wait_for(event, timeout=5)
+        # Three of the old 50 ms turns would have tried again; the back-off is 5 s.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5):
+                while sum(e["event"] == event for e in logs) < 2:
+                    logs.changed.clear()
+                    await logs.changed.wait()
+        assert [e["log_level"] for e in logs if e["event"] == event] == ["error"]
+        await set_writable(store, True)  # the next turn (5 s on) completes it: nothing lost
+        await logs.wait_for("waiting multipart SMS completed again", timeout=10)
+    [sms] = await store.recent_sms()
+    assert not sms.complete and sms.text == "x" * 153
