@@ -272,6 +272,8 @@ class Inventory:
 
         The result is shared until the inventory changes: do not modify it.
         """
+        if self.store.lost is not None:
+            return {}  # the database file is gone: nothing can be sold (the daemon is stopping)
         now = self.clock()
         version, until = self._counts_key
         if self._counts is not None and version == self.version and now < until:

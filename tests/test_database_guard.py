@@ -62,7 +62,7 @@ async def test_a_second_daemon_on_the_same_database_refuses_to_start(setup: Any)
     assert await second.stop() == 0
 
 
-async def test_a_deleted_database_stops_the_daemon_and_ids_continue_above(
+async def test_a_deleted_or_replaced_database_stops_the_daemon_and_ids_continue_above(
     setup: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -84,7 +84,13 @@ async def test_a_deleted_database_stops_the_daemon_and_ids_continue_above(
     assert second["status"] == "SUCCESS", second
     assert type(second["activationId"]) is int
     assert first["activationId"] < second["activationId"] <= MAX_JSON_ID
-    assert await process.stop() == 0
+    # Now replaced under it by another file (a restored copy): the same.
+    copy = db.with_name("copy.db")
+    shutil.copy(db, copy)
+    os.replace(copy, db)
+    assert await exit_code(process, timeout=15) == 1
+    [lost] = [e for e in process.lines if e["event"] == "database file lost; no more sales"]
+    assert "was replaced" in lost["problem"]
 
 
 async def test_a_replaced_database_stops_sales_at_once(run: RunFactory) -> None:
@@ -101,6 +107,8 @@ async def test_a_replaced_database_stops_sales_at_once(run: RunFactory) -> None:
     assert r.daemon.failure is not None and "replaced" in r.daemon.failure
     answer = await r.call("alpha", {**NUMBER, "operator": "megafon"})
     assert answer["status"] == "ERROR"
+    services = await r.call("alpha", {"action": "GET_SERVICES"})
+    assert services == {"status": "SUCCESS", "countryList": []}  # nothing offered any more
 
 
 async def test_a_new_database_never_reissues_an_id(tmp_path: Path) -> None:
