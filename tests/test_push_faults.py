@@ -360,7 +360,7 @@ async def test_push_failures_are_logged_once_per_episode(push: Any) -> None:
     first = [e for e in warnings if e["event"] == "pushes to the hub fail; retrying"]
     assert len(first) == 1 and first[0]["answer"] == "HTTP 200, status 'ERROR'"
     assert first[0]["hub"] == "alpha"
-    assert len(summaries()) == 2 and len(warnings) == 3
+    assert len(summaries()) >= 2 and len(warnings) == 1 + len(summaries())
     for summary in summaries():
         assert summary["backlog"] == 3 and summary["oldest_age"] >= 0
         assert summary["last_answer"] == "HTTP 200, status 'ERROR'"
