@@ -10,7 +10,8 @@ One daemon per database: `start` first takes the lock beside the database
 file and refuses to start, naming the holder's pid, when another daemon
 has it. Every `FILE_CHECK_INTERVAL` seconds the daemon checks that its
 database file is still the one it opened; if it was deleted or replaced,
-the store refuses every write (GET_NUMBER answers ERROR), the daemon logs
+the store refuses every write (GET_SERVICES offers nothing, GET_NUMBER
+answers ERROR, no SMS leaves its SIM), the daemon logs
 it at error level and sets `failed`, and `supplier run` exits non-zero so
 systemd restarts it on the new file.
 """
