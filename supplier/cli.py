@@ -279,11 +279,23 @@ async def _run(config_path: str, config: Config) -> int:
         raise
     notifier.ready()
     try:
-        await stop.wait()
+        await _first_of(stop, daemon.failed)
     finally:
         await notifier.stopping()
         await daemon.stop()
+    if daemon.failure is not None:
+        raise CliError(daemon.failure)  # non-zero: systemd restarts the daemon
     return 0
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def _emulate(args: argparse.Namespace) -> int:

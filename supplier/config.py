@@ -104,7 +104,11 @@ def _slug(value: str) -> str:
 
 def phone_digits(value: Any) -> str:
     text = str(value).strip().lstrip("+") if isinstance(value, int | str) else ""
-    if isinstance(value, bool) or not text.isdigit() or not 6 <= len(text) <= 15:
+    if (
+        isinstance(value, bool)
+        or not (text.isascii() and text.isdigit())
+        or not 6 <= len(text) <= 15
+    ):
         raise ValueError("expected a phone number with its country code, 6-15 digits")
     return text
 

@@ -5,6 +5,15 @@ what was left undelivered) → hub endpoint → status route → modem pool.
 Stop order is the reverse of what matters: stop taking hub requests (those
 in flight finish), stop the modems (no new SMS), stop the pusher, close the
 store.
+
+One daemon per database: `start` first takes the lock beside the database
+file and refuses to start, naming the holder's pid, when another daemon
+has it. Every `FILE_CHECK_INTERVAL` seconds the daemon checks that its
+database file is still the one it opened; if it was deleted or replaced,
+the store refuses every write (GET_SERVICES offers nothing, GET_NUMBER
+answers ERROR, no SMS leaves its SIM), the daemon logs
+it at error level and sets `failed`, and `supplier run` exits non-zero so
+systemd restarts it on the new file.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from .metrics import Metrics
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .status import StatusView, create_status_app
-from .store import Store
+from .store import DatabaseLock, Store
 
 __all__ = ["Daemon"]
 
@@ -60,6 +69,8 @@ _LOGGED = {
 _SETTLED = frozenset(
     {ModemState.READY, ModemState.NO_SIM, ModemState.SIM_LOCKED, ModemState.NOT_MODEM}
 )
+FILE_CHECK_INTERVAL = 1.0  # seconds between two checks that the database file is still ours
+HOUSEKEEPING_BACKOFF = (5.0, 60.0)  # after a store failure: first wait, cap (doubling)
 
 
 def _sim_overrides(config: Config) -> dict[str, SimOverrideValues]:
@@ -124,6 +135,10 @@ class Daemon:
         self._port_states: dict[str, str] = {}  # port → the last state logged for it
         self.seen_interval = SEEN_INTERVAL
         self._stopping = False  # modems stopped on purpose: no "gone" lines for them
+        self._watcher: asyncio.Task[None] | None = None
+        self._db_lock: DatabaseLock | None = None
+        self.failed = asyncio.Event()  # set when the daemon cannot go on (its database is gone)
+        self.failure: str | None = None
         self.listening: tuple[str, int] | None = None
         self.status_listening: tuple[str, int] | None = None
         self.metrics = Metrics()
@@ -136,6 +151,10 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
+        if config.storage.path != ":memory:":
+            lock = DatabaseLock(config.storage.path)
+            lock.acquire()  # raises StoreError naming the holder's pid
+            self._db_lock = lock
         self.store = await Store.open(config.storage.path)
         self.inventory = Inventory(
             self.store,
@@ -179,6 +198,7 @@ class Daemon:
         matched = len(expand_ports(config.modems.ports))
         await self.pool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._watcher = asyncio.create_task(self._watch_database(), name="database watch")
         log.info(
             "daemon started",
             listen=_address(self.listening),
@@ -283,20 +303,26 @@ class Daemon:
         if self._status_runner is not None:
             await self._status_runner.cleanup()
             self._status_runner = None
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
-            self._housekeeping = None
+        for task in (self._housekeeping, self._watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._housekeeping = self._watcher = None
         if self.pool is not None:
             await self.pool.stop()
             self.pool = None
         if self.pusher is not None:
             await self.pusher.stop(grace=SHUTDOWN_GRACE)
             self.pusher = None
+        started = self.store is not None
         if self.store is not None:
             await self.store.close()
             self.store = None
-        log.info("daemon stopped")
+        if self._db_lock is not None:
+            self._db_lock.release()
+            self._db_lock = None
+        if started:
+            log.info("daemon stopped")
 
     async def reload(self, config: Config) -> None:
         """SIGHUP: new hubs, services and SIM overrides; activations and modems stay."""
@@ -365,14 +391,24 @@ class Daemon:
         assert self.inbox is not None
         assert self.inventory is not None
         seen_at = self.clock()
+        first, cap = HOUSEKEEPING_BACKOFF
+        backoff = 0.0  # after a store failure: wait this long at least (never a hot loop)
         while True:
             deadline = self.inbox.next_deadline()
             delay = 5.0 if deadline is None else min(5.0, max(0.05, deadline - self.clock()))
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(delay, backoff))
             try:
                 await self.inbox.expire()
             except StoreError as exc:
-                log.error("cannot complete waiting multipart SMS", error=str(exc))
+                if not backoff:
+                    log.error("cannot complete waiting multipart SMS", error=str(exc))
+                else:
+                    log.debug("cannot complete waiting multipart SMS", error=str(exc))
+                backoff = min(cap, backoff * 2) if backoff else first
+            else:
+                if backoff:
+                    log.info("waiting multipart SMS completed again")
+                backoff = 0.0
             self.inventory.prune()
             if self.clock() - seen_at >= self.seen_interval:
                 seen_at = self.clock()
@@ -392,3 +428,15 @@ class Daemon:
             return
         for sim in live:
             sim.last_seen = now
+
+    async def _watch_database(self) -> None:
+        """Stop at once if the database file was deleted or replaced under the daemon."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(FILE_CHECK_INTERVAL)
+            problem = self.store.file_problem()
+            if problem is not None:
+                self.failure = f"database lost: {problem}; stopping so a restart opens the new one"
+                log.error("database file lost; no more sales", problem=problem)
+                self.failed.set()
+                return

@@ -8,10 +8,10 @@ Multipart messages wait as parts in the store; the reassembler in memory is
 rebuilt from them at start, and a message whose parts do not all arrive is
 completed with what came after `reassembly_timeout`.
 
-Routing: a text message on a number with unfinished activations (see
-`Inventory.routes`) gets one delivery per hub holding one (the hub filters
-by service, not us); on a number with none it is kept for the operators and
-not pushed. Binary messages, status
+Routing: a text message goes to the activation that holds its number when
+it arrives (`Inventory.routes`: the newest one handed out on the number,
+if unfinished and less than a day old; the hub filters by service, not
+us); on a number with none it is kept for the operators and not pushed. Binary messages, status
 reports, stored outgoing messages and undecodable PDUs are kept, not pushed.
 """
 
@@ -150,7 +150,13 @@ class Inbox:
         for assembled in self._reassembler.expire(self.clock()):
             first = assembled.parts[0]
             sms = self._from_parts(assembled, first.sender, None)
-            stored, deliveries = await self.store.complete(sms)
+            try:
+                stored, deliveries = await self.store.complete(sms)
+            except Exception:
+                # The reassembler has let go of parts the store still holds: take them back,
+                # so the next turn (the caller waits first) tries again.
+                await self.load()
+                raise
             log.warning(
                 "multipart SMS delivered incomplete",
                 iccid=first.sim,

@@ -332,6 +332,8 @@ class Inventory:
 
         The result is shared until the inventory changes: do not modify it.
         """
+        if self.store.lost is not None:
+            return {}  # the database file is gone: nothing can be sold (the daemon is stopping)
         now = self.clock()
         version, until = self._counts_key
         if self._counts is not None and version == self.version and now < until:
@@ -450,19 +452,25 @@ class Inventory:
         return activation, changed
 
     def routes(self, number: str) -> list[Activation]:
-        """The activations an SMS on `number` goes to: every unfinished one, a day at most.
+        """The activation an SMS arriving on `number` now goes to: none, or one.
 
-        An activation is open until its FINISH; `release_after` only puts the
-        SIM back on sale, so an SMS that arrives after it (a slow service, a
-        user who retried) still reaches the hub that asked. A hub that never
-        finishes stops getting the number's SMS after `ROUTE_HORIZON`.
+        It is the newest activation handed out on the number, if it is not
+        finished and less than `ROUTE_HORIZON` old. An activation is open
+        until its FINISH; `release_after` only puts the SIM back on sale, so
+        an SMS after it (a slow service, a user who retried) still reaches
+        the hub that asked, unless the number has been handed out again:
+        then it belongs to the newest buyer alone, and an older activation
+        gets nothing more (one customer's code must never reach another).
         """
-        horizon = self.clock() - ROUTE_HORIZON
-        return [
-            a
-            for a in self.activations.values()
-            if a.number == number and a.finished is None and a.created >= horizon
-        ]
+        newest: Activation | None = None
+        for activation in self.activations.values():
+            if activation.number == number and (newest is None or activation.id > newest.id):
+                newest = activation
+        if newest is None or newest.finished is not None:
+            return []
+        if newest.created < self.clock() - ROUTE_HORIZON:
+            return []
+        return [newest]
 
     def prune(self) -> None:
         """Forget finished activations older than a week (they stay in the store)."""

@@ -145,7 +145,7 @@ def international_number(number: str, country: str | None) -> str:
     `AT+CNUM` sometimes gives the national form: `8928…` in Russia and
     Kazakhstan, `0…` with a trunk prefix elsewhere. Unknown forms are kept.
     """
-    digits = "".join(ch for ch in number if ch.isdigit())
+    digits = "".join(ch for ch in number if "0" <= ch <= "9")  # ASCII only: "٣" is not 3
     code = CALLING_CODES.get(country or "")
     if not code or digits.startswith(code):
         return digits

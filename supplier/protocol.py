@@ -1,11 +1,18 @@
 """The hub-facing HTTP endpoint: GET_SERVICES, GET_NUMBER, FINISH_ACTIVATION.
 
-Thin on purpose: one POST route; the body (JSON or form, gzip detected by
-header or by its magic bytes) becomes a dict, the key picks the hub
+Thin on purpose: one POST route; the body (JSON or form, gzip or deflate
+named by Content-Encoding, gzip also found by its magic bytes) becomes a
+dict, the key picks the hub
 (constant-time comparison), the action picks a method from a table, and the
 business logic lives in `Inventory`. Every failure becomes
-`{"status": "ERROR", "error": "…"}` in one place (`_answer_errors`): bad
+`{"status": "ERROR", "error": "…"}` in one place (`handle`): bad
 input never reaches a 500 or a traceback, and never changes state.
+
+The body is decoded here, not by aiohttp (`auto_decompress=False`): a body
+labelled gzip that is not gzip is the client's mistake and gets an ERROR
+on a connection that stays usable, not a broken keep-alive connection.
+Numbers are ASCII digits only: `int()` and `Decimal()` would silently read
+Arabic-Indic or other Unicode digits (`"٣"`) as a different number.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ Answer = dict[str, Any]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_ID = 2**63 - 1
+_ASCII_INT = re.compile(r"\s*[0-9]{1,19}\s*")
+_ASCII_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+# Content-Encoding → zlib's wbits for it; "deflate" is zlib-wrapped by the RFC, raw in practice.
+_ENCODINGS = {"gzip": (31,), "x-gzip": (31,), "deflate": (15, -15)}
 
 
 class ProtocolService:
@@ -161,14 +172,19 @@ def _summed(maps: Any, services: Sequence[str]) -> dict[str, int]:
 
 def _slug(body: Body, name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not SLUG_RE.fullmatch(value.strip().lower()):
+    # isascii first: str.lower() maps some non-ASCII letters (the Kelvin sign) to ASCII.
+    if (
+        not isinstance(value, str)
+        or not value.isascii()
+        or not SLUG_RE.fullmatch(value.strip().lower())
+    ):
         raise BadRequest(f"{name}: expected a slug string such as 'russia', 'mts' or 'vk'")
     return value.strip().lower()
 
 
 def _int(body: Body, name: str, low: int, high: int) -> int:
     value = body.get(name)
-    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,19}\s*", value):
+    if isinstance(value, str) and _ASCII_INT.fullmatch(value):
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -189,8 +205,11 @@ def _decimal(body: Body, name: str) -> Decimal | None:
         raise BadRequest(f"{name}: expected a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRequest(f"{name}: expected a finite number")
+    text = str(value).strip()
+    if not _ASCII_DECIMAL.fullmatch(text):
+        raise BadRequest(f"{name}: expected a number in ASCII digits")
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except InvalidOperation:
         raise BadRequest(f"{name}: expected a number") from None
     if not amount.is_finite() or amount < 0 or amount > Decimal("1e9"):
@@ -208,7 +227,7 @@ def _prefixes(value: Any) -> tuple[str, ...]:
     out = []
     for item in value:
         text = str(item).strip().lstrip("+") if isinstance(item, str | int) else ""
-        if isinstance(item, bool) or not text.isdigit() or len(text) > 15:
+        if isinstance(item, bool) or not text.isascii() or not text.isdigit() or len(text) > 15:
             raise BadRequest("exceptionPhoneSet: expected prefixes of 1-15 digits")
         out.append(text)
     return tuple(out)
@@ -221,16 +240,29 @@ SERVICE: web.AppKey[ProtocolService] = web.AppKey("protocol", ProtocolService)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 
 
-def _decode_body(raw: bytes, content_type: str, max_body: int) -> Body:
-    if raw[:2] == _GZIP_MAGIC:
-        # gzip without a Content-Encoding header (aiohttp inflates the labelled ones).
-        inflater = zlib.decompressobj(wbits=31)
+def _inflate(raw: bytes, encoding: str, max_body: int) -> bytes:
+    """The body decompressed, at most `max_body` bytes (a zip bomb is refused, not inflated)."""
+    for wbits in _ENCODINGS[encoding]:
+        inflater = zlib.decompressobj(wbits=wbits)
         try:
-            raw = inflater.decompress(raw, max_body + 1)
+            data = inflater.decompress(raw, max_body + 1)
         except zlib.error:
-            raise BadRequest("body: gzip data is corrupt") from None
-        if len(raw) > max_body:
+            continue
+        if len(data) > max_body:
             raise BadRequest(f"body: larger than {max_body} bytes once decompressed")
+        if inflater.eof:
+            return data
+    raise BadRequest(f"body: not {encoding} data (mislabelled, corrupt or cut short)")
+
+
+def _decode_body(raw: bytes, content_type: str, encoding: str, max_body: int) -> Body:
+    encoding = encoding.strip().lower()
+    if encoding in _ENCODINGS:
+        raw = _inflate(raw, encoding, max_body)
+    elif encoding not in ("", "identity"):
+        raise BadRequest(f"body: Content-Encoding {encoding!r} not supported (gzip, deflate)")
+    elif raw[:2] == _GZIP_MAGIC:
+        raw = _inflate(raw, "gzip", max_body)  # gzip without a Content-Encoding header
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -244,6 +276,9 @@ def _decode_body(raw: bytes, content_type: str, max_body: int) -> Body:
             data = json.loads(stripped)
         except (json.JSONDecodeError, RecursionError):
             raise BadRequest("body: not valid JSON") from None
+        except ValueError:
+            # Python's int-string limit: an integer of more than 4,300 digits.
+            raise BadRequest("body: a number in it has too many digits") from None
         if not isinstance(data, dict):
             raise BadRequest("body: expected a JSON object")
         return data
@@ -261,10 +296,15 @@ def _decode_body(raw: bytes, content_type: str, max_body: int) -> Body:
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise BadRequest(f"body: larger than {limit} bytes")
-    return data
+    """The whole body, however many segments it came in; refused past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body: larger than {limit} bytes")
+    return b"".join(chunks)
 
 
 def _respond(request: web.Request, answer: Answer, status: int = 200) -> web.Response:
@@ -282,7 +322,8 @@ async def _dispatch(request: web.Request, service: ProtocolService, seen: dict[s
     if request.method != hdrs.METH_POST:
         raise _WrongMethod("use POST (keys do not belong in URLs)")
     raw = await _read_limited(request, request.app[MAX_BODY])
-    body = _decode_body(raw, request.content_type, request.app[MAX_BODY])
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "")
+    body = _decode_body(raw, request.content_type, encoding, request.app[MAX_BODY])
     key = body.get("key")
     hub = service.find_hub(key) if isinstance(key, str) and key else None
     auth = request.headers.get(hdrs.AUTHORIZATION, "")
@@ -330,7 +371,10 @@ def create_protocol_app(
     service: ProtocolService, *, path: str = "/", max_body: int = 64 * 1024
 ) -> web.Application:
     # aiohttp's own size limit answers with HTML; ours answers with protocol JSON.
-    app = web.Application(client_max_size=max_body * 4 + 1024)
+    # auto_decompress off: the body is inflated by `_decode_body`, bounded, with our errors.
+    app = web.Application(
+        client_max_size=max_body * 4 + 1024, handler_args={"auto_decompress": False}
+    )
     app[SERVICE] = service
     app[MAX_BODY] = max_body
     app.router.add_route("*", path, handle)

@@ -8,6 +8,22 @@ final answer of the OnlineSim profile), otherwise tried again
 `retry_interval` seconds later, for ever. Nothing is marked delivered
 before the hub said so, so deliveries in flight at a crash are sent again
 after the restart; nothing marked delivered is ever sent again.
+
+The hub's answer is judged whole: read to its end, at most `MAX_ANSWER`
+bytes within `push_timeout` (a longer or endless answer is a failed
+attempt). Delivered means HTTP 2xx (OnlineSim: 200) with a JSON object
+whose `status`, trimmed and case-folded, is `success`. Anything else is
+retried: a 2xx whose body is not JSON (a proxy's page, a cut answer) does
+not say the hub took the SMS, and a SUCCESS with HTTP 5xx is the hub's
+server saying it failed; a repeat is safe (the hub drops an `smsId` it
+has), a lost SMS is not.
+
+No failure path is a hot loop: when the store cannot be read or written,
+the hub's worker pauses `retry_interval` before it tries anything again,
+and an answer the store could not record is recorded later, not pushed
+again. Failures are logged per hub and episode: the first one with the
+hub's answer, then one summary a minute, then one line when the hub's
+backlog is delivered.
 """
 
 from __future__ import annotations
@@ -28,14 +44,19 @@ from .config import HubConfig
 from .errors import StoreError
 from .store import Delivery, Sms, Store
 
-__all__ = ["ONLINESIM_FINAL", "Pusher", "push_body"]
+__all__ = ["MAX_ANSWER", "ONLINESIM_FINAL", "Pusher", "judge", "push_body"]
 
 log = structlog.get_logger("supplier.pusher")
 
 USER_AGENT = f"supplier/{__version__} (+number-supplier agent)"
 # OnlineSim answers that end the delivery although they are not SUCCESS.
 ONLINESIM_FINAL = frozenset({"NO_OPERATION", "BAD_SERVICE", "IGNORED", "SERVICE_BAN"})
-_MAX_ANSWER = 64 * 1024
+MAX_ANSWER = 64 * 1024  # a hub's answer is a few dozen bytes; more is not an answer
+SUMMARY_INTERVAL = 60.0  # one summary line a minute per failing hub
+
+
+class _AnswerTooLarge(Exception):
+    """The hub's answer went past MAX_ANSWER bytes."""
 
 
 def push_body(hub: HubConfig, sms: Sms) -> dict[str, object]:
@@ -51,22 +72,42 @@ def push_body(hub: HubConfig, sms: Sms) -> dict[str, object]:
 
 
 def judge(profile: str, http_status: int, body: bytes) -> tuple[str | None, str]:
-    """(outcome if the delivery is over, else None; a short description of the answer)."""
+    """(outcome if the delivery is over, else None; a short description of the answer).
+
+    `body` is the whole answer. Only an explicit SUCCESS with a 2xx (OnlineSim:
+    200) delivers; a 2xx that is not JSON and a SUCCESS with a 5xx are retried,
+    because neither says the hub stored the SMS, and a repeat is harmless.
+    """
     try:
         answer = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # ValueError: not JSON, or an integer past Python's 4,300-digit limit.
         return None, f"HTTP {http_status}, not JSON"
-    status = answer.get("status") if isinstance(answer, dict) else None
-    described = f"HTTP {http_status}, status {status!r}"
+    raw = answer.get("status") if isinstance(answer, dict) else None
+    status = raw.strip().upper() if isinstance(raw, str) else None
+    described = f"HTTP {http_status}, status {raw!r}"
+    success = status is not None and status.casefold() == "success"
     if profile == "onlinesim":
-        if http_status == 200 and status == "SUCCESS":
+        if http_status == 200 and success:
             return "SUCCESS", described
-        if isinstance(status, str) and status in ONLINESIM_FINAL:
+        if status in ONLINESIM_FINAL:
             return status, described
         return None, described
-    if status == "SUCCESS" and 200 <= http_status < 300:
+    if success and 200 <= http_status < 300:
         return "SUCCESS", described
     return None, described
+
+
+async def _read_whole(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body to its end, however many reads it takes; raises past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise _AnswerTooLarge
+    return b"".join(chunks)
 
 
 @dataclass
@@ -74,6 +115,14 @@ class _HubWorker:
     hub: HubConfig
     wake: asyncio.Event
     task: asyncio.Task[None] | None = None
+    in_flight: int = 0
+    paused_until: float = 0.0  # loop time: the store failed, nothing before this
+    # The current failure episode (None: the hub takes its pushes).
+    failing_since: float | None = None
+    last_answer: str = ""
+    last_summary: float = 0.0
+    failed_attempts: int = 0  # since the last summary
+    delivered: int = 0  # in this episode
 
 
 class Pusher:
@@ -86,15 +135,21 @@ class Pusher:
         batch: int = 200,
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, str], None] | None = None,
+        summary_interval: float = SUMMARY_INTERVAL,
     ) -> None:
         self.store = store
         self.concurrency = concurrency
         self.batch = batch
         self.clock = clock
         self.on_result = on_result
+        self.summary_interval = summary_interval
         self._hubs = {hub.name: hub for hub in hubs}
         self._workers: dict[str, _HubWorker] = {}
         self._in_flight: set[int] = set()
+        # Delivery id → (outcome, answer, when): the hub answered, the store could not
+        # record it. Recorded on the next turn instead of pushing the SMS again.
+        self._unrecorded: dict[int, tuple[str, str, float]] = {}
+        self._store_failing = False
         self._sends: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
@@ -159,8 +214,15 @@ class Pusher:
 
     async def _run(self, worker: _HubWorker) -> None:
         limit = asyncio.Semaphore(self.concurrency)
+        loop = asyncio.get_running_loop()
         while True:
+            pause = worker.paused_until - loop.time()
+            if pause > 0:
+                # The store failed: nothing (not even a new SMS) starts a push before this.
+                await asyncio.sleep(pause)
+                continue
             worker.wake.clear()
+            idle = worker.in_flight == 0  # before the reads: those in flight are excluded
             try:
                 due = await self.store.due_deliveries(
                     worker.hub.name, self.clock(), self.batch, exclude=self._in_flight
@@ -171,16 +233,22 @@ class Pusher:
                     else await self.store.next_due(worker.hub.name, exclude=self._in_flight)
                 )
             except StoreError as exc:
-                log.error("cannot read the outbox", hub=worker.hub.name, error=str(exc))
-                due, next_at = [], self.clock() + worker.hub.retry_interval
+                self._store_failed(worker, "cannot read the outbox", exc)
+                continue
             for delivery, sms in due:
                 await limit.acquire()
+                if worker.paused_until > loop.time():
+                    limit.release()  # a send of this round met a failing store: stop here
+                    break
                 self._in_flight.add(delivery.id)
+                worker.in_flight += 1
                 task = asyncio.create_task(self._send(worker, delivery, sms, limit))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
             if due:
                 continue
+            if next_at is None and idle:
+                self._episode_over(worker)
             timeout = None if next_at is None else max(0.0, next_at - self.clock())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -191,40 +259,164 @@ class Pusher:
     ) -> None:
         hub = worker.hub
         try:
-            outcome, described = await self._post(hub, sms)
-            now = self.clock()
-            self.sent += 1
-            if outcome is not None:
-                await self.store.settle_delivery(delivery.id, outcome, described, now)
-                self.delivered += outcome == "SUCCESS"
-                log.info(
-                    "SMS pushed",
-                    hub=hub.name,
-                    sms_id=sms.id,
-                    activation_id=delivery.activation_id,
-                    outcome=outcome,
-                    attempt=delivery.attempts + 1,
-                )
+            outcome: str | None
+            unrecorded = self._unrecorded.pop(delivery.id, None)
+            if unrecorded is not None:
+                outcome, described, now = unrecorded  # answered before; only record it
             else:
-                await self.store.retry_delivery(
-                    delivery.id, described, now, now + hub.retry_interval
+                outcome, described = await self._post(hub, sms)
+                now = self.clock()
+                self.sent += 1
+            try:
+                await self._record(
+                    worker=worker,
+                    delivery=delivery,
+                    sms=sms,
+                    outcome=outcome,
+                    described=described,
+                    now=now,
                 )
-                log.warning(
-                    "SMS push failed; will retry",
-                    hub=hub.name,
-                    sms_id=sms.id,
-                    answer=described,
-                    attempt=delivery.attempts + 1,
-                    retry_in=hub.retry_interval,
-                )
+            except StoreError:
+                if outcome is not None:  # a failed attempt is simply pushed again later
+                    self._unrecorded[delivery.id] = (outcome, described, now)
+                raise
+            if unrecorded is None:
+                self._observe(worker, delivery, sms, outcome, described)
             if self.on_result is not None:
                 self.on_result(hub.name, outcome or "retry")
         except StoreError as exc:
-            log.error("cannot record a push answer", hub=hub.name, sms_id=sms.id, error=str(exc))
+            self._store_failed(worker, "cannot record a push answer", exc, sms_id=sms.id)
+        except Exception:  # a bug here must pause the hub, never spin on the SMS
+            log.exception("push failed unexpectedly", hub=hub.name, sms_id=sms.id)
+            self._pause(worker)
         finally:
             self._in_flight.discard(delivery.id)
+            worker.in_flight -= 1
             limit.release()
             worker.wake.set()
+
+    async def _record(
+        self,
+        *,
+        worker: _HubWorker,
+        delivery: Delivery,
+        sms: Sms,
+        outcome: str | None,
+        described: str,
+        now: float,
+    ) -> None:
+        hub = worker.hub
+        if outcome is not None:
+            await self.store.settle_delivery(delivery.id, outcome, described, now)
+            self._store_works()
+            self.delivered += outcome == "SUCCESS"
+            log.info(
+                "SMS pushed",
+                hub=hub.name,
+                sms_id=sms.id,
+                activation_id=delivery.activation_id,
+                outcome=outcome,
+                attempt=delivery.attempts + 1,
+            )
+        else:
+            await self.store.retry_delivery(delivery.id, described, now, now + hub.retry_interval)
+            self._store_works()
+            log.debug(
+                "SMS push failed; will retry",
+                hub=hub.name,
+                sms_id=sms.id,
+                answer=described,
+                attempt=delivery.attempts + 1,
+                retry_in=hub.retry_interval,
+            )
+
+    # -- failures: pauses and the per-hub episode log -----------------------------------
+
+    def _pause(self, worker: _HubWorker) -> None:
+        loop = asyncio.get_running_loop()
+        worker.paused_until = max(worker.paused_until, loop.time() + worker.hub.retry_interval)
+
+    def _store_failed(self, worker: _HubWorker, what: str, exc: StoreError, **context: int) -> None:
+        self._pause(worker)
+        if not self._store_failing:
+            self._store_failing = True
+            log.error(what, hub=worker.hub.name, error=str(exc), **context)
+        else:
+            log.debug(what, hub=worker.hub.name, error=str(exc), **context)
+
+    def _store_works(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            log.info("the store takes push results again")
+
+    def _observe(
+        self,
+        worker: _HubWorker,
+        delivery: Delivery,
+        sms: Sms,
+        outcome: str | None,
+        described: str,
+    ) -> None:
+        """Keep the hub's failure episode: its first failure, a summary a minute, its end."""
+        hub = worker.hub
+        if outcome is not None:
+            if worker.failing_since is not None:
+                worker.delivered += 1
+            return
+        now = self.clock()
+        worker.last_answer = described
+        worker.failed_attempts += 1
+        if worker.failing_since is None:
+            worker.failing_since = now
+            worker.last_summary = now
+            worker.failed_attempts = 0
+            worker.delivered = 0
+            log.warning(
+                "pushes to the hub fail; retrying",
+                hub=hub.name,
+                sms_id=sms.id,
+                activation_id=delivery.activation_id,
+                answer=described,
+                retry_in=hub.retry_interval,
+            )
+        elif now - worker.last_summary >= self.summary_interval:
+            worker.last_summary = now
+            task = asyncio.create_task(self._summary(worker, worker.failed_attempts))
+            self._sends.add(task)  # referenced until done; cancelled at stop
+            task.add_done_callback(self._sends.discard)
+            worker.failed_attempts = 0
+
+    async def _summary(self, worker: _HubWorker, attempts: int) -> None:
+        now = self.clock()
+        try:
+            backlog, oldest = (await self.store.backlog(now)).get(worker.hub.name, (0, 0.0))
+        except StoreError:
+            backlog, oldest = -1, -1.0  # unknown; the store's failure is logged on its own
+        since = worker.failing_since if worker.failing_since is not None else now
+        log.warning(
+            "pushes to the hub still failing",
+            hub=worker.hub.name,
+            backlog=backlog,
+            oldest_age=round(oldest, 1),
+            failing_for=round(now - since, 1),
+            failed_attempts=attempts,
+            last_answer=worker.last_answer,
+        )
+
+    def _episode_over(self, worker: _HubWorker) -> None:
+        """Nothing undelivered for the hub any more: close its failure episode in one line."""
+        if worker.failing_since is None:
+            return
+        seconds = round(self.clock() - worker.failing_since, 1)
+        log.info(
+            "hub back",
+            summary=f"delivered {worker.delivered} after {seconds} s",
+            hub=worker.hub.name,
+            delivered=worker.delivered,
+            after=seconds,
+        )
+        worker.failing_since = None
+        worker.delivered = 0
 
     async def _post(self, hub: HubConfig, sms: Sms) -> tuple[str | None, str]:
         assert self._session is not None
@@ -235,16 +427,21 @@ class Pusher:
             "Accept-Encoding": "gzip",
         }
         try:
-            async with self._session.post(
-                hub.push_url,
-                data=gzip.compress(payload),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=hub.push_timeout),
-                allow_redirects=False,
-            ) as response:
-                body = await response.content.read(_MAX_ANSWER)
+            # One deadline for the whole exchange, the answer's last byte included.
+            async with (
+                asyncio.timeout(hub.push_timeout),
+                self._session.post(
+                    hub.push_url,
+                    data=gzip.compress(payload),
+                    headers=headers,
+                    allow_redirects=False,
+                ) as response,
+            ):
+                body = await _read_whole(response.content, MAX_ANSWER)
                 return judge(hub.profile, response.status, body)
         except TimeoutError:
             return None, f"timeout after {hub.push_timeout}s"
+        except _AnswerTooLarge:
+            return None, f"answer larger than {MAX_ANSWER} bytes"
         except aiohttp.ClientError as exc:
             return None, f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,15 @@ per version under `migrations/`.
 
 `synchronous=FULL`: a committed activation survives a power cut, not only a
 `kill -9` (selling a number twice is worse than a millisecond per commit).
+
+Ids are never issued twice, even across databases: at every open the
+`activationId` and `smsId` sequences are raised to at least the clock in
+microseconds, so a database that replaces a lost one (or a restored backup)
+starts above anything an earlier one issued (it would have to have issued
+more than one id per microsecond). That stays below 2**53 until the year
+2255: hubs written in JavaScript read numbers as doubles. A store whose
+file is deleted or replaced while open (`file_problem`) refuses every
+write from then on.
 """
 
 from __future__ import annotations
@@ -17,7 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
+import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -30,6 +42,7 @@ from .errors import StoreError, UnknownActivation
 
 __all__ = [
     "Activation",
+    "DatabaseLock",
     "Delivery",
     "Earning",
     "FinishStatus",
@@ -54,6 +67,48 @@ class FinishStatus(enum.IntEnum):
 
 FINISH_STATUSES = frozenset(FinishStatus)
 T = TypeVar("T")
+_SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
+MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
+
+
+class DatabaseLock:
+    """One daemon per database: an exclusive `flock` on `<database>.lock`, holding its pid.
+
+    The kernel drops the lock when its holder dies, however it dies, so a
+    stale pid in the file never blocks a start; the pid is only there to
+    name the holder.
+    """
+
+    def __init__(self, database: str | Path) -> None:
+        self.path = Path(f"{database}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StoreError naming the process that holds it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"the database {str(self.path)[:-5]} is in use by another supplier daemon "
+                f"(pid {holder}; lock {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +304,8 @@ class Store:
             tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any], str]
         ] = []
         self._writer: asyncio.Task[None] | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file at open
+        self.lost: str | None = None  # why the file is no longer ours; writes are refused
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -269,10 +326,50 @@ class Store:
             await db.execute("PRAGMA busy_timeout=5000")
             await db.execute("PRAGMA foreign_keys=ON")
             await store._migrate()
+            await store._raise_sequences(time.time())
         except sqlite3.Error as exc:
             await db.close()
             raise StoreError(f"{path}: cannot prepare the database: {exc}") from None
+        if path != ":memory:":
+            stat = os.stat(path)
+            store._identity = (stat.st_dev, stat.st_ino)
         return store
+
+    async def _raise_sequences(self, now: float) -> None:
+        """Start the hub-visible ids at or above the clock in microseconds (see the module)."""
+        floor = int(now * 1_000_000)
+        if floor >= MAX_JSON_ID:
+            raise StoreError(f"{self.path}: the clock is past what ids can follow")
+        for table in _SEQUENCES:
+            await self._db.execute(
+                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (floor, table)
+            )
+            await self._db.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)",
+                (table, floor, table),
+            )
+
+    def file_problem(self) -> str | None:
+        """Why the database file is no longer the one opened (deleted, replaced), or None.
+
+        One `stat` of the path: cheap enough to ask every second. Once a problem
+        is found the store refuses every write: never keep writing to a file no
+        one will open again.
+        """
+        if self.lost is None and self._identity is not None:
+            try:
+                stat = os.stat(self.path)
+            except FileNotFoundError:
+                self.lost = f"{self.path} was deleted"
+            except OSError as exc:
+                self.lost = f"{self.path} cannot be checked: {exc.strerror}"
+            else:
+                if (stat.st_dev, stat.st_ino) != self._identity:
+                    self.lost = f"{self.path} was replaced by another file"
+                elif stat.st_nlink == 0:
+                    self.lost = f"{self.path} was deleted"
+        return self.lost
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -312,6 +409,8 @@ class Store:
         commits, not 50. Ops run one after another; an op that raises must do
         so before it writes (its error goes to its caller, the others commit).
         """
+        if self.lost is not None:
+            raise StoreError(f"{what}: {self.lost}")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((op, future, what))
         if self._writer is None or self._writer.done():
@@ -322,6 +421,11 @@ class Store:
         while self._queue:
             batch, self._queue = self._queue, []
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            if self.lost is not None:
+                for _, future, what in batch:
+                    if not future.done():
+                        future.set_exception(StoreError(f"{what}: {self.lost}"))
+                continue
             async with self._lock:
                 try:
                     await self._db.execute("BEGIN IMMEDIATE")

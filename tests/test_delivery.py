@@ -80,25 +80,51 @@ def daemon_store(r: Running) -> Store:
     return r.daemon.store
 
 
-async def test_two_hubs_with_activations_on_one_number_each_get_it_once(run: RunFactory) -> None:
+async def test_a_resold_number_s_sms_reach_only_its_newest_buyer(run: RunFactory) -> None:
     r = await run(1, hubs=("alpha", "beta"), activation={"release_after": "1s"})
     first = await r.number("alpha", "mts")
-    # The SIM goes back on sale after release_after without a FINISH and is sold
-    # to the other hub; both activations are unfinished, so both hubs get what
-    # arrives. The daemon's clock is moved rather than waited for.
+    r.bank[0].deliver("alpha's code")
+    await r.hubs["alpha"].wait_for(1)
+    # release_after passes without a FINISH: the SIM is back on sale, and until it is
+    # sold again its SMS still go to alpha (a slow service). The clock is moved.
     assert r.daemon.inventory is not None
     real_clock = r.daemon.inventory.clock
     r.daemon.inventory.clock = lambda: real_clock() + 2.0
+    r.bank[0].deliver("late for alpha")
+    await r.hubs["alpha"].wait_for(2)
+    # Sold again, to another hub: from now on only the newest buyer gets the SMS.
     second = await r.number("beta", "mts", service="wa")
     assert second["number"] == first["number"]
-    r.bank[0].deliver("one for everyone")
-    await r.hubs["alpha"].wait_for(1)
+    r.bank[0].deliver("beta's code")
     await r.hubs["beta"].wait_for(1)
-    r.bank[0].deliver("and the next")
-    await r.hubs["alpha"].wait_for(2)
-    await r.hubs["beta"].wait_for(2)
-    for name in ("alpha", "beta"):
-        assert [p["text"] for p in r.hubs[name].received] == ["one for everyone", "and the next"]
+    assert (
+        await r.call(
+            "beta",
+            {"action": "FINISH_ACTIVATION", "activationId": second["activationId"], "status": 3},
+        )
+    )["status"] == "SUCCESS"
+    r.bank[0].deliver("after beta finished")  # the newest is finished: nobody, not alpha
+    await r.until(lambda: r.sms_count() >= 4)
+    stored = {s.text: s for s in await daemon_store(r).recent_sms()}
+    assert await daemon_store(r).deliveries_for(stored["after beta finished"].id) == []
+    assert [p["text"] for p in r.hubs["alpha"].received] == ["alpha's code", "late for alpha"]
+    assert [p["text"] for p in r.hubs["beta"].received] == ["beta's code"]
+
+
+async def test_an_unsold_number_s_sms_reach_its_buyer_for_a_day(run: RunFactory) -> None:
+    r = await run(1, activation={"release_after": "1s"})
+    await r.number("alpha", "mts")
+    assert r.daemon.inventory is not None
+    real_clock = r.daemon.inventory.clock
+    r.daemon.inventory.clock = lambda: real_clock() + 86000.0  # release_after long past
+    r.bank[0].deliver("still alpha's")
+    await r.hubs["alpha"].wait_for(1)
+    r.daemon.inventory.clock = lambda: real_clock() + 86500.0  # past the 24 h horizon
+    r.bank[0].deliver("nobody's")
+    await r.until(lambda: r.sms_count() >= 2)
+    stored = {s.text: s for s in await daemon_store(r).recent_sms()}
+    assert await daemon_store(r).deliveries_for(stored["nobody's"].id) == []
+    assert [p["text"] for p in r.hubs["alpha"].received] == ["still alpha's"]
 
 
 async def test_sms_on_an_idle_number_is_kept_and_not_pushed(run: RunFactory) -> None:
