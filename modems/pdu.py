@@ -95,7 +95,11 @@ class SmsDeliver:
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
-    """SMS-STATUS-REPORT: the network's receipt for a message this SIM sent."""
+    """SMS-STATUS-REPORT: the network's receipt for a message this SIM sent.
+
+    Its time stamps follow `SmsDeliver.timestamp`: naive when the zone is
+    garbled, None when the date is.
+    """
 
     recipient: str
     reference: int

@@ -111,6 +111,35 @@ def test_corrected_entries_in_whole_pdus(user_data: str, text: str) -> None:
     assert sms.timestamp == WHEN
 
 
+# Published vectors: AOSP's GsmSmsTest (frameworks/base telephony tests).
+AOSP_TEST = "07914151551512f2040B916105551511f100006060605130308A04D4F29C0E"
+AOSP_EXTENDED = (
+    "07914151551512f2040B916105551511f100006080615131728A44D4F29C0E2"
+    "AE3E96537B94C068DD16179784C2FCB41F4B0985D06B958ADD00FB0E94536AF9749"
+    "74DA6D281BA00E95E26D509B946FC3DBF87A25D56A04"
+)
+AOSP_MULTIPART = (
+    "07916163838408F6440B816105224431F700007060217175830AA0050003"
+    "00020162B1582C168BC562B1582C168BC562B1582C168BC562B1582C"
+    "168BC562B1582C168BC562B1582C168BC562B1582C168BC562B1582C"
+    "168BC562B1582C168BC562B1582C168BC562B1582C168BC562B1582C"
+    "168BC562B1582C168BC562B1582C168BC562B1582C168BC562B1582C"
+    "168BC562B1582C168BC562B1582C168BC562B1582C168BC562",
+    "07916163838408F6440B816105224431F700007060217185000A23050003"
+    "00020262B1582C168BC96432994C2693C96432994C2693C96432990C",
+)
+
+
+def test_published_aosp_vectors() -> None:
+    sms = deliver(AOSP_TEST)
+    assert (sms.smsc, sms.sender, sms.text) == ("+14155551212", "+16505551111", "Test")
+    assert deliver(AOSP_EXTENDED).text == (
+        "Test extended character table .,-!?@~_\\/&\"';^|:()<{}>[]=%*+#"
+    )
+    parts = [Part.from_deliver("sim", deliver(pdu), 0.0) for pdu in AOSP_MULTIPART]
+    assert join_parts(parts) == "1" * 153 + "1111111222222222222222222222"
+
+
 def test_section_sign_is_encoded_and_backtick_is_not_gsm7() -> None:
     assert gsm7_septets("§") == b"\x5f"
     assert gsm7_septets("`") is None  # not in GSM-7 at all: the emulator sends it as UCS-2
