@@ -351,6 +351,13 @@ def test_turkish_escape_to_an_undefined_code_shows_the_locking_table_character()
     assert sms.text == "ı"
 
 
+def test_reserved_codes_and_a_trailing_escape() -> None:
+    # Bengali locking 0x0C is reserved in A.3.4: nothing to show but U+FFFD.
+    assert deliver(national_pdu(b"\x03\x0c\x04", locking=4)).text == "\u0985\ufffd\u0986"
+    # An escape with nothing after it (a sender that cut the message) shows nothing.
+    assert gsm7_decode(b"ab\x1b") == "ab"
+
+
 def test_unknown_language_and_spanish_locking_use_the_default_tables() -> None:
     data = bytes((0x5F, 0x1B, 0x65))
     assert deliver(national_pdu(data, locking=2)).text == "§€"  # Spanish has no locking table
