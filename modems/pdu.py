@@ -1,13 +1,15 @@
 """SMS PDUs (3GPP TS 23.040) in and out. Pure functions, frozen results.
 
-The GSM-7 alphabet comes from python-gsmmodem-new's `gsmmodem.pdu`; the rest
-is done here because that module gets it wrong in the field (docs/modems.md):
-it reads any data coding scheme outside group 00xx as GSM-7 (so UCS-2 with
-DCS 0x48, 0x18 or in the message-waiting groups comes out garbled), it turns
-each UCS-2 unit into a character on its own (breaking emoji), and it does not
-validate lengths, so a broken PDU can raise anything. Here the DCS is read per
-TS 23.038, UCS-2 parts keep their raw bytes so that a multipart message is
-decoded once after joining, and every malformed input raises `PduError`.
+Done here rather than with python-gsmmodem's `gsmmodem.pdu` because that
+module gets it wrong in the field (docs/modems.md): it reads any data coding
+scheme outside group 00xx as GSM-7 (so UCS-2 with DCS 0x48, 0x18 or in the
+message-waiting groups comes out garbled), it turns each UCS-2 unit into a
+character on its own (breaking emoji), it does not validate lengths, so a
+broken PDU can raise anything, and its GSM-7 tables differ from TS 23.038
+(`modems.gsm7` holds ours, national language tables included). Here the DCS
+is read per TS 23.038, UCS-2 parts keep their raw bytes so that a multipart
+message is decoded once after joining, a garbled time stamp costs only the
+time stamp, and every malformed input raises `PduError`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
-from gsmmodem.pdu import GSM7_BASIC, GSM7_EXTENDED
-
+from . import gsm7
 from .bcd import swap_nibbles
 from .errors import PduError
 
@@ -39,10 +40,6 @@ __all__ = [
     "unpack_septets",
 ]
 
-_GSM7_EXT_DECODE = {ord(code): char for char, code in GSM7_EXTENDED.items() if char != "\xff"}
-_GSM7_EXT_ENCODE = {char: ord(code) for char, code in GSM7_EXTENDED.items() if char != "\xff"}
-# 0x1B is the escape to the extension table, not a character of its own.
-_GSM7_BASIC_ENCODE = {char: index for index, char in enumerate(GSM7_BASIC) if index != 0x1B}
 _BCD_EXTRA = {0xA: "*", 0xB: "#", 0xC: "a", 0xD: "b", 0xE: "c"}
 _MAX_ADDRESS_DIGITS = 20  # TS 23.040 §9.1.2.5: at most 12 octets of address value
 
@@ -70,7 +67,11 @@ class SmsDeliver:
     `user_data` is the message body after the header: GSM-7 septets unpacked
     one per byte, 8-bit data as is, or raw UTF-16-BE bytes for UCS-2 (joined
     across parts before decoding, so an emoji split between two parts
-    survives). `text` is this part decoded on its own.
+    survives). `text` is this part decoded on its own. `locking_shift` and
+    `single_shift` are the national language tables the header named for
+    GSM-7 (TS 23.038 Annex A; 0: the default alphabet and extension table).
+    `timestamp` is naive when the time zone octet is garbled (zone unknown)
+    and None when the date itself is.
     """
 
     sender: str
@@ -85,6 +86,8 @@ class SmsDeliver:
     concat: Concat | None = None
     ports: tuple[int, int] | None = None  # application port addressing: a binary/WAP message
     udh: tuple[tuple[int, bytes], ...] = field(default=())
+    locking_shift: int = 0
+    single_shift: int = 0
 
     @property
     def is_binary(self) -> bool:
@@ -93,7 +96,11 @@ class SmsDeliver:
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
-    """SMS-STATUS-REPORT: the network's receipt for a message this SIM sent."""
+    """SMS-STATUS-REPORT: the network's receipt for a message this SIM sent.
+
+    Its time stamps follow `SmsDeliver.timestamp`: naive when the zone is
+    garbled, None when the date is.
+    """
 
     recipient: str
     reference: int
@@ -215,32 +222,34 @@ def _bcd(octets: bytes) -> str:
     return "".join(out)
 
 
-def _timestamp(reader: _Reader, what: str) -> datetime:
+def _timestamp(reader: _Reader, what: str) -> datetime | None:
+    """A time stamp (TS 23.040 §9.2.3.11): a garbled one costs the time stamp, never the message.
+
+    Real modems deliver time zone octets such as C2 (a non-decimal digit): the
+    time is then kept without a zone (a naive datetime). A non-decimal digit
+    or an impossible value in the date and time fields gives None.
+    """
     octets = reader.take(7, what)
     values = []
     for octet in octets[:6]:
         low, high = octet & 0x0F, octet >> 4
         if low > 9 or high > 9:
-            raise PduError(f"{what} has a non-decimal digit: {octets.hex().upper()}")
+            return None
         values.append(low * 10 + high)
-    tz_octet = octets[6]
-    quarters = (tz_octet & 0x07) * 10 + (tz_octet >> 4)
-    if (tz_octet >> 4) > 9 or quarters > 79:
-        raise PduError(f"{what} has a bad time zone: {octets.hex().upper()}")
-    offset = timedelta(minutes=15 * quarters) * (-1 if tz_octet & 0x08 else 1)
     year, month, day, hour, minute, second = values
     try:
-        return datetime(
-            2000 + year if year < 90 else 1900 + year,
-            month,
-            day,
-            hour,
-            minute,
-            second,
-            tzinfo=timezone(offset),
+        local = datetime(
+            2000 + year if year < 90 else 1900 + year, month, day, hour, minute, second
         )
-    except ValueError as exc:
-        raise PduError(f"{what} is not a date: {octets.hex().upper()} ({exc})") from None
+    except ValueError:
+        return None
+    # Low nibble: sign (bit 3) and tens of quarter hours (3 bits, always decimal); high: units.
+    zone = octets[6]
+    tens, units = zone & 0x07, zone >> 4
+    if units > 9:
+        return local
+    offset = timedelta(minutes=15 * (tens * 10 + units))
+    return local.replace(tzinfo=timezone(-offset if zone & 0x08 else offset))
 
 
 def _coding(dcs: int) -> tuple[Alphabet, int | None]:
@@ -283,20 +292,9 @@ def pack_septets(septets: bytes, fill_bits: int = 0) -> bytes:
     return value.to_bytes((total_bits + 7) // 8, "little")
 
 
-def gsm7_decode(septets: bytes) -> str:
-    """GSM-7 default alphabet and its extension table, one septet per byte."""
-    out: list[str] = []
-    escape = False
-    for septet in septets:
-        if escape:
-            escape = False
-            # An unknown extension code shows as its basic character (TS 23.038 §6.2.1.1).
-            out.append(_GSM7_EXT_DECODE.get(septet, GSM7_BASIC[septet]))
-        elif septet == 0x1B:
-            escape = True
-        else:
-            out.append(GSM7_BASIC[septet])
-    return "".join(out)
+def gsm7_decode(septets: bytes, locking_shift: int = 0, single_shift: int = 0) -> str:
+    """GSM-7 septets, one per byte, in the national language tables given (0: default)."""
+    return gsm7.decode(septets, locking_shift, single_shift)
 
 
 def decode_ucs2(data: bytes) -> str:
@@ -306,9 +304,18 @@ def decode_ucs2(data: bytes) -> str:
     return data.decode("utf-16-be", errors="replace")
 
 
-def _user_data(
-    reader: _Reader, first: int, alphabet: Alphabet
-) -> tuple[str, bytes, Concat | None, tuple[int, int] | None, tuple[tuple[int, bytes], ...]]:
+@dataclass(frozen=True, slots=True)
+class _UserData:
+    text: str
+    body: bytes
+    header: tuple[tuple[int, bytes], ...]
+    concat: Concat | None
+    ports: tuple[int, int] | None
+    locking_shift: int = 0
+    single_shift: int = 0
+
+
+def _user_data(reader: _Reader, first: int, alphabet: Alphabet) -> _UserData:
     udl = reader.byte("user data length")
     has_udh = bool(first & 0x40)
     if alphabet is Alphabet.GSM7:
@@ -336,11 +343,13 @@ def _user_data(
     if alphabet is Alphabet.GSM7:
         skip = (header_octets * 8 + 6) // 7
         septets = unpack_septets(data, udl)[skip:]
-        return gsm7_decode(septets), septets, concat, ports, header
+        locking, single = _national_language(header)
+        text = gsm7_decode(septets, locking, single)
+        return _UserData(text, septets, header, concat, ports, locking, single)
     body = data[header_octets:]
     if alphabet is Alphabet.UCS2:
-        return decode_ucs2(body), body, concat, ports, header
-    return body.decode("latin-1"), body, concat, ports, header
+        return _UserData(decode_ucs2(body), body, header, concat, ports)
+    return _UserData(body.decode("latin-1"), body, header, concat, ports)
 
 
 def _parse_udh(header: bytes) -> tuple[tuple[int, bytes], ...]:
@@ -382,26 +391,44 @@ def _udh_meaning(
     return concat, ports
 
 
+def _national_language(header: tuple[tuple[int, bytes], ...]) -> tuple[int, int]:
+    """The locking and single shift tables a GSM-7 header names (TS 23.040 §9.2.3.24.15-16).
+
+    IEI 0x25 names the locking shift table, 0x24 the single shift table; each
+    part of a multipart message carries its own. An identifier without a
+    table decodes with the default one (`modems.gsm7`).
+    """
+    locking = single = 0
+    for iei, data in header:
+        if iei == 0x25 and len(data) == 1:
+            locking = data[0]
+        elif iei == 0x24 and len(data) == 1:
+            single = data[0]
+    return locking, single
+
+
 def _deliver(reader: _Reader, first: int, smsc: str | None) -> SmsDeliver:
     sender, _ = _address(reader, "originating address")
     pid = reader.byte("protocol identifier")
     dcs = reader.byte("data coding scheme")
     alphabet, message_class = _coding(dcs)
     timestamp = _timestamp(reader, "service centre time stamp")
-    text, body, concat, ports, header = _user_data(reader, first, alphabet)
+    user = _user_data(reader, first, alphabet)
     return SmsDeliver(
         sender=sender,
-        text=text,
+        text=user.text,
         alphabet=alphabet,
-        user_data=body,
+        user_data=user.body,
         timestamp=timestamp,
         smsc=smsc,
         dcs=dcs,
         pid=pid,
         message_class=message_class,
-        concat=concat,
-        ports=ports,
-        udh=header,
+        concat=user.concat,
+        ports=user.ports,
+        udh=user.header,
+        locking_shift=user.locking_shift,
+        single_shift=user.single_shift,
     )
 
 
@@ -416,8 +443,8 @@ def _submit(reader: _Reader, first: int, smsc: str | None) -> SmsSubmit:
         reader.byte("validity period")
     elif validity_format in (0x01, 0x03):
         reader.take(7, "validity period")
-    text, _, concat, _, _ = _user_data(reader, first, alphabet)
-    return SmsSubmit(recipient, text, alphabet, reference, smsc, concat)
+    user = _user_data(reader, first, alphabet)
+    return SmsSubmit(recipient, user.text, alphabet, reference, smsc, user.concat)
 
 
 def _status_report(reader: _Reader, smsc: str | None) -> StatusReport:
@@ -434,17 +461,7 @@ def _status_report(reader: _Reader, smsc: str | None) -> StatusReport:
 
 def gsm7_septets(text: str) -> bytes | None:
     """The text in the GSM-7 default alphabet (escapes included), or None if it does not fit."""
-    out = bytearray()
-    for char in text:
-        code = _GSM7_BASIC_ENCODE.get(char)
-        if code is not None:
-            out.append(code)
-            continue
-        ext = _GSM7_EXT_ENCODE.get(char)
-        if ext is None:
-            return None
-        out += bytes((0x1B, ext))
-    return bytes(out)
+    return gsm7.encode(text)
 
 
 def _encode_address(number: str) -> bytes:

@@ -38,6 +38,8 @@ class Part:
     user_data: bytes
     received_at: float
     reference_bits: int = 8
+    locking_shift: int = 0  # GSM-7 national language tables named in this part's header
+    single_shift: int = 0
 
     @property
     def key(self) -> PartKey:
@@ -59,6 +61,8 @@ class Part:
             user_data=sms.user_data,
             received_at=received_at,
             reference_bits=sms.concat.bits,
+            locking_shift=sms.locking_shift,
+            single_shift=sms.single_shift,
         )
 
 
@@ -81,7 +85,9 @@ def join_parts(parts: Sequence[Part]) -> str:
     """The text of the parts in sequence order; UCS-2 bodies are joined before decoding.
 
     Joining the raw UTF-16 bytes first keeps a surrogate pair (an emoji) that
-    the sender split across two parts in one piece.
+    the sender split across two parts in one piece. GSM-7 parts are joined only
+    while they name the same national language tables (each part carries its
+    own header), and decoded with them.
     """
     ordered = sorted({part.sequence: part for part in parts}.values(), key=lambda p: p.sequence)
     out: list[str] = []
@@ -95,7 +101,7 @@ def join_parts(parts: Sequence[Part]) -> str:
         if alphabet is Alphabet.UCS2:
             out.append(decode_ucs2(body))
         elif alphabet is Alphabet.GSM7:
-            out.append(gsm7_decode(body))
+            out.append(gsm7_decode(body, run[0].locking_shift, run[0].single_shift))
         else:
             out.append(body.decode("latin-1"))
         run.clear()
@@ -103,12 +109,16 @@ def join_parts(parts: Sequence[Part]) -> str:
     previous: Part | None = None
     for part in ordered:
         contiguous = previous is not None and part.sequence == previous.sequence + 1
-        if run and (part.alphabet is not run[0].alphabet or not contiguous):
+        if run and (not contiguous or _coding(part) != _coding(run[0])):
             flush()
         run.append(part)
         previous = part
     flush()
     return "".join(out)
+
+
+def _coding(part: Part) -> tuple[Alphabet, int, int]:
+    return part.alphabet, part.locking_shift, part.single_shift
 
 
 class Reassembler:

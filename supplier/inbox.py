@@ -21,6 +21,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 
 import structlog
 
@@ -39,6 +40,11 @@ log = structlog.get_logger("supplier.inbox")
 
 def _digest(iccid: str, pdu: str) -> str:
     return hashlib.sha256(f"{iccid}:{pdu.strip().upper()}".encode()).hexdigest()
+
+
+def _sent(when: datetime | None) -> float | None:
+    """When the service centre stamped the SMS; None when unknown (no date, or no time zone)."""
+    return when.timestamp() if when is not None and when.tzinfo is not None else None
 
 
 def _part_key(part: Part) -> str:
@@ -188,7 +194,7 @@ class Inbox:
         if isinstance(message, SmsDeliver):
             kind = "binary" if message.is_binary else "text"
             sender, text = message.sender, message.text
-            sent = message.timestamp.timestamp() if message.timestamp else None
+            sent = _sent(message.timestamp)
         elif isinstance(message, StatusReport):
             kind, sender, text = "status_report", message.recipient, f"status {message.status}"
         elif isinstance(message, SmsSubmit):
@@ -210,7 +216,7 @@ class Inbox:
         )
 
     def _assembled(self, assembled: Assembled, last: SmsDeliver) -> NewSms:
-        sent = last.timestamp.timestamp() if last.timestamp else None
+        sent = _sent(last.timestamp)
         return self._from_parts(assembled, last.sender, sent)
 
     def _from_parts(self, assembled: Assembled, sender: str, sent: float | None) -> NewSms:

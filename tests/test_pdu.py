@@ -164,7 +164,6 @@ def test_status_report_and_submit_are_recognised() -> None:
         "07911326040000F0",  # ends after the SMSC
         "0791132604000FF004",  # ends in the first octet's fields
         "0004FF91",  # 255-digit sender
-        "00040B911326880736F40000FFFFFFFFFFFFFF00",  # time stamp of F digits
     ],
 )
 def test_malformed_pdus_raise_pdu_error(pdu: str) -> None:
