@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -39,16 +40,16 @@ from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
 from .config import Config
-from .errors import StoreError
+from .errors import StoreError, SupplierError
 from .inbox import Inbox
-from .inventory import Inventory, SimOverrideValues
+from .inventory import Inventory
 from .metrics import Metrics
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .status import StatusView, create_status_app
 from .store import DatabaseLock, Store
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "Running"]
 
 log = structlog.get_logger("supplier.daemon")
 
@@ -71,17 +72,6 @@ _SETTLED = frozenset(
 )
 FILE_CHECK_INTERVAL = 1.0  # seconds between two checks that the database file is still ours
 HOUSEKEEPING_BACKOFF = (5.0, 60.0)  # after a store failure: first wait, cap (doubling)
-
-
-def _sim_overrides(config: Config) -> dict[str, SimOverrideValues]:
-    return {
-        iccid: SimOverrideValues(o.number, o.country, o.operator)
-        for iccid, o in config.sims.items()
-    }
-
-
-def _network_overrides(config: Config) -> dict[str, tuple[str, str]]:
-    return {code: (o.country, o.operator) for code, o in config.networks.items()}
 
 
 def modem_settings(config: Config) -> ModemSettings:
@@ -117,109 +107,129 @@ def _address(address: tuple[str, int] | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@dataclass(frozen=True, slots=True)
+class Running:
+    """The parts of a started daemon: built once by `Daemon.start`, gone at `stop`."""
+
+    store: Store
+    inventory: Inventory
+    inbox: Inbox
+    pusher: Pusher
+    protocol: ProtocolService
+    pool: ModemPool
+    view: StatusView
+    listening: tuple[str, int]  # the hub endpoint's address (port 0 in the config: the real one)
+    status_listening: tuple[str, int]
+
+
 class Daemon:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        self.store: Store | None = None
-        self.inventory: Inventory | None = None
-        self.inbox: Inbox | None = None
-        self.pusher: Pusher | None = None
-        self.protocol: ProtocolService | None = None
-        self.pool: ModemPool | None = None
-        self._runner: web.AppRunner | None = None
-        self._status_runner: web.AppRunner | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
-        self._announce: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
+        self._running: Running | None = None
+        self._db_lock: DatabaseLock | None = None
+        self._runners: tuple[web.AppRunner, ...] = ()  # hub endpoint, status route
+        self._tasks: list[asyncio.Task[None]] = []  # background work, cancelled at stop
         self._pool_changed = asyncio.Event()
         self._port_states: dict[str, str] = {}  # port → the last state logged for it
         self.seen_interval = SEEN_INTERVAL
         self._stopping = False  # modems stopped on purpose: no "gone" lines for them
-        self._watcher: asyncio.Task[None] | None = None
-        self._db_lock: DatabaseLock | None = None
         self.failed = asyncio.Event()  # set when the daemon cannot go on (its database is gone)
         self.failure: str | None = None
-        self.listening: tuple[str, int] | None = None
-        self.status_listening: tuple[str, int] | None = None
-        self.metrics = Metrics()
-        self.view = StatusView(self)
         self._observers: list[Callable[[PoolEvent], None]] = []
+
+    @property
+    def running(self) -> Running:
+        """The started daemon's parts; an error before `start` or after `stop`."""
+        if self._running is None:
+            raise SupplierError("the daemon is not running")
+        return self._running
 
     def subscribe(self, observer: Callable[[PoolEvent], None]) -> None:
         """Be told of every pool event once the daemon has handled it (tests, status page)."""
         self._observers.append(observer)
 
     async def start(self) -> None:
+        """Build every part, serve both routes, then start the modems.
+
+        A failure part-way (the database held by another daemon, a listen
+        port taken) undoes what was started, in reverse, and re-raises.
+        """
         config = self.config
-        if config.storage.path != ":memory:":
-            lock = DatabaseLock(config.storage.path)
-            lock.acquire()  # raises StoreError naming the holder's pid
-            self._db_lock = lock
-        self.store = await Store.open(config.storage.path)
-        self.inventory = Inventory(
-            self.store,
-            services=config.services,
-            release_after=config.activation.release_after,
-            sim_overrides=_sim_overrides(config),
-            network_overrides=_network_overrides(config),
-            clock=self.clock,
-        )
-        await self.inventory.load()
-        self.pusher = Pusher(
-            self.store, config.hubs, clock=self.clock, on_result=self.metrics.on_push
-        )
-        self.inbox = Inbox(
-            self.store,
-            self.inventory,
-            reassembly_timeout=config.sms.reassembly_timeout,
-            on_queued=self.pusher.queued,
-            clock=self.clock,
-        )
-        await self.inbox.load()
-        await self.pusher.start()
-        self.protocol = ProtocolService(
-            self.inventory, config.hubs, on_request=self.metrics.on_request
-        )
-        app = create_protocol_app(
-            self.protocol, path=config.server.path, max_body=config.server.max_body
-        )
-        self._runner, self.listening = await _serve(app, config.server.listen)
-        token = config.status.token.get_secret_value() if config.status.token else None
-        status_app = create_status_app(
-            self.view, self.metrics, token, listen_host=config.status.listen[0]
-        )
-        self._status_runner, self.status_listening = await _serve(status_app, config.status.listen)
-        self.pool = ModemPool(
-            config.modems.ports,
-            self.on_pool_event,
-            modem_settings(config),
-            rescan_interval=config.modems.rescan_interval,
-        )
+        async with contextlib.AsyncExitStack() as undo:
+            if config.storage.path != ":memory:":
+                lock = DatabaseLock(config.storage.path)
+                lock.acquire()  # raises StoreError naming the holder's pid
+                undo.callback(lock.release)
+                self._db_lock = lock
+            store = await Store.open(config.storage.path)
+            undo.push_async_callback(store.close)
+            inventory = Inventory.from_config(store, config, clock=self.clock)
+            await inventory.load()
+            pusher = Pusher(store, config.hubs, clock=self.clock, on_result=self.metrics.on_push)
+            inbox = Inbox(
+                store,
+                inventory,
+                reassembly_timeout=config.sms.reassembly_timeout,
+                on_queued=pusher.queued,
+                clock=self.clock,
+            )
+            await inbox.load()
+            await pusher.start()
+            undo.push_async_callback(pusher.stop)
+            protocol = ProtocolService(inventory, config.hubs, on_request=self.metrics.on_request)
+            pool = ModemPool(
+                config.modems.ports,
+                self.on_pool_event,
+                modem_settings(config),
+                rescan_interval=config.modems.rescan_interval,
+            )
+            view = StatusView(
+                inventory, store, pool, hubs=[hub.name for hub in config.hubs], clock=self.clock
+            )
+            app = create_protocol_app(
+                protocol, path=config.server.path, max_body=config.server.max_body
+            )
+            runner, listening = await _serve(app, config.server.listen)
+            undo.push_async_callback(runner.cleanup)
+            token = config.status.token.get_secret_value() if config.status.token else None
+            status_app = create_status_app(
+                view, self.metrics, token, listen_host=config.status.listen[0]
+            )
+            status_runner, status_listening = await _serve(status_app, config.status.listen)
+            self._runners = (runner, status_runner)
+            self._running = Running(
+                store, inventory, inbox, pusher, protocol, pool, view, listening, status_listening
+            )
+            undo.pop_all()  # started: `stop` undoes it from here on
         matched = len(expand_ports(config.modems.ports))
-        await self.pool.start()
-        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
-        self._watcher = asyncio.create_task(self._watch_database(), name="database watch")
+        await pool.start()
+        self._tasks = [
+            asyncio.create_task(self._housekeep(), name="housekeeping"),
+            asyncio.create_task(self._watch_database(), name="database watch"),
+        ]
         log.info(
             "daemon started",
-            listen=_address(self.listening),
-            status=f"http://{_address(self.status_listening)}/",
+            listen=_address(listening),
+            status=f"http://{_address(status_listening)}/",
             ports=config.modems.ports,
             ports_matched=matched,
             hubs=[hub.name for hub in config.hubs],
-            sims_known=len(self.inventory.sims),
+            sims_known=len(inventory.sims),
         )
         if not matched:
             log.warning(
                 "no serial port matches modems.ports; waiting for modems to be plugged in",
                 ports=config.modems.ports,
             )
-        self._announce = asyncio.create_task(self._startup_summary(), name="startup summary")
+        self._tasks.append(asyncio.create_task(self._startup_summary(), name="startup summary"))
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (`systemctl status supplier`)."""
-        if self.pool is None or self.inventory is None or self.store is None:
+        if self._running is None:
             return "starting"
-        t = self.view.summary()
+        t = self._running.view.summary()
         return (
             f"{t['modems']} modems; {t['ready']} SIMs ready, {t['active']} active, "
             f"{t['no_signal']} no signal, "
@@ -229,21 +239,22 @@ class Daemon:
 
     async def _startup_summary(self) -> None:
         """One line once every modem found at start has settled (or after a minute)."""
-        assert self.pool is not None
+        running = self.running
+        pool = running.pool
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STARTUP_SUMMARY_WITHIN
-        while not all(self._settled(m) for m in self.pool) and loop.time() < deadline:
+        while not all(self._settled(m) for m in pool) and loop.time() < deadline:
             self._pool_changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(deadline - loop.time()):
                     await self._pool_changed.wait()
-        t = self.view.summary()
-        counts = self.pool.counts()
+        t = running.view.summary()
+        counts = pool.counts()
         log.info(
             "start-up summary",
             modems=t["modems"] - counts.get(ModemState.NOT_MODEM, 0),
             not_modem_ports=counts.get(ModemState.NOT_MODEM, 0),
-            still_starting=sum(1 for m in self.pool if not self._settled(m)),
+            still_starting=sum(1 for m in pool if not self._settled(m)),
             sims_ready=t["ready"],
             sims_active=t["active"],
             no_signal=t["no_signal"],
@@ -251,15 +262,15 @@ class Daemon:
             no_sim=t["no_sim"],
             errors=t["errors"],
             hubs=[hub.name for hub in self.config.hubs],
-            listen=_address(self.listening),
-            status=f"http://{_address(self.status_listening)}/",
+            listen=_address(running.listening),
+            status=f"http://{_address(running.status_listening)}/",
         )
 
     def _settled(self, modem: Modem) -> bool:
         """Done starting: a state to stay in, and a ready modem's SIM is in the inventory."""
         if modem.state is not ModemState.READY:
             return modem.state in _SETTLED
-        sim = self.inventory.sims.get(modem.sim.iccid) if self.inventory and modem.sim else None
+        sim = self.running.inventory.sims.get(modem.sim.iccid) if modem.sim else None
         return sim is not None and sim.online
 
     def _log_modem(self, event: ModemStateChanged) -> None:
@@ -290,53 +301,35 @@ class Daemon:
             log.info("port does not answer AT; not a modem (probed again every minute)", **fields)
 
     async def stop(self) -> None:
+        """Stop taking hub requests (those in flight finish), then the modems, the pusher
+        (pushes in flight get `SHUTDOWN_GRACE`), the store and the lock."""
         self._stopping = True
-        if self._announce is not None:
-            self._announce.cancel()
-            await asyncio.gather(self._announce, return_exceptions=True)
-            self._announce = None
-        if self._runner is not None:
-            await self._runner.cleanup()  # no more hub requests; those in flight finish
-            self._runner = None
-        if self.protocol is not None:
-            self.protocol.unknown_key.close()
-        if self._status_runner is not None:
-            await self._status_runner.cleanup()
-            self._status_runner = None
-        for task in (self._housekeeping, self._watcher):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._housekeeping = self._watcher = None
-        if self.pool is not None:
-            await self.pool.stop()
-            self.pool = None
-        if self.pusher is not None:
-            await self.pusher.stop(grace=SHUTDOWN_GRACE)
-            self.pusher = None
-        started = self.store is not None
-        if self.store is not None:
-            await self.store.close()
-            self.store = None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        runners, self._runners = self._runners, ()
+        for runner in runners:
+            await runner.cleanup()  # the hub endpoint first: no more hub requests
+        running, self._running = self._running, None
+        if running is not None:
+            running.protocol.unknown_key.close()
+            await running.pool.stop()
+            await running.pusher.stop(grace=SHUTDOWN_GRACE)
+            await running.store.close()
         if self._db_lock is not None:
             self._db_lock.release()
             self._db_lock = None
-        if started:
+        if running is not None:
             log.info("daemon stopped")
 
     async def reload(self, config: Config) -> None:
         """SIGHUP: new hubs, services and SIM overrides; activations and modems stay."""
-        assert self.inventory is not None
-        assert self.protocol is not None
-        assert self.pusher is not None
-        self.inventory.reconfigure(
-            services=config.services,
-            release_after=config.activation.release_after,
-            sim_overrides=_sim_overrides(config),
-            network_overrides=_network_overrides(config),
-        )
-        self.protocol.set_hubs(config.hubs)
-        await self.pusher.set_hubs(config.hubs)
+        running = self.running
+        running.inventory.reconfigure_from(config)
+        running.protocol.set_hubs(config.hubs)
+        await running.pusher.set_hubs(config.hubs)
+        running.view.hubs = [hub.name for hub in config.hubs]
         self.config = config
         log.info(
             "configuration reloaded",
@@ -347,9 +340,7 @@ class Daemon:
         )
 
     async def on_pool_event(self, event: PoolEvent) -> None:
-        inventory, inbox = self.inventory, self.inbox
-        assert inventory is not None
-        assert inbox is not None
+        inventory, inbox = self.running.inventory, self.running.inbox
         if isinstance(event, SmsReceived):
             self.metrics.sms_parts_received.inc()
             await inbox.accept(event)  # raises if not durable: the SMS stays on the SIM
@@ -388,17 +379,16 @@ class Daemon:
 
     async def _housekeep(self) -> None:
         """Complete multipart SMS whose parts stopped coming; forget old activations."""
-        assert self.inbox is not None
-        assert self.inventory is not None
+        inbox, inventory = self.running.inbox, self.running.inventory
         seen_at = self.clock()
         first, cap = HOUSEKEEPING_BACKOFF
         backoff = 0.0  # after a store failure: wait this long at least (never a hot loop)
         while True:
-            deadline = self.inbox.next_deadline()
+            deadline = inbox.next_deadline()
             delay = 5.0 if deadline is None else min(5.0, max(0.05, deadline - self.clock()))
             await asyncio.sleep(max(delay, backoff))
             try:
-                await self.inbox.expire()
+                await inbox.expire()
             except StoreError as exc:
                 if not backoff:
                     log.error("cannot complete waiting multipart SMS", error=str(exc))
@@ -409,20 +399,19 @@ class Daemon:
                 if backoff:
                     log.info("waiting multipart SMS completed again")
                 backoff = 0.0
-            self.inventory.prune()
+            inventory.prune()
             if self.clock() - seen_at >= self.seen_interval:
                 seen_at = self.clock()
                 await self.mark_seen(seen_at)
 
     async def mark_seen(self, now: float) -> None:
         """Live SIMs are seen now: their stored last_seen follows (health checks keep them)."""
-        assert self.inventory is not None
-        assert self.store is not None
-        live = [sim for sim in self.inventory.sims.values() if sim.online]
+        running = self.running
+        live = [sim for sim in running.inventory.sims.values() if sim.online]
         if not live:
             return
         try:
-            await self.store.touch_sims([sim.iccid for sim in live], now)
+            await running.store.touch_sims([sim.iccid for sim in live], now)
         except StoreError as exc:
             log.error("cannot record that SIMs were seen", error=str(exc))
             return
@@ -431,10 +420,10 @@ class Daemon:
 
     async def _watch_database(self) -> None:
         """Stop at once if the database file was deleted or replaced under the daemon."""
-        assert self.store is not None
+        store = self.running.store
         while True:
             await asyncio.sleep(FILE_CHECK_INTERVAL)
-            problem = self.store.file_problem()
+            problem = store.file_problem()
             if problem is not None:
                 self.failure = f"database lost: {problem}; stopping so a restart opens the new one"
                 log.error("database file lost; no more sales", problem=problem)

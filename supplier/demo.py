@@ -198,10 +198,8 @@ async def run_demo(
             daemon = Daemon(config)
             daemon.subscribe(on_event)
             await daemon.start()
-        assert daemon.listening is not None
-        assert daemon.status_listening is not None
-        hub.agent_url = f"http://127.0.0.1:{daemon.listening[1]}/"
-        status_host, status_port = daemon.status_listening
+        hub.agent_url = f"http://127.0.0.1:{daemon.running.listening[1]}/"
+        status_host, status_port = daemon.running.status_listening
         say(f"daemon  answers hubs at {hub.agent_url}; {modems} virtual modems in {bank.directory}")
         say(f"status  page at http://{status_host}:{status_port}/  (token: {token})")
         deadline = None if duration is None else started + duration

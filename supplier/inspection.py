@@ -26,7 +26,7 @@ from modems.pool import ModemPool, expand_ports
 
 from .config import Config
 from .errors import SupplierError
-from .inventory import Inventory, SimOverrideValues
+from .inventory import Inventory
 from .networks import ANY, COUNTRIES, OPERATORS
 from .store import Store
 
@@ -222,19 +222,7 @@ async def _sims_report(config: Config, now: float) -> str:
     try:
         # The inventory the daemon uses, with the config's overrides: the same
         # number, country and operator as the hubs are sold.
-        inventory = Inventory(
-            store,
-            services=config.services,
-            release_after=config.activation.release_after,
-            sim_overrides={
-                iccid: SimOverrideValues(o.number, o.country, o.operator)
-                for iccid, o in config.sims.items()
-            },
-            network_overrides={
-                code: (o.country, o.operator) for code, o in config.networks.items()
-            },
-            clock=lambda: now,
-        )
+        inventory = Inventory.from_config(store, config, clock=lambda: now)
         await inventory.load()
     finally:
         await store.close()

@@ -20,6 +20,7 @@ import structlog
 
 from modems.events import NetworkInfo, SimIdentity
 
+from .config import Config, SimOverride
 from .errors import SupplierError
 from .networks import ANY, international_number, slugs_for
 from .store import Activation, FinishStatus, SimRow, Store, Usage
@@ -29,7 +30,6 @@ __all__ = [
     "ROUTE_HORIZON",
     "Inventory",
     "NumberTaken",
-    "SimOverrideValues",
     "SimState",
     "sale_number",
 ]
@@ -55,13 +55,6 @@ def sale_number(
     """
     raw = manual or configured or reported
     return international_number(raw, country) if raw else None
-
-
-@dataclass(frozen=True, slots=True)
-class SimOverrideValues:
-    number: str | None = None
-    country: str | None = None
-    operator: str | None = None
 
 
 @dataclass(slots=True)
@@ -95,7 +88,7 @@ class Inventory:
         *,
         services: Sequence[str],
         release_after: float,
-        sim_overrides: Mapping[str, SimOverrideValues] | None = None,
+        sim_overrides: Mapping[str, SimOverride] | None = None,
         network_overrides: Mapping[str, tuple[str, str]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -122,6 +115,31 @@ class Inventory:
             network_overrides=network_overrides or {},
         )
 
+    @classmethod
+    def from_config(
+        cls, store: Store, config: Config, *, clock: Callable[[], float] = time.time
+    ) -> Inventory:
+        """The inventory `config` asks for: the daemon's, and `supplier sims`'s."""
+        inventory = cls(
+            store,
+            services=config.services,
+            release_after=config.activation.release_after,
+            clock=clock,
+        )
+        inventory.reconfigure_from(config)
+        return inventory
+
+    def reconfigure_from(self, config: Config) -> None:
+        """The config's services, holds and overrides (at start and on SIGHUP)."""
+        self.reconfigure(
+            services=config.services,
+            release_after=config.activation.release_after,
+            sim_overrides=config.sims,
+            network_overrides={
+                code: (o.country, o.operator) for code, o in config.networks.items()
+            },
+        )
+
     # -- start-up -------------------------------------------------------------------
 
     async def load(self) -> None:
@@ -142,7 +160,7 @@ class Inventory:
         *,
         services: Sequence[str],
         release_after: float,
-        sim_overrides: Mapping[str, SimOverrideValues],
+        sim_overrides: Mapping[str, SimOverride],
         network_overrides: Mapping[str, tuple[str, str]],
     ) -> None:
         """New settings (SIGHUP): activations are kept; SIM slugs are re-derived."""

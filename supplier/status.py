@@ -20,6 +20,7 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -37,10 +38,11 @@ from .config import phone_digits
 from .errors import StoreError
 from .inventory import NumberTaken
 from .metrics import CONTENT_TYPE, Live, Metrics
-from .store import Activation, Delivery, Sms
+from .store import Activation, Delivery, Sms, Store
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from modems.pool import ModemPool
+
     from .inventory import Inventory, SimState
 
 __all__ = ["FailureLimiter", "Sessions", "StatusView", "bars", "create_status_app", "money"]
@@ -166,20 +168,58 @@ def start_of_today(now: float) -> float:
     return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    """One line of the SIM table (`/api/sims`): a SIM, or a port with none to show."""
+
+    port: str | None
+    state: str
+    iccid: str | None = None
+    imsi: str | None = None
+    number: str | None = None
+    country: str | None = None
+    operator: str | None = None
+    rssi: int | None = None
+    bars: int | None = None
+    registration: str | None = None
+    enabled: bool | None = None
+    model: str | None = None
+    activation: dict[str, Any] | None = None  # the open activation holding the SIM
+    history: dict[str, dict[str, int]] = field(default_factory=dict)  # service → counts
+    earnings: dict[str, str] = field(default_factory=dict)  # currency → 30 days' sum
+    earned_7d: bool = False
+    last_sms: float | None = None
+    last_error: str | None = None
+    first_seen: float | None = None
+    last_seen: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _ROW_FIELDS}
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(Row))
+
+
 class StatusView:
     """What the page, the JSON routes and the metrics show, read from a running daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def _parts(self) -> tuple[Any, Any, Any]:
-        daemon = self.daemon
-        if daemon.inventory is None or daemon.store is None or daemon.pool is None:
-            raise _refusal(web.HTTPServiceUnavailable, "starting up")
-        return daemon.inventory, daemon.store, daemon.pool
+    def __init__(
+        self,
+        inventory: Inventory,
+        store: Store,
+        pool: ModemPool,
+        *,
+        hubs: list[str],
+        clock: Callable[[], float],
+    ) -> None:
+        self.inventory = inventory
+        self.store = store
+        self.pool = pool
+        self.hubs = hubs  # the configured hubs' names (a reload replaces them)
+        self.clock = clock
 
     def sim_state(self, iccid: str) -> str:
-        inventory, _, _ = self._parts()
+        inventory = self.inventory
         sim = inventory.sims[iccid]
         if not sim.online:
             return "gone"
@@ -196,8 +236,8 @@ class StatusView:
         return "ready"
 
     async def sims(self) -> list[dict[str, Any]]:
-        inventory, store, pool = self._parts()
-        now = self.daemon.clock()
+        inventory, store, pool = self.inventory, self.store, self.pool
+        now = self.clock()
         last_sms = await store.last_sms()
         earned_30: dict[str, dict[str, Decimal]] = {}
         earned_7: set[str] = set()
@@ -215,7 +255,7 @@ class StatusView:
                 "cancelled": usage.cancelled,
                 "returned": usage.returned,
             }
-        rows: list[dict[str, Any]] = []
+        rows: list[Row] = []
         ports_with_sim: set[str] = set()
         for sim in inventory.sims.values():
             modem = pool.get(sim.port) if sim.port and sim.online else None
@@ -224,60 +264,46 @@ class StatusView:
             holder = inventory.holder(sim.iccid, now)
             registration = modem.network.registration if modem is not None else None
             rows.append(
-                {
-                    "port": sim.port,
-                    "iccid": sim.iccid,
-                    "imsi": sim.imsi,
-                    "number": sim.number,
-                    "country": sim.country,
-                    "operator": sim.operator,
-                    "rssi": sim.rssi if sim.online else None,
-                    "bars": bars(sim.rssi) if sim.online else None,
-                    "registration": REGISTRATION_NAMES.get(registration)
+                Row(
+                    port=sim.port,
+                    state=self.sim_state(sim.iccid),
+                    iccid=sim.iccid,
+                    imsi=sim.imsi,
+                    number=sim.number,
+                    country=sim.country,
+                    operator=sim.operator,
+                    rssi=sim.rssi if sim.online else None,
+                    bars=bars(sim.rssi) if sim.online else None,
+                    registration=REGISTRATION_NAMES.get(registration)
                     if registration is not None
                     else None,
-                    "state": self.sim_state(sim.iccid),
-                    "enabled": sim.enabled,
-                    "model": modem.device.model if modem is not None else None,
-                    "activation": _activation(holder, now) if holder is not None else None,
-                    "history": usage_by_number.get(sim.number or "", {}),
-                    "earnings": _money(earned_30.get(sim.iccid, {})),
-                    "earned_7d": sim.iccid in earned_7,
-                    "last_sms": last_sms.get(sim.iccid),
-                    "last_error": modem.last_error if modem is not None else None,
-                    "first_seen": sim.first_seen,
-                    "last_seen": sim.last_seen,
-                }
+                    enabled=sim.enabled,
+                    model=modem.device.model if modem is not None else None,
+                    activation=_activation(holder, now) if holder is not None else None,
+                    history=usage_by_number.get(sim.number or "", {}),
+                    earnings=_money(earned_30.get(sim.iccid, {})),
+                    earned_7d=sim.iccid in earned_7,
+                    last_sms=last_sms.get(sim.iccid),
+                    last_error=modem.last_error if modem is not None else None,
+                    first_seen=sim.first_seen,
+                    last_seen=sim.last_seen,
+                )
             )
         for modem in pool:
             if modem.port in ports_with_sim or modem.ready:
                 continue
             rows.append(
-                {
-                    "port": modem.port,
-                    "iccid": None,
-                    "imsi": None,
-                    "number": None,
-                    "country": None,
-                    "operator": None,
-                    "rssi": modem.network.rssi,
-                    "bars": bars(modem.network.rssi),
-                    "registration": None,
-                    "state": modem.state.value,
-                    "enabled": None,
-                    "model": modem.device.model,
-                    "activation": None,
-                    "history": {},
-                    "earnings": {},
-                    "earned_7d": False,
-                    "last_sms": None,
-                    "last_error": modem.detail or modem.last_error,
-                    "first_seen": None,
-                    "last_seen": None,
-                }
+                Row(  # a port without a SIM in the inventory: what the modem says
+                    port=modem.port,
+                    state=modem.state.value,
+                    rssi=modem.network.rssi,
+                    bars=bars(modem.network.rssi),
+                    model=modem.device.model,
+                    last_error=modem.detail or modem.last_error,
+                )
             )
-        rows.sort(key=lambda r: (r["port"] or "~", r["iccid"] or ""))
-        return rows
+        rows.sort(key=lambda r: (r.port or "~", r.iccid or ""))
+        return [row.as_json() for row in rows]
 
     def summary(self) -> dict[str, int]:
         """In-memory totals (no database): the STATUS= line and the page's cards.
@@ -286,10 +312,10 @@ class StatusView:
         shows (`FILTERS`): `ready` is on sale now, `active` is held by an
         activation, `no_number` includes an unknown home network.
         """
-        inventory, _, pool = self._parts()
+        inventory, pool = self.inventory, self.pool
         states = Counter(self.sim_state(iccid) for iccid in inventory.sims)
         modem_states = pool.counts()
-        now = self.daemon.clock()
+        now = self.clock()
         return {
             "modems": len(pool),
             "ready": states["ready"],
@@ -304,8 +330,8 @@ class StatusView:
         }
 
     async def status(self) -> dict[str, Any]:
-        inventory, store, pool = self._parts()
-        now = self.daemon.clock()
+        inventory, store, pool = self.inventory, self.store, self.pool
+        now = self.clock()
         today = start_of_today(now)
         windows = {"today": today, "days7": now - 7 * DAY, "days30": now - 30 * DAY}
         earnings: dict[tuple[str, str], dict[str, Decimal]] = {}
@@ -316,7 +342,7 @@ class StatusView:
                 if earning.finished >= since:
                     sums[window] += _decimal(earning.sum)
         backlog = await store.backlog(now)
-        hubs = [hub.name for hub in self.daemon.config.hubs]
+        hubs = self.hubs
         return {
             "version": __version__,
             "now": now,
@@ -340,10 +366,10 @@ class StatusView:
         }
 
     async def sim(self, iccid: str, *, with_texts: bool) -> dict[str, Any] | None:
-        inventory, store, _ = self._parts()
-        if iccid not in inventory.sims:
+        store = self.store
+        if iccid not in self.inventory.sims:
             return None
-        now = self.daemon.clock()
+        now = self.clock()
         row = next((r for r in await self.sims() if r["iccid"] == iccid), None)
         return {
             "sim": row,
@@ -356,13 +382,13 @@ class StatusView:
         }
 
     async def live(self) -> Live:
-        inventory, store, pool = self._parts()
+        inventory, store, pool = self.inventory, self.store, self.pool
         sims = Counter(
             (self.sim_state(s.iccid), s.country or "unknown", s.operator)
             for s in inventory.sims.values()
         )
-        backlog = {hub.name: (0, 0.0) for hub in self.daemon.config.hubs}
-        backlog.update(await store.backlog(self.daemon.clock()))
+        backlog = dict.fromkeys(self.hubs, (0, 0.0))
+        backlog.update(await store.backlog(self.clock()))
         return Live(
             sims=dict(sims),
             modems={state.value: n for state, n in pool.counts().items()},
@@ -731,12 +757,9 @@ async def _change_sim(
     change: Callable[[Inventory, str], Awaitable[SimState | None]],
     answer: Callable[[SimState], dict[str, Any]],
 ) -> web.Response:
-    """One operator change to the SIM named in the path: 503, 404, or SUCCESS with `answer`."""
+    """One operator change to the SIM named in the path: 404, or SUCCESS with `answer`."""
     iccid = request.match_info["iccid"]
-    inventory = request.app[_VIEW].daemon.inventory
-    if inventory is None:
-        return _error(503, "starting up")
-    sim = await change(inventory, iccid)
+    sim = await change(request.app[_VIEW].inventory, iccid)
     if sim is None:
         return _error(404, f"no SIM with ICCID {iccid}")
     return web.json_response({"status": "SUCCESS", **answer(sim)})
@@ -776,10 +799,9 @@ async def set_sale(request: web.Request) -> web.Response:
 async def reset_modem(request: web.Request) -> web.Response:
     body = await _action_body(request)
     port = body.get("port")
-    pool = request.app[_VIEW].daemon.pool
     if not isinstance(port, str) or not port:
         return _error(400, f"port: {port!r}: expected the modem's port path")
-    if pool is None or not pool.reset(port):
+    if not request.app[_VIEW].pool.reset(port):
         return _error(404, f"no modem on {port}")
     log.info("modem reset asked by an operator", port=port)
     return web.json_response({"status": "SUCCESS"})

@@ -46,6 +46,7 @@ __all__ = [
     "Delivery",
     "Earning",
     "FinishStatus",
+    "Message",
     "NewPart",
     "NewSms",
     "SimRow",
@@ -222,20 +223,32 @@ class NewPart:
     part_seq: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class NewSms:
-    """A whole message: its parts (by digest), its text, and where it goes."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """A whole SMS as received: what `NewSms` (to be stored) and `Sms` (stored) share."""
 
-    digests: tuple[str, ...]
     iccid: str
-    number: str | None
+    number: str | None  # the number the SIM was sold under when it arrived
     sender: str
     text: str
-    kind: str
-    sent: float | None
+    kind: str  # text, status_report, submit, undecodable
+    sent: float | None  # the sender's time stamp (None: absent or its zone unknown)
     received: float
-    complete: bool
+    complete: bool  # False: the parts that came, delivered after the reassembly timeout
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewSms(Message):
+    """A message not stored yet: its parts (by digest) and where it goes."""
+
+    digests: tuple[str, ...]
     routes: tuple[tuple[str, int | None], ...] = ()  # (hub, activation id): one per hub
+
+    def stored(self, sms_id: int) -> Sms:
+        return Sms(
+            id=sms_id, iccid=self.iccid, number=self.number, sender=self.sender, text=self.text,
+            kind=self.kind, sent=self.sent, received=self.received, complete=self.complete,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,17 +261,11 @@ class StoredPart:
     part_key: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Sms:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sms(Message):
+    """A stored message; `id` is the `smsId` the hubs get."""
+
     id: int
-    iccid: str
-    number: str | None
-    sender: str
-    text: str
-    kind: str
-    sent: float | None
-    received: float
-    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,9 +291,11 @@ _DELIVERY_COLUMNS = (
 
 
 def _sms(row: sqlite3.Row | tuple[object, ...]) -> Sms:
-    values = list(row)
-    values[8] = bool(values[8])
-    return Sms(*values)
+    sms_id, iccid, number, sender, text, kind, sent, received, complete = tuple(row)
+    return Sms(
+        id=sms_id, iccid=iccid, number=number, sender=sender, text=text, kind=kind, sent=sent,
+        received=received, complete=bool(complete),
+    )  # fmt: skip
 
 
 def _delivery(row: sqlite3.Row | tuple[object, ...]) -> Delivery:
@@ -687,11 +696,7 @@ class Store:
                         None,
                     )
                 )
-        stored = Sms(
-            sms_id, sms.iccid, sms.number, sms.sender, sms.text, sms.kind, sms.sent,
-            sms.received, sms.complete,
-        )  # fmt: skip
-        return stored, deliveries
+        return sms.stored(sms_id), deliveries
 
     async def pending_parts(self) -> list[StoredPart]:
         rows = await self._fetchall(

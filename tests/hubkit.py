@@ -129,8 +129,8 @@ class Running:
         self.events: list[PoolEvent] = []
         self._changed = asyncio.Event()
         daemon.subscribe(self._seen)
-        assert daemon.listening is not None
-        self.url = f"http://127.0.0.1:{daemon.listening[1]}/"
+        assert daemon.running.listening is not None
+        self.url = f"http://127.0.0.1:{daemon.running.listening[1]}/"
 
     def _seen(self, event: PoolEvent) -> None:
         self.events.append(event)

@@ -93,7 +93,7 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
     await r.call(
         "alpha", {"action": "FINISH_ACTIVATION", "activationId": other["activationId"], "status": 3}
     )
-    assert r.daemon.status_listening is not None
+    assert r.daemon.running.status_listening is not None
     config = Path(r.daemon.config.storage.path).parent / "supplier.yaml"
 
     def write(status_port: int) -> None:
@@ -104,7 +104,7 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
         )
 
     # The daemon answers on its status address: the states are its live ones.
-    write(r.daemon.status_listening[1])
+    write(r.daemon.running.status_listening[1])
     code, out, err = await supplier("sims", "--config", str(config))
     assert code == 0, err
     lines = out.splitlines()
@@ -118,9 +118,9 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
     assert lines[-1] == "3 SIMs, 3 on sale, 1 open activations; live states from the running daemon"
 
     # No daemon answering: the store's "last seen", which live SIMs keep fresh.
-    store = r.daemon.store
+    store = r.daemon.running.store
     assert store is not None
-    iccids = list(r.daemon.inventory.sims)  # type: ignore[union-attr]
+    iccids = list(r.daemon.running.inventory.sims)  # type: ignore[union-attr]
     await store.touch_sims(iccids, time.time() - 3 * 3600)
     write(closed_port())
     code, out, err = await supplier("sims", "--config", str(config))

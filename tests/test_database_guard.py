@@ -96,7 +96,7 @@ async def test_a_deleted_or_replaced_database_stops_the_daemon_and_ids_continue_
 async def test_a_replaced_database_stops_sales_at_once(run: RunFactory) -> None:
     r = await run(2)
     await r.number("alpha", "mts")
-    store = r.daemon.store
+    store = r.daemon.running.store
     assert store is not None
     path = Path(store.path)
     copy = path.with_name("copy.db")
@@ -167,7 +167,7 @@ async def test_housekeeping_on_a_failing_store_waits_between_attempts(run: RunFa
     from .test_push_faults import captured_logs, set_writable
 
     r = await run(1, sms={"reassembly_timeout": "300ms"})
-    inbox, store = r.daemon.inbox, r.daemon.store
+    inbox, store = r.daemon.running.inbox, r.daemon.running.store
     assert inbox is not None and store is not None
     pdus = encode_deliver_parts("Bank", "x" * 400, reference=9)
     await inbox.accept(received("8970010000000000004", pdus[0], 1, at=time.time()))

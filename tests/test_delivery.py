@@ -76,8 +76,8 @@ async def test_retried_until_success_and_never_after(run: RunFactory) -> None:
 
 
 def daemon_store(r: Running) -> Store:
-    assert r.daemon.store is not None
-    return r.daemon.store
+    assert r.daemon.running.store is not None
+    return r.daemon.running.store
 
 
 async def test_a_resold_number_s_sms_reach_only_its_newest_buyer(run: RunFactory) -> None:
@@ -87,9 +87,9 @@ async def test_a_resold_number_s_sms_reach_only_its_newest_buyer(run: RunFactory
     await r.hubs["alpha"].wait_for(1)
     # release_after passes without a FINISH: the SIM is back on sale, and until it is
     # sold again its SMS still go to alpha (a slow service). The clock is moved.
-    assert r.daemon.inventory is not None
-    real_clock = r.daemon.inventory.clock
-    r.daemon.inventory.clock = lambda: real_clock() + 2.0
+    assert r.daemon.running.inventory is not None
+    real_clock = r.daemon.running.inventory.clock
+    r.daemon.running.inventory.clock = lambda: real_clock() + 2.0
     r.bank[0].deliver("late for alpha")
     await r.hubs["alpha"].wait_for(2)
     # Sold again, to another hub: from now on only the newest buyer gets the SMS.
@@ -114,12 +114,12 @@ async def test_a_resold_number_s_sms_reach_only_its_newest_buyer(run: RunFactory
 async def test_an_unsold_number_s_sms_reach_its_buyer_for_a_day(run: RunFactory) -> None:
     r = await run(1, activation={"release_after": "1s"})
     await r.number("alpha", "mts")
-    assert r.daemon.inventory is not None
-    real_clock = r.daemon.inventory.clock
-    r.daemon.inventory.clock = lambda: real_clock() + 86000.0  # release_after long past
+    assert r.daemon.running.inventory is not None
+    real_clock = r.daemon.running.inventory.clock
+    r.daemon.running.inventory.clock = lambda: real_clock() + 86000.0  # release_after long past
     r.bank[0].deliver("still alpha's")
     await r.hubs["alpha"].wait_for(1)
-    r.daemon.inventory.clock = lambda: real_clock() + 86500.0  # past the 24 h horizon
+    r.daemon.running.inventory.clock = lambda: real_clock() + 86500.0  # past the 24 h horizon
     r.bank[0].deliver("nobody's")
     await r.until(lambda: r.sms_count() >= 2)
     stored = {s.text: s for s in await daemon_store(r).recent_sms()}

@@ -70,8 +70,8 @@ async def test_a_hung_modem_leaves_sale_at_the_first_timeout_and_comes_back(
 ) -> None:
     r = await run(4)
     vm = r.bank[1]  # the MegaFon SIM
-    assert vm.sim is not None and r.daemon.pool is not None
-    modem = r.daemon.pool.get(vm.link)
+    assert vm.sim is not None and r.daemon.running.pool is not None
+    modem = r.daemon.running.pool.get(vm.link)
     assert modem is not None
     timeouts_at_loss: list[int] = []
 

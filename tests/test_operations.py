@@ -125,8 +125,8 @@ async def test_run_logs_what_an_operator_needs_at_the_default_level(
 
 async def test_unknown_keys_are_counted_per_interval(run: RunFactory) -> None:
     r = await run(modems=1)
-    assert r.daemon.protocol is not None
-    throttle = r.daemon.protocol.unknown_key
+    assert r.daemon.running.protocol is not None
+    throttle = r.daemon.running.protocol.unknown_key
     throttle.interval = 0.3
     flushed = asyncio.Event()
     flush = throttle.flush
@@ -195,7 +195,7 @@ async def test_a_number_another_sim_has_is_refused(run: RunFactory) -> None:
     r = await run(modems=2, status={"listen": "127.0.0.1:0", "token": TOKEN})
     first, second = (m.sim for m in r.bank)
     assert first is not None and second is not None and second.number is not None
-    inventory = r.daemon.inventory
+    inventory = r.daemon.running.inventory
     assert inventory is not None
     # The same number as the second SIM's, in international and in national form.
     for given in (second.number, "8" + second.number[1:]):
@@ -203,7 +203,7 @@ async def test_a_number_another_sim_has_is_refused(run: RunFactory) -> None:
         assert code == 409 and body["status"] == "ERROR", body
         assert second.iccid in body["error"]
     assert inventory.sims[first.iccid].number == first.number
-    store = r.daemon.store
+    store = r.daemon.running.store
     assert store is not None
     assert {s.iccid: s.number_manual for s in await store.load_sims()}[first.iccid] is None
     # Two operators giving one new number to both SIMs at the same moment: one wins.
@@ -235,7 +235,7 @@ async def test_sims_shows_the_number_that_is_sold(run: RunFactory) -> None:
     r = await run(modems=2, sims={iccid: {"number": "89151112233"}})  # national form
     answer = await r.number("alpha", "mts")
     assert answer["number"] == 79151112233  # sold with the country code
-    assert r.daemon.status_listening is not None
+    assert r.daemon.running.status_listening is not None
     config = Path(r.daemon.config.storage.path).parent / "sims.yaml"
     config.write_text(
         "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
@@ -252,12 +252,12 @@ async def test_sims_shows_the_number_that_is_sold(run: RunFactory) -> None:
 
 async def test_scan_while_the_daemon_runs_says_so_at_once(run: RunFactory) -> None:
     r = await run(modems=3)
-    assert r.daemon.status_listening is not None
+    assert r.daemon.running.status_listening is not None
     config = Path(r.daemon.config.storage.path).parent / "scan.yaml"
     config.write_text(
         "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
         f"modems: {{ports: ['{r.bank.pattern}']}}\n"
-        f"status: {{listen: '127.0.0.1:{r.daemon.status_listening[1]}'}}\n"
+        f"status: {{listen: '127.0.0.1:{r.daemon.running.status_listening[1]}'}}\n"
     )
     started = time.monotonic()
     code, out, err = await supplier("scan", "--config", str(config))
@@ -349,7 +349,7 @@ async def test_the_operator_reset_is_logged(run: RunFactory) -> None:
 
 async def test_live_sims_last_seen_follows_the_health_checks(run: RunFactory) -> None:
     r = await run(modems=2)
-    store, daemon = r.daemon.store, r.daemon
+    store, daemon = r.daemon.running.store, r.daemon
     assert store is not None
     iccids = [m.sim.iccid for m in r.bank if m.sim]
     await store.touch_sims(iccids, time.time() - 3600)  # as if last written an hour ago

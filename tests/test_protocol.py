@@ -628,7 +628,7 @@ async def test_generated_bodies_never_break_anything(agent: AgentFactory) -> Non
 
 
 async def test_network_and_sim_overrides_decide_the_slugs(tmp_path: Path) -> None:
-    from supplier.inventory import SimOverrideValues
+    from supplier.config import SimOverride
 
     store = await Store.open(tmp_path / "overrides.db")
     event = sim_ready(1)
@@ -638,7 +638,7 @@ async def test_network_and_sim_overrides_decide_the_slugs(tmp_path: Path) -> Non
         services=SERVICES,
         release_after=600,
         network_overrides={"25077": ("russia", "rostelecom")},
-        sim_overrides={odd.iccid: SimOverrideValues(number="89261234567")},
+        sim_overrides={odd.iccid: SimOverride(number="89261234567")},
     )
     sim = await inventory.sim_ready(event.port, odd, event.network)
     assert (sim.country, sim.operator, sim.number) == ("russia", "rostelecom", "79261234567")

@@ -17,8 +17,8 @@ TOKEN = "status-token-123"
 
 
 def status_url(r: Running, path: str) -> str:
-    assert r.daemon.status_listening is not None
-    return f"http://127.0.0.1:{r.daemon.status_listening[1]}{path}"
+    assert r.daemon.running.status_listening is not None
+    return f"http://127.0.0.1:{r.daemon.running.status_listening[1]}{path}"
 
 
 async def get(
@@ -151,7 +151,7 @@ async def test_the_token_guards_every_route(run: RunFactory) -> None:
 async def test_operator_actions(run: RunFactory) -> None:
     r = await run(modems=2, status={"listen": "127.0.0.1:0", "token": TOKEN})
     iccid, number = first_sim(r)
-    inventory = r.daemon.inventory
+    inventory = r.daemon.running.inventory
     assert inventory is not None
 
     code, body = await post(r, f"/api/sims/{iccid}/sale", {"enabled": False})
@@ -167,7 +167,7 @@ async def test_operator_actions(run: RunFactory) -> None:
     code, body = await post(r, f"/api/sims/{iccid}/number", {"number": "+79991234567"})
     assert (code, body["number"]) == (200, "79991234567")
     assert row(await get(r, "/api/sims", token=TOKEN), iccid)["number"] == "79991234567"
-    store = r.daemon.store
+    store = r.daemon.running.store
     assert store is not None
     assert {s.iccid: s.number_manual for s in await store.load_sims()}[iccid] == "79991234567"
     code, body = await post(r, f"/api/sims/{iccid}/number", {"number": None})
@@ -208,7 +208,7 @@ async def test_metrics(run: RunFactory) -> None:
     r = await run(modems=3)
     hub = r.hubs["alpha"]
     hub.answers = [error_status]  # the first push is refused: a backlog of one
-    pusher = r.daemon.pusher
+    pusher = r.daemon.running.pusher
     assert pusher is not None and pusher.on_result is not None
     refused, accepted, record = asyncio.Event(), asyncio.Event(), pusher.on_result
 

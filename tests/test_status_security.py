@@ -79,7 +79,7 @@ async def test_a_session_expires_and_logout_revokes_it_on_the_server(run: RunFac
     r = await run(modems=1)
     clock = Clock(1000.0)
     app = create_status_app(
-        r.daemon.view, r.daemon.metrics, TOKEN, sessions=Sessions(ttl=3600, clock=clock)
+        r.daemon.running.view, r.daemon.metrics, TOKEN, sessions=Sessions(ttl=3600, clock=clock)
     )
     runner, url = await serve(app)
     try:
@@ -131,7 +131,7 @@ async def test_wrong_tokens_are_rate_limited_across_requests(run: RunFactory) ->
     r = await run(modems=1)
     clock = Clock(1000.0)
     limiter = FailureLimiter(limit=10, window=60, clock=clock)
-    app = create_status_app(r.daemon.view, r.daemon.metrics, TOKEN, limiter=limiter)
+    app = create_status_app(r.daemon.running.view, r.daemon.metrics, TOKEN, limiter=limiter)
     runner, url = await serve(app)
     try:
         async with aiohttp.ClientSession(cookie_jar=jar()) as session:
@@ -242,8 +242,8 @@ async def test_without_a_token_only_the_listen_address_or_localhost_is_answered(
     run: RunFactory,
 ) -> None:
     r = await run(modems=1)
-    assert r.daemon.status_listening is not None
-    port = r.daemon.status_listening[1]
+    assert r.daemon.running.status_listening is not None
+    port = r.daemon.running.status_listening[1]
     async with aiohttp.ClientSession() as session:
         for host, expected in (
             (f"127.0.0.1:{port}", 200),
