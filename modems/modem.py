@@ -523,4 +523,4 @@ class Modem:
         try:
             await self._handler(event)
         except Exception as exc:  # noqa: BLE001 - an owner's bug must not kill the modem
-            self._log.error("event handler failed", event=type(event).__name__, error=repr(exc))
+            self._log.error("event handler failed", kind=type(event).__name__, error=repr(exc))

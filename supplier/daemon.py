@@ -311,12 +311,13 @@ class Daemon:
         runners, self._runners = self._runners, ()
         for runner in runners:
             await runner.cleanup()  # the hub endpoint first: no more hub requests
-        running, self._running = self._running, None
+        running = self._running
         if running is not None:
             running.protocol.unknown_key.close()
-            await running.pool.stop()
+            await running.pool.stop()  # its last events (SIMs lost) still reach the inventory
             await running.pusher.stop(grace=SHUTDOWN_GRACE)
             await running.store.close()
+            self._running = None
         if self._db_lock is not None:
             self._db_lock.release()
             self._db_lock = None

@@ -251,3 +251,26 @@ async def test_a_port_that_is_not_a_modem_is_skipped(make_bank, pool_of, tmp_pat
     finally:
         os.close(master)
         os.close(slave)
+
+
+async def test_an_owner_whose_handler_raises_does_not_stop_the_modem(make_bank, pool_of) -> None:  # type: ignore[no-untyped-def]
+    """A bug in the owner's event handler is logged; the modem goes on (it used to die
+    in the log call itself: `event=` clashed with structlog's own argument)."""
+    import structlog
+
+    class Faulty(Recorder):
+        async def __call__(self, event):  # type: ignore[no-untyped-def]
+            await super().__call__(event)
+            if isinstance(event, ModemStateChanged):
+                raise RuntimeError("owner's bug")
+
+    bank = await make_bank(1)
+    recorder = Faulty()
+    with structlog.testing.capture_logs() as logs:
+        pool, _ = await pool_of(bank, recorder=recorder)
+        await recorder.wait_for(lambda: len(recorder.ready_ports()) == 1)
+    [modem] = list(pool)
+    assert modem.state is ModemState.READY
+    failures = [line for line in logs if line["event"] == "event handler failed"]
+    assert failures and failures[0]["kind"] == "ModemStateChanged"
+    assert "owner's bug" in failures[0]["error"]
