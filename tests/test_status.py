@@ -10,6 +10,7 @@ import pytest
 
 from modems.events import SimLost, SimReady
 from supplier.daemon import Daemon
+from supplier.errors import SupplierError
 
 from .hubkit import RunFactory, Running, error_status
 
@@ -355,5 +356,7 @@ def test_status_view_needs_a_started_daemon() -> None:
     config = parse_config(
         {"hubs": [{"name": "a", "key": "key-aaaa-1", "push_url": "http://127.0.0.1:1/"}]}
     )
-    with pytest.raises(Exception, match="Service Unavailable"):
-        Daemon(config).view.summary()
+    daemon = Daemon(config)
+    with pytest.raises(SupplierError, match="the daemon is not running"):
+        daemon.running.view.summary()  # the view exists only once the daemon has started
+    assert daemon.status_line() == "starting"
