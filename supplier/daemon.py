@@ -25,7 +25,7 @@ from modems.events import (
     SimReady,
     SmsReceived,
 )
-from modems.modem import ModemSettings
+from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool
 
 from .config import Config
@@ -37,6 +37,7 @@ from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .status import StatusView, create_status_app
 from .store import Store
+from .upkeep import Upkeep, UpkeepSettings
 
 __all__ = ["Daemon"]
 
@@ -53,7 +54,28 @@ def _sim_overrides(config: Config) -> dict[str, SimOverrideValues]:
 
 
 def _network_overrides(config: Config) -> dict[str, tuple[str, str]]:
-    return {code: (o.country, o.operator) for code, o in config.networks.items()}
+    return {
+        code: (o.country, o.operator)
+        for code, o in config.networks.items()
+        if o.country is not None and o.operator is not None
+    }
+
+
+def _number_codes(config: Config) -> dict[str, str]:
+    return {code: o.number_ussd for code, o in config.networks.items() if o.number_ussd}
+
+
+def upkeep_settings(config: Config) -> UpkeepSettings:
+    u = config.ussd
+    return UpkeepSettings(
+        enabled=u.enabled,
+        spread=u.spread,
+        pace=u.pace,
+        interval=u.interval,
+        retry=u.retry,
+        timeout=u.timeout,
+        sms_window=u.sms_window,
+    )
 
 
 def modem_settings(config: Config) -> ModemSettings:
@@ -99,6 +121,7 @@ class Daemon:
         self.pusher: Pusher | None = None
         self.protocol: ProtocolService | None = None
         self.pool: ModemPool | None = None
+        self.upkeep: Upkeep | None = None
         self._runner: web.AppRunner | None = None
         self._status_runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -152,6 +175,16 @@ class Daemon:
             modem_settings(config),
             rescan_interval=config.modems.rescan_interval,
         )
+        self.upkeep = Upkeep(
+            self.inventory,
+            self.store,
+            self._modem_for,
+            codes=_number_codes(config),
+            settings=upkeep_settings(config),
+            clock=self.clock,
+        )
+        await self.upkeep.load()
+        self.upkeep.start()
         await self.pool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         log.info(
@@ -183,6 +216,9 @@ class Daemon:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
             self._housekeeping = None
+        if self.upkeep is not None:
+            await self.upkeep.stop()
+            self.upkeep = None
         if self.pool is not None:
             await self.pool.stop()
             self.pool = None
@@ -206,6 +242,8 @@ class Daemon:
             network_overrides=_network_overrides(config),
         )
         self.protocol.set_hubs(config.hubs)
+        if self.upkeep is not None:
+            self.upkeep.set_codes(_number_codes(config))
         await self.pusher.set_hubs(config.hubs)
         self.config = config
         log.info("configuration reloaded", hubs=[hub.name for hub in config.hubs])
@@ -216,6 +254,8 @@ class Daemon:
         assert inbox is not None
         if isinstance(event, SmsReceived):
             self.metrics.sms_received.inc()
+            if self.upkeep is not None and await self.upkeep.takes(event):
+                return  # the operator's answer to our number request: for no hub
             await inbox.accept(event)  # raises if not durable: the SMS stays on the SIM
         elif isinstance(event, SimReady):
             sim = await inventory.sim_ready(event.port, event.sim, event.network)
@@ -228,6 +268,8 @@ class Daemon:
                 operator=sim.operator,
                 sellable=inventory.present(sim),
             )
+            if self.upkeep is not None:
+                self.upkeep.sim_ready(sim.iccid)
         elif isinstance(event, SimLost):
             inventory.sim_lost(event.iccid)
         elif isinstance(event, NetworkChanged):
@@ -239,6 +281,9 @@ class Daemon:
             inventory.modem_gone(event.port)
         for observer in self._observers:
             observer(event)
+
+    def _modem_for(self, iccid: str) -> Modem | None:
+        return self.pool.by_iccid(iccid) if self.pool is not None else None
 
     async def _housekeep(self) -> None:
         """Complete multipart SMS whose parts stopped coming; forget old activations."""

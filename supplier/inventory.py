@@ -48,6 +48,7 @@ class SimState:
     modem_number: str | None = None
     manual_number: str | None = None
     config_number: str | None = None
+    learned_number: str | None = None  # told by its operator (USSD or SMS; upkeep.py)
     country: str | None = None
     operator: str = ANY
     port: str | None = None
@@ -59,7 +60,8 @@ class SimState:
     first_seen: float = 0.0
     last_seen: float = 0.0
     # The number sold: the operator's setting first, then the config's, then what
-    # the modem said, with its country code. Kept up to date by the Inventory.
+    # the modem said, then what the network told us by USSD, with its country code.
+    # Kept up to date by the Inventory.
     number: str | None = None
 
 
@@ -89,6 +91,8 @@ class Inventory:
         # country → ICCIDs: GET_NUMBER looks only at the SIMs of the country asked for
         # (a scan of every SIM was the largest cost of GET_NUMBER at 512 SIMs).
         self._by_country: dict[str, set[str]] = {}
+        # number → ICCIDs sold under it: two SIMs claiming one number are both held back.
+        self._by_number: dict[str, set[str]] = {}
         self.reconfigure(
             services=services,
             release_after=release_after,
@@ -149,8 +153,13 @@ class Inventory:
         sim.config_number = override.number if override else None
         sim.country = (override.country if override and override.country else None) or country
         sim.operator = (override.operator if override and override.operator else None) or operator
-        raw = sim.manual_number or sim.config_number or sim.modem_number
+        raw = sim.manual_number or sim.config_number or sim.modem_number or sim.learned_number
+        previous = sim.number
         sim.number = international_number(raw, sim.country) if raw else None
+        if previous is not None and previous != sim.number:
+            self._by_number.get(previous, set()).discard(sim.iccid)
+        if sim.number is not None:
+            self._by_number.setdefault(sim.number, set()).add(sim.iccid)
         if before is not None and before != sim.country:
             self._by_country.get(before, set()).discard(sim.iccid)
         if sim.country is not None:
@@ -231,6 +240,21 @@ class Inventory:
         log.info("SIM number set by an operator", iccid=iccid, number=sim.number, port=sim.port)
         return sim
 
+    def learned_number(self, iccid: str, number: str) -> None:
+        """The number the SIM's network told us (it never overrides another source)."""
+        sim = self.sims.get(iccid)
+        if sim is not None:
+            sim.learned_number = number
+            self._derive(sim)
+
+    def conflicting(self, iccid: str) -> str | None:
+        """Another SIM sold under this SIM's number, if any: neither is sold until resolved."""
+        sim = self.sims.get(iccid)
+        if sim is None or sim.number is None:
+            return None
+        others = self._by_number.get(sim.number, set()) - {iccid}
+        return min(others) if others else None
+
     async def set_enabled(self, iccid: str, enabled: bool) -> SimState | None:
         """Take a SIM out of sale (False) or put it back (True); activations are kept."""
         sim = self.sims.get(iccid)
@@ -257,8 +281,10 @@ class Inventory:
         return activation
 
     def present(self, sim: SimState) -> bool:
-        """In a working modem, registered, with a number and a country: stock if free."""
-        return bool(sim.online and sim.registered and sim.enabled and sim.number and sim.country)
+        """In a working modem, registered, with a number of its own and a country: stock if free."""
+        if not (sim.online and sim.registered and sim.enabled and sim.number and sim.country):
+            return False
+        return len(self._by_number.get(sim.number, ())) < 2
 
     def allows(self, number: str, service: str) -> bool:
         usage = self.usage.get((number, service))

@@ -166,6 +166,8 @@ class StatusView:
             return "no_signal"
         if not sim.number:
             return "no_number"
+        if inventory.conflicting(iccid) is not None:
+            return "number_conflict"
         if not sim.country:
             return "unknown_network"
         if inventory.holder(iccid) is not None:
@@ -192,6 +194,7 @@ class StatusView:
                 "cancelled": usage.cancelled,
                 "returned": usage.returned,
             }
+        upkeep = self.daemon.upkeep
         rows: list[dict[str, Any]] = []
         ports_with_sim: set[str] = set()
         for sim in inventory.sims.values():
@@ -206,6 +209,7 @@ class StatusView:
                     "iccid": sim.iccid,
                     "imsi": sim.imsi,
                     "number": sim.number,
+                    "number_note": upkeep.note(sim.iccid) if upkeep is not None else None,
                     "country": sim.country,
                     "operator": sim.operator,
                     "rssi": sim.rssi if sim.online else None,
@@ -266,7 +270,9 @@ class StatusView:
             "modems": len(pool),
             "ready": states["ready"] + states["active"],
             "no_signal": states["no_signal"],
-            "no_number": states["no_number"] + states["unknown_network"],
+            "no_number": states["no_number"]
+            + states["unknown_network"]
+            + states["number_conflict"],
             "no_sim": modem_states.get(ModemState.NO_SIM, 0),
             "errors": sum(modem_states.get(s, 0) for s in _MODEM_ERRORS),
             "disabled": states["disabled"],

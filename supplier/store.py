@@ -706,3 +706,21 @@ class Store:
             f"SELECT {_SMS_COLUMNS} FROM sms ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [_sms(row) for row in rows]
+
+    # -- numbers learned by USSD (schema version 7) ------------------------------------
+
+    async def learned_numbers(self) -> dict[str, str]:
+        """ICCID → the number its operator told us (supplier/upkeep.py)."""
+        rows = await self._fetchall("SELECT iccid, number FROM learned_numbers")
+        return {str(row[0]): str(row[1]) for row in rows}
+
+    async def learn_number(self, iccid: str, number: str, source: str, now: float) -> None:
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO learned_numbers (iccid, number, source, learned) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (iccid) DO UPDATE SET "
+                "number = excluded.number, source = excluded.source, learned = excluded.learned",
+                (iccid, number, source, now),
+            )
+
+        await self._write(op, f"cannot record the number of SIM {iccid}")

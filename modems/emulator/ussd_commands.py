@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -77,7 +78,9 @@ def number_forms(number: str) -> dict[str, str]:
         code = number[:2]
     national = number[len(code) :]
     trunk = _TRUNK.get(code, "0")
-    groups = f"({national[:3]}) {national[3:6]}-{national[6:8]}-{national[8:]}"
+    split = 3 if len(national) >= 10 else 2
+    head, tail = national[:split], national[split:]
+    groups = f"({head}) {tail[:3]}-{tail[3:5]}-{tail[5:]}"
     return {
         "intl": number,
         "plus": "+" + number,
@@ -92,6 +95,7 @@ class UssdState:
 
     open_menu: NumberService | None = None
     requests: list[str] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)  # time.monotonic() of each
     closes: int = 0
     sent: list[str] = field(default_factory=list)  # every +CUSD line written
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
@@ -165,6 +169,7 @@ def cusd(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
     assert sim is not None
     code = _request_text(modem, fields[1])
     state.requests.append(code)
+    state.request_times.append(time.monotonic())
     menu, state.open_menu = state.open_menu, None
     number = sim.number or sim.network_number
     if menu is not None:  # a reply to the open menu: the network ends the dialogue
