@@ -7,6 +7,7 @@ A bad file gives one line naming the key, the value and what was expected
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -195,6 +196,8 @@ class NetworkOverride(_Frozen):
     # The code that makes the network tell a SIM its number (supplier/upkeep.py
     # has the built-in table; this overrides or adds to it).
     number_ussd: UssdCode | None = None
+    # The code that answers with the SIM's balance; no default (it is traffic).
+    balance_ussd: UssdCode | None = None
 
     @model_validator(mode="after")
     def _slugs(self) -> NetworkOverride:
@@ -213,6 +216,9 @@ class UssdConfig(_Frozen):
     retry: Duration = 600.0
     timeout: Duration = Field(default=30.0, gt=0)
     sms_window: Duration = 300.0
+    balance_every: Duration = Field(default=86400.0, ge=600)
+    balance_after_sale: bool = True
+    low_balance: Decimal | None = None
 
 
 class StorageConfig(_Frozen):

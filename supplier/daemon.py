@@ -65,6 +65,10 @@ def _number_codes(config: Config) -> dict[str, str]:
     return {code: o.number_ussd for code, o in config.networks.items() if o.number_ussd}
 
 
+def _balance_codes(config: Config) -> dict[str, str]:
+    return {code: o.balance_ussd for code, o in config.networks.items() if o.balance_ussd}
+
+
 def upkeep_settings(config: Config) -> UpkeepSettings:
     u = config.ussd
     return UpkeepSettings(
@@ -75,6 +79,9 @@ def upkeep_settings(config: Config) -> UpkeepSettings:
         retry=u.retry,
         timeout=u.timeout,
         sms_window=u.sms_window,
+        balance_every=u.balance_every,
+        balance_after_sale=u.balance_after_sale,
+        low_balance=u.low_balance,
     )
 
 
@@ -180,10 +187,12 @@ class Daemon:
             self.store,
             self._modem_for,
             codes=_number_codes(config),
+            balance_codes=_balance_codes(config),
             settings=upkeep_settings(config),
             clock=self.clock,
         )
         await self.upkeep.load()
+        self.inventory.on_sold = self.upkeep.sold
         self.upkeep.start()
         await self.pool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
@@ -243,7 +252,7 @@ class Daemon:
         )
         self.protocol.set_hubs(config.hubs)
         if self.upkeep is not None:
-            self.upkeep.set_codes(_number_codes(config))
+            self.upkeep.set_codes(_number_codes(config), _balance_codes(config))
         await self.pusher.set_hubs(config.hubs)
         self.config = config
         log.info("configuration reloaded", hubs=[hub.name for hub in config.hubs])

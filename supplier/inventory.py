@@ -91,6 +91,7 @@ class Inventory:
         # country → ICCIDs: GET_NUMBER looks only at the SIMs of the country asked for
         # (a scan of every SIM was the largest cost of GET_NUMBER at 512 SIMs).
         self._by_country: dict[str, set[str]] = {}
+        self.on_sold: Callable[[str], None] | None = None  # FINISH 3 on this ICCID (upkeep)
         # number → ICCIDs sold under it: two SIMs claiming one number are both held back.
         self._by_number: dict[str, set[str]] = {}
         self.reconfigure(
@@ -409,6 +410,8 @@ class Inventory:
                 usage.returned + (status == FinishStatus.RETURNED),
                 usage.blocked or status in (FinishStatus.NOT_FOR_SERVICE, FinishStatus.SOLD),
             )
+        if changed and status == FinishStatus.SOLD and self.on_sold is not None:
+            self.on_sold(activation.iccid)  # its balance went down: read it again
         self.activations[activation.id] = activation
         if self._holder.get(activation.iccid) == activation.id:
             del self._holder[activation.iccid]

@@ -38,6 +38,7 @@ class Live:
     modems: Mapping[str, int] = field(default_factory=dict)  # modem state → n
     backlog: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # hub → (n, age s)
     modem_counters: Iterable[tuple[str, int, int]] = ()  # (port, resets, timeouts)
+    balances: Iterable[tuple[str, str, float]] = ()  # (iccid, currency, amount) by USSD
 
 
 class _LiveCollector(Collector):
@@ -84,6 +85,14 @@ class _LiveCollector(Collector):
             timeouts.add_metric([port], timeout_count)
         yield resets
         yield timeouts
+        balance = GaugeMetricFamily(
+            "supplier_sim_balance",
+            "A SIM's balance as its operator last stated it (USSD balance_ussd)",
+            labels=["iccid", "currency"],
+        )
+        for iccid, currency, amount in live.balances:
+            balance.add_metric([iccid, currency], amount)
+        yield balance
 
 
 class Metrics:

@@ -23,7 +23,9 @@ from urllib.parse import quote
 import structlog
 from aiohttp import hdrs, web
 
+from modems.errors import ModemError
 from modems.events import REGISTRATION_NAMES, ModemState
+from modems.ussd import UssdError, UssdTimeout, encode_request
 
 from . import __version__
 from .config import phone_digits
@@ -34,6 +36,7 @@ from .store import Activation, Delivery, Sms
 if TYPE_CHECKING:
     from .daemon import Daemon
     from .inventory import Inventory, SimState
+    from .upkeep import Upkeep
 
 __all__ = ["StatusView", "bars", "create_status_app"]
 
@@ -210,6 +213,7 @@ class StatusView:
                     "imsi": sim.imsi,
                     "number": sim.number,
                     "number_note": upkeep.note(sim.iccid) if upkeep is not None else None,
+                    "balance": _balance(upkeep, sim.iccid),
                     "country": sim.country,
                     "operator": sim.operator,
                     "rssi": sim.rssi if sim.online else None,
@@ -335,6 +339,7 @@ class StatusView:
     async def live(self) -> Live:
         inventory, store, pool = self._parts()
         sims = Counter((self.sim_state(s.iccid), s.operator) for s in inventory.sims.values())
+        upkeep = self.daemon.upkeep
         backlog = {hub.name: (0, 0.0) for hub in self.daemon.config.hubs}
         backlog.update(await store.backlog(self.daemon.clock()))
         return Live(
@@ -342,7 +347,26 @@ class StatusView:
             modems={state.value: n for state, n in pool.counts().items()},
             backlog=backlog,
             modem_counters=[(m.port, m.resets, m.timeouts) for m in pool],
+            balances=[
+                (iccid, b.currency or "", float(b.amount))
+                for iccid, b in (upkeep.balances.items() if upkeep is not None else ())
+                if b.amount is not None
+            ],
         )
+
+
+def _balance(upkeep: Upkeep | None, iccid: str) -> dict[str, Any] | None:
+    """A SIM's last balance reading for the page: amount, currency, when, low or not."""
+    reading = upkeep.balances.get(iccid) if upkeep is not None else None
+    if upkeep is None or reading is None:
+        return None
+    return {
+        "amount": reading.amount,
+        "currency": reading.currency,
+        "text": reading.text if reading.amount is None else None,
+        "read": reading.read,
+        "low": upkeep.low(iccid),
+    }
 
 
 # -- the web app ------------------------------------------------------------------------
@@ -550,6 +574,47 @@ async def reset_modem(request: web.Request) -> web.Response:
     return web.json_response({"status": "SUCCESS"})
 
 
+async def send_ussd(request: web.Request) -> web.Response:
+    """The SIM page's console: `{"code": "*100#"}`, `{"reply": "1"}` or `{"close": true}`."""
+    body = await _action_body(request)
+    iccid = request.match_info["iccid"]
+    upkeep = request.app[_VIEW].daemon.upkeep
+    inventory = request.app[_VIEW].daemon.inventory
+    if upkeep is None or inventory is None:
+        return _error(503, "starting up")
+    if iccid not in inventory.sims:
+        return _error(404, f"no SIM with ICCID {iccid}")
+    code, reply, close = body.get("code"), body.get("reply"), body.get("close")
+    chosen = [name for name, v in (("code", code), ("reply", reply)) if v is not None]
+    if close is True:
+        chosen.append("close")
+    if len(chosen) != 1:
+        return _error(400, 'expected one of "code", "reply" or "close": true')
+    for name, value in (("code", code), ("reply", reply)):
+        if value is None:
+            continue
+        try:
+            encode_request(value if isinstance(value, str) else "", packed=False)
+        except UssdError as exc:
+            return _error(400, f"{name}: {value!r}: {exc}")
+    try:
+        answer = await upkeep.console(iccid, code=code, reply=reply)
+    except UssdTimeout as exc:
+        return _error(504, str(exc))
+    except ModemError as exc:
+        return _error(409, str(exc))
+    if answer is None:
+        return web.json_response({"status": "SUCCESS", "closed": True})
+    return web.json_response(
+        {
+            "status": "SUCCESS",
+            "ussd_status": int(answer.status),
+            "text": answer.text,
+            "menu": answer.menu,
+        }
+    )
+
+
 @web.middleware
 async def _store_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -587,5 +652,6 @@ def create_status_app(
     app.router.add_post("/api/sims/{iccid}/number", set_number)
     app.router.add_post("/api/sims/{iccid}/sale", set_sale)
     app.router.add_post("/api/modems/reset", reset_modem)
+    app.router.add_post("/api/sims/{iccid}/ussd", send_ussd)
     app.router.add_get("/metrics", metrics)
     return app

@@ -30,6 +30,7 @@ from .errors import StoreError, UnknownActivation
 
 __all__ = [
     "Activation",
+    "BalanceRow",
     "Delivery",
     "Earning",
     "FinishStatus",
@@ -724,3 +725,29 @@ class Store:
             )
 
         await self._write(op, f"cannot record the number of SIM {iccid}")
+
+    async def balances(self) -> dict[str, BalanceRow]:
+        rows = await self._fetchall("SELECT iccid, amount, currency, text, read FROM sim_balances")
+        return {str(row[0]): BalanceRow(row[1], row[2], row[3], float(row[4])) for row in rows}
+
+    async def save_balance(self, iccid: str, balance: BalanceRow) -> None:
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO sim_balances (iccid, amount, currency, text, read) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (iccid) DO UPDATE SET "
+                "amount = excluded.amount, currency = excluded.currency, "
+                "text = excluded.text, read = excluded.read",
+                (iccid, balance.amount, balance.currency, balance.text, balance.read),
+            )
+
+        await self._write(op, f"cannot record the balance of SIM {iccid}")
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRow:
+    """A SIM's last balance answer (supplier/upkeep.py)."""
+
+    amount: str | None  # a decimal string, None when the text gave none
+    currency: str | None  # ISO 4217
+    text: str
+    read: float

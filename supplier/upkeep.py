@@ -1,4 +1,4 @@
-"""SIM upkeep by USSD: find the number of every SIM that does not say it, once per SIM.
+"""SIM upkeep by USSD: find the number of every SIM that does not say it; read balances.
 
 A SIM whose number is unknown after `AT+CNUM` and the own-number phonebook
 (and has none set by an operator or in `sims:`) is asked its network's
@@ -14,7 +14,14 @@ Polite traffic: each SIM's first request is spread over `spread` seconds
 after it is seen, requests start at most one per `pace` seconds across the
 bank (512 SIMs never ask at once), one request per SIM at a time, and a SIM
 without an answer is asked again after a back-off (`retry`, doubling, at
-most 6 hours).
+most 6 hours). The same pacing holds for balances.
+
+Balances (`networks:` `balance_ussd:`, no built-in codes: an operator
+chooses to spend the traffic): read when a SIM comes up, every
+`balance_every`, and after a sale (FINISH 3) if `balance_after_sale`;
+parsed into amount and currency (balances.py), kept with their time by
+ICCID, shown on the status page and in `/metrics`; below `low_balance`
+the SIM is marked.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 import structlog
 
@@ -32,11 +40,12 @@ from modems.errors import ModemError
 from modems.events import SmsReceived
 from modems.modem import Modem
 from modems.pdu import SmsDeliver
-from modems.ussd import UssdTimeout, phone_candidates
+from modems.ussd import UssdAnswer, UssdError, UssdTimeout, phone_candidates
 
+from .balances import parse_balance
 from .inventory import Inventory
 from .networks import CALLING_CODES, international_number
-from .store import Store
+from .store import BalanceRow, Store
 
 __all__ = ["NUMBER_USSD", "Upkeep", "UpkeepSettings", "number_in"]
 
@@ -127,11 +136,19 @@ class UpkeepSettings:
     retry: float = 600.0  # after no number: ask again after this, doubling up to 6 h
     timeout: float = 30.0  # the USSD answer's wait
     sms_window: float = 300.0  # an SMS answer counts this long after the request
+    balance_every: float = 86400.0  # a SIM's balance is read again after this
+    balance_after_sale: bool = True  # and after each FINISH 3 on it
+    low_balance: Decimal | None = None  # below this the SIM is marked on the page
+
+
+NUMBER = "number"
+BALANCE = "balance"
 
 
 @dataclass(slots=True)
 class _Job:
     iccid: str
+    kind: str  # NUMBER or BALANCE
     due: float
     backoff: float
     requested_at: float | None = None
@@ -148,6 +165,7 @@ class Upkeep:
         modem_for: Callable[[str], Modem | None],
         *,
         codes: Mapping[str, str],
+        balance_codes: Mapping[str, str] | None = None,
         settings: UpkeepSettings,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -157,9 +175,12 @@ class Upkeep:
         self.settings = settings
         self.clock = clock
         self.notes: dict[str, str] = {}  # iccid → what the status page says about its number
+        self.balances: dict[str, BalanceRow] = {}  # iccid → its last balance reading
+        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._last_request: dict[str, float] = {}  # iccid → when it was last sent a request
         self.codes: dict[str, str] = {}
-        self.set_codes(codes)
-        self._jobs: dict[str, _Job] = {}
+        self.balance_codes: dict[str, str] = {}
+        self.set_codes(codes, balance_codes or {})
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -174,9 +195,13 @@ class Upkeep:
         for observer in self._observers:
             observer()
 
-    def set_codes(self, overrides: Mapping[str, str]) -> None:
-        """The built-in table with the config's `number_ussd:` entries on top (also at SIGHUP)."""
+    def set_codes(self, overrides: Mapping[str, str], balance_codes: Mapping[str, str]) -> None:
+        """The built-in table with the config's `number_ussd:` on top, and `balance_ussd:`.
+
+        Also at SIGHUP: SIMs waiting for a code are looked at again.
+        """
         self.codes = {**NUMBER_USSD, **overrides}
+        self.balance_codes = dict(balance_codes)
         for iccid, note in list(self.notes.items()):
             if note.startswith("number unknown: no USSD code"):
                 self.sim_ready(iccid)  # a code for its network may be there now
@@ -187,6 +212,7 @@ class Upkeep:
         """Numbers learned before (kept by ICCID): into the inventory, not asked again."""
         for iccid, number in (await self.store.learned_numbers()).items():
             self.inventory.learned_number(iccid, number)
+        self.balances = await self.store.balances()
 
     def start(self) -> None:
         if self._loop_task is None and self.settings.enabled:
@@ -203,10 +229,13 @@ class Upkeep:
     # -- what the daemon tells it ------------------------------------------------------
 
     def sim_ready(self, iccid: str) -> None:
-        """A SIM came up: ask its number if nobody knows it (first time at a spread moment)."""
+        """A SIM came up: ask its number if nobody knows it (first time at a spread moment),
+        and read its balance if its network has a code for that."""
+        if self.settings.enabled and self.balance_code_for(iccid) is not None:
+            self._schedule(iccid, BALANCE, self.clock() + random.uniform(0, self.settings.spread))
         sim = self.inventory.sims.get(iccid)
         if sim is None or sim.number is not None or sim.learned_number is not None:
-            self._jobs.pop(iccid, None)
+            self._jobs.pop((iccid, NUMBER), None)
             self.notes.pop(iccid, None)
             return
         code = self.code_for(iccid)
@@ -216,17 +245,40 @@ class Upkeep:
         if not self.settings.enabled:
             self.notes[iccid] = "number unknown: USSD discovery is off"
             return
-        job = self._jobs.get(iccid)
-        now = self.clock()
-        if job is None:
-            due = now + random.uniform(0, self.settings.spread)
-            self._jobs[iccid] = _Job(iccid, due, self.settings.retry)
+        if (iccid, NUMBER) not in self._jobs:
             self.notes[iccid] = f"number unknown: will ask {code}"
-        elif not job.running:
-            # Back in a modem (a replug, a reset): keep the polite minimum interval.
-            last = job.requested_at or 0.0
-            job.due = max(job.due, last + self.settings.interval)
+        self._schedule(iccid, NUMBER, self.clock() + random.uniform(0, self.settings.spread))
+
+    def _schedule(self, iccid: str, kind: str, due: float) -> None:
+        """A request due at `due` (an existing one keeps its time; the interval rule holds)."""
+        if (iccid, kind) not in self._jobs:
+            self._jobs[(iccid, kind)] = _Job(iccid, kind, due, self.settings.retry)
         self._wake.set()
+
+    def sold(self, iccid: str) -> None:
+        """FINISH 3 on this SIM: its balance went down; read it again (politely)."""
+        if not self.settings.balance_after_sale or self.balance_code_for(iccid) is None:
+            return
+        job = self._jobs.get((iccid, BALANCE))
+        if job is None:
+            self._schedule(iccid, BALANCE, self.clock())
+        elif not job.running:
+            job.due = min(job.due, self.clock())
+            self._wake.set()
+
+    def balance_code_for(self, iccid: str) -> str | None:
+        sim = self.inventory.sims.get(iccid)
+        if sim is None or not sim.imsi:
+            return None
+        return self.balance_codes.get(sim.imsi[:6]) or self.balance_codes.get(sim.imsi[:5])
+
+    def low(self, iccid: str) -> bool:
+        """Its last balance is under `low_balance` (the operator may block it soon)."""
+        threshold = self.settings.low_balance
+        reading = self.balances.get(iccid)
+        if threshold is None or reading is None or reading.amount is None:
+            return False
+        return Decimal(reading.amount) < threshold
 
     def code_for(self, iccid: str) -> str | None:
         sim = self.inventory.sims.get(iccid)
@@ -250,7 +302,7 @@ class Upkeep:
 
     async def takes(self, event: SmsReceived) -> bool:
         """An SMS that answers our number request: learned, and not for any hub (True)."""
-        job = self._jobs.get(event.iccid)
+        job = self._jobs.get((event.iccid, NUMBER))
         message = event.message
         if job is None or job.requested_at is None or not isinstance(message, SmsDeliver):
             return False
@@ -265,6 +317,34 @@ class Upkeep:
         await self._learn(event.iccid, number, f"SMS from {message.sender}")
         return True
 
+    # -- the operator's console -------------------------------------------------------
+
+    async def console(
+        self, iccid: str, *, code: str | None = None, reply: str | None = None
+    ) -> UssdAnswer | None:
+        """An operator's USSD: a code, a menu reply, or (neither) closing the open menu.
+
+        Logged with the code, never the answer (it may hold a balance, a PIN,
+        a top-up voucher). Raises UssdError when the SIM is in no ready modem.
+        """
+        modem = self.modem_for(iccid)
+        if modem is None or not modem.ready:
+            raise UssdError(f"SIM {iccid} is not in a ready modem")
+        log.info(
+            "USSD from an operator",
+            iccid=iccid,
+            port=modem.port,
+            code=code,
+            menu_reply=reply is not None,
+        )
+        self._last_request[iccid] = self.clock()  # discovery keeps its distance
+        if code is not None:
+            return await modem.ussd.request(code, timeout=self.settings.timeout)
+        if reply is not None:
+            return await modem.ussd.reply(reply, timeout=self.settings.timeout)
+        await modem.ussd.close()
+        return None
+
     # -- the requests ---------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -275,7 +355,12 @@ class Upkeep:
             for job in due:
                 if now < self._next_start:
                     break
+                polite = self._last_request.get(job.iccid, -1e18) + self.settings.interval
+                if now < polite:
+                    job.due = polite  # one request per SIM per `interval`, whatever it asks
+                    continue
                 self._next_start = now + self.settings.pace
+                self._last_request[job.iccid] = now
                 job.running = True
                 task = asyncio.create_task(self._ask(job), name=f"ussd {job.iccid}")
                 self._tasks.add(task)
@@ -291,59 +376,100 @@ class Upkeep:
                 pass
 
     async def _ask(self, job: _Job) -> None:
-        iccid = job.iccid
-        bound = log.bind(iccid=iccid)
         try:
-            sim = self.inventory.sims.get(iccid)
-            code = self.code_for(iccid)
-            modem = self.modem_for(iccid)
-            if sim is None or sim.number is not None or code is None:
-                self._jobs.pop(iccid, None)
-                return
-            if modem is None or not modem.ready:
-                job.due = self.clock() + self.settings.interval  # asked again when back
-                return
-            bound = bound.bind(port=modem.port, code=code)
-            job.requested_at = self.clock()
-            self.notes[iccid] = f"number unknown: asked {code}, waiting for the answer"
-            try:
-                answer = await modem.ussd.request(code, timeout=self.settings.timeout)
-            except UssdTimeout:
-                self._retry(job, f"no answer to {code}")
-                bound.info("number request unanswered", retry_in=job.backoff)
-                return
-            except ModemError as exc:
-                self._retry(job, f"{code} failed: {exc}")
-                bound.info("number request failed", error=str(exc))
-                return
-            if answer.menu:
-                await modem.ussd.close()  # a number inside a menu: leave it at once
-            number = number_in(answer.text, sim.country)
-            if number is not None:
-                await self._learn(iccid, number, f"USSD {code}")
-            elif answer.status == UssdStatus.NOT_SUPPORTED:
-                self._retry(job, f"the network does not support {code}")
-                bound.warning("number code not supported by the network")
+            if job.kind == BALANCE:
+                await self._ask_balance(job)
             else:
-                # "Request accepted": the number may come by SMS within the window.
-                self._retry(job, f"no number in the answer to {code}; waiting for an SMS")
-                bound.info("number request answered without a number", status=answer.status)
+                await self._ask_number(job)
         finally:
             job.running = False
             self._wake.set()
             self._changed()
 
-    def _retry(self, job: _Job, why: str) -> None:
+    async def _ask_number(self, job: _Job) -> None:
+        iccid = job.iccid
+        bound = log.bind(iccid=iccid)
+        sim = self.inventory.sims.get(iccid)
+        code = self.code_for(iccid)
+        modem = self.modem_for(iccid)
+        if sim is None or sim.number is not None or code is None:
+            self._jobs.pop((iccid, NUMBER), None)
+            return
+        if modem is None or not modem.ready:
+            job.due = self.clock() + self.settings.interval  # asked again when back
+            return
+        bound = bound.bind(port=modem.port, code=code)
+        job.requested_at = self.clock()
+        self.notes[iccid] = f"number unknown: asked {code}, waiting for the answer"
+        try:
+            answer = await modem.ussd.request(code, timeout=self.settings.timeout)
+        except UssdTimeout:
+            self._retry(job, f"no answer to {code}")
+            bound.info("number request unanswered", retry_in=job.backoff)
+            return
+        except ModemError as exc:
+            self._retry(job, f"{code} failed: {exc}")
+            bound.info("number request failed", error=str(exc))
+            return
+        if answer.menu:
+            await modem.ussd.close()  # a number inside a menu: leave it at once
+        number = number_in(answer.text, sim.country)
+        if number is not None:
+            await self._learn(iccid, number, f"USSD {code}")
+        elif answer.status == UssdStatus.NOT_SUPPORTED:
+            self._retry(job, f"the network does not support {code}")
+            bound.warning("number code not supported by the network")
+        else:
+            # "Request accepted": the number may come by SMS within the window.
+            self._retry(job, f"no number in the answer to {code}; waiting for an SMS")
+            bound.info("number request answered without a number", status=answer.status)
+
+    async def _ask_balance(self, job: _Job) -> None:
+        iccid = job.iccid
+        code = self.balance_code_for(iccid)
+        modem = self.modem_for(iccid)
+        if code is None:
+            self._jobs.pop((iccid, BALANCE), None)
+            return
+        if modem is None or not modem.ready:
+            self._jobs.pop((iccid, BALANCE), None)  # read again when it comes back
+            return
+        bound = log.bind(iccid=iccid, port=modem.port, code=code)
+        try:
+            answer = await modem.ussd.request(code, timeout=self.settings.timeout)
+        except ModemError as exc:
+            self._retry(job, None)
+            bound.info("balance request failed", error=str(exc))
+            return
+        if answer.menu:
+            await modem.ussd.close()
+        parsed = parse_balance(answer.text)
+        now = self.clock()
+        row = BalanceRow(
+            amount=str(parsed.amount) if parsed is not None else None,
+            currency=parsed.currency if parsed is not None else None,
+            text=answer.text[:500],
+            read=now,
+        )
+        await self.store.save_balance(iccid, row)
+        self.balances[iccid] = row
+        job.due = now + self.settings.balance_every
+        job.backoff = self.settings.retry
+        bound.info("balance read", amount=row.amount, currency=row.currency, low=self.low(iccid))
+
+    def _retry(self, job: _Job, why: str | None) -> None:
         delay = max(job.backoff, self.settings.interval)
         job.due = self.clock() + delay * random.uniform(1.0, 1.2)
         job.backoff = min(job.backoff * 2, _MAX_BACKOFF)
+        if why is None:
+            return
         when = f"{round(delay / 60)} min" if delay >= 120 else f"{round(delay)} s"
         self.notes[job.iccid] = f"number unknown: {why}; next try in {when}"
 
     async def _learn(self, iccid: str, number: str, source: str) -> None:
         await self.store.learn_number(iccid, number, source, self.clock())
         self.inventory.learned_number(iccid, number)
-        self._jobs.pop(iccid, None)
+        self._jobs.pop((iccid, NUMBER), None)
         self.notes.pop(iccid, None)
         log.info("SIM number learned", iccid=iccid, number=number, source=source)
         self._changed()

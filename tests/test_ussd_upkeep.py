@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,18 @@ from typing import Any
 import aiohttp
 import pytest
 
+from modems.at import line_name
 from modems.emulator import VirtualModemBank, make_sim
 from modems.emulator.ussd_commands import NUMBER_SERVICES, NumberService
 from modems.events import SimReady
+from modems.ussd import parse_cusd
+from supplier.balances import parse_balance
 from supplier.config import NetworkOverride
 from supplier.daemon import Daemon
 from supplier.store import Store
 from supplier.upkeep import NUMBER_USSD, number_in
 
-from .conftest import BankFactory
+from .conftest import BankFactory, shared_dir
 from .hubkit import FakeHub, Running, make_config
 
 FAST_USSD = {
@@ -115,7 +119,9 @@ async def _until_sellable(r: Running, count: int, timeout: float = 20.0) -> None
 async def _status(r: Running, path: str) -> Any:
     assert r.daemon.status_listening is not None
     url = f"http://127.0.0.1:{r.daemon.status_listening[1]}{path}"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+    token = r.daemon.config.status.token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         assert response.status == 200
         body = await response.json()
         return body["sims"] if path == "/api/sims" else body
@@ -295,3 +301,173 @@ async def test_unanswered_ussd_leaves_cmti_to_hub_latency_unchanged(run) -> None
     with contextlib.suppress(asyncio.CancelledError):
         await pending
     assert during[1] < max(0.25, quiet[1] * 5), (quiet, during)
+
+
+# -- balances ------------------------------------------------------------------------
+
+TOKEN = "status-token-ussd"
+
+
+async def _post(r: Running, path: str, body: Any, token: str | None = TOKEN) -> tuple[int, Any]:
+    assert r.daemon.status_listening is not None
+    url = f"http://127.0.0.1:{r.daemon.status_listening[1]}{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+async def _get(r: Running, path: str) -> str:
+    assert r.daemon.status_listening is not None
+    url = f"http://127.0.0.1:{r.daemon.status_listening[1]}{path}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+def test_balance_texts() -> None:
+    cases = {
+        "Balans: 100.50 rub.": ("100.50", "RUB"),
+        "Ваш баланс -12,40 р. Пополните счет": ("-12.40", "RUB"),
+        "Balance: $5.20": ("5.20", "USD"),
+        "Your balance is 350": ("350", None),
+        "Для справки о балансе наберите *105#. Услуга бесплатна.": None,
+    }
+    for text, expected in cases.items():
+        found = parse_balance(text)
+        got = (str(found.amount), found.currency) if found is not None else None
+        assert got == expected, text
+
+
+def test_balances_in_the_recorded_answers() -> None:
+    folder = shared_dir("data", "real-modem-replies", "at-ussd")
+    expected = {
+        "02-E160.dump": ("5.78", "EUR"),
+        "03-unknown.dump": ("3.00", "EUR"),
+        "Uissue358-Quectel_M35.dump": ("7777", "HUF"),  # not the 0Ft allowance before it
+        "issue377-HE910-D.dump": ("107.93", "LYD"),
+        "issue109-E3276.dump": None,  # "dial *105# for your balance": no amount
+        "issue178-dell.dump": None,
+    }
+    for name, want in expected.items():
+        args = next(
+            named[1]
+            for line in (folder / name).read_text(encoding="latin-1").splitlines()
+            if (named := line_name(line.strip())) is not None and named[0] == "+CUSD"
+        )
+        found = parse_balance(parse_cusd(args).text)
+        assert ((str(found.amount), found.currency) if found else None) == want, name
+
+
+async def test_balances_read_stored_shown_and_after_a_sale(bank_without_numbers: BankRun) -> None:
+    def prepare(bank: VirtualModemBank) -> None:
+        for vm, balance in zip(bank, ("12.50", "250.00"), strict=True):
+            assert vm.sim is not None
+            vm.sim.balance = balance
+            vm.sim.number = vm.sim.network_number  # numbers known: only balances asked
+
+    r = await bank_without_numbers(
+        2,
+        prepare=prepare,
+        networks={
+            "25001": {"balance_ussd": "*100#"},
+            "25002": {"balance_ussd": "*100#"},
+        },
+        ussd={**FAST_USSD, "low_balance": 50},
+        status={"listen": "127.0.0.1:0", "token": TOKEN},
+    )
+    upkeep = r.daemon.upkeep
+    assert upkeep is not None
+    iccids = [vm.sim.iccid for vm in r.bank if vm.sim]
+    await r.until(lambda: all(i in upkeep.balances for i in iccids))
+    assert [vm.ussd.requests for vm in r.bank] == [["*100#"], ["*100#"]]
+    low, high = iccids
+    rows = {row["iccid"]: row for row in await _status(r, "/api/sims")}
+    assert rows[low]["balance"]["amount"] == "12.50" and rows[low]["balance"]["currency"] == "RUB"
+    assert rows[low]["balance"]["low"] is True and rows[high]["balance"]["low"] is False
+    assert abs(rows[low]["balance"]["read"] - r.daemon.clock()) < 60
+    metrics = await _get(r, "/metrics")
+    assert f'supplier_sim_balance{{currency="RUB",iccid="{low}"}} 12.5' in metrics
+    assert r.daemon.store is not None
+    stored = await r.daemon.store.balances()
+    assert stored[high].amount == "250.00"
+    # A sale (FINISH 3) reads the balance again, once the polite interval has passed.
+    r.bank[0].sim.balance = "7.50"  # type: ignore[union-attr]
+    answer = await r.number("alpha", "mts")
+    await r.call(
+        "alpha",
+        {"action": "FINISH_ACTIVATION", "activationId": answer["activationId"], "status": 3},
+    )
+    await r.until(lambda: upkeep.balances[low].amount == "7.50")
+    assert r.bank[0].ussd.requests == ["*100#", "*100#"]
+    gap = r.bank[0].ussd.request_times[1] - r.bank[0].ussd.request_times[0]
+    assert gap >= 0.45  # ussd.interval: one request per SIM per 500 ms here
+
+
+# -- the operator's console ------------------------------------------------------------
+
+
+async def test_console_over_http(bank_without_numbers: BankRun) -> None:
+    def prepare(bank: VirtualModemBank) -> None:
+        for vm in bank:
+            assert vm.sim is not None
+            vm.sim.number = vm.sim.network_number
+
+    r = await bank_without_numbers(
+        4, prepare=prepare, status={"listen": "127.0.0.1:0", "token": TOKEN}
+    )
+    tele2 = r.bank[3]
+    assert tele2.sim is not None and tele2.sim.operator == "25020"
+    path = f"/api/sims/{tele2.sim.iccid}/ussd"
+    code, body = await _post(r, path, {"code": "*100#"})
+    assert code == 200 and body["text"] == "Balans: 100.00 rub." and body["menu"] is False
+    code, body = await _post(r, path, {"code": "*201#"})
+    assert code == 200 and body["menu"] is True and "+79500000003" in body["text"]
+    code, body = await _post(r, path, {"reply": "1"})
+    assert code == 200 and body["ussd_status"] == 2 and body["menu"] is False
+    await _post(r, path, {"code": "*201#"})
+    code, body = await _post(r, path, {"close": True})
+    assert code == 200 and body["closed"] is True and tele2.ussd.open_menu is None
+    # Token only; bad input is a clear error; an unknown SIM is 404.
+    assert (await _post(r, path, {"code": "*100#"}, token=None))[0] == 401
+    for bad in ({"code": "*100#; AT+CMGD=1"}, {}, {"code": "*100#", "reply": "1"}, {"code": 5}):
+        code, body = await _post(r, path, bad)
+        assert code == 400 and body["status"] == "ERROR", bad
+    code, body = await _post(r, "/api/sims/8970000000000000000/ussd", {"code": "*100#"})
+    assert code == 404
+
+
+async def test_console_from_the_command_line(bank_without_numbers: BankRun, tmp_path: Path) -> None:
+    def prepare(bank: VirtualModemBank) -> None:
+        for vm in bank:
+            assert vm.sim is not None
+            vm.sim.number = vm.sim.network_number
+
+    r = await bank_without_numbers(
+        1, prepare=prepare, status={"listen": "127.0.0.1:0", "token": TOKEN}
+    )
+    assert r.daemon.status_listening is not None and r.bank[0].sim is not None
+    config = tmp_path / "cli.yaml"
+    config.write_text(
+        "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:9/push'}]\n"
+        f"status: {{listen: '127.0.0.1:{r.daemon.status_listening[1]}', token: {TOKEN}}}\n"
+        f"storage: {{path: '{tmp_path / 'other.db'}'}}\n"
+    )
+    iccid = r.bank[0].sim.iccid
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supplier", "ussd", "--config", str(config), iccid, "*100#",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert out.decode().strip() == "Balans: 100.00 rub."
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supplier", "ussd", "--config", str(config), "8970", "*100#",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1 and err.decode().count("\n") == 1
+    assert "no SIM with ICCID 8970" in err.decode()

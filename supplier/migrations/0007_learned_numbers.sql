@@ -8,3 +8,13 @@ CREATE TABLE learned_numbers (
     source TEXT NOT NULL,  -- e.g. "USSD *111*0887#", "SMS from Beeline"
     learned REAL NOT NULL
 );
+
+-- The last balance read by USSD per SIM (`networks:` `balance_ussd:`): the answer's
+-- text, and its amount (a decimal string) and ISO 4217 currency where it says them.
+CREATE TABLE sim_balances (
+    iccid TEXT PRIMARY KEY,
+    amount TEXT,
+    currency TEXT,
+    text TEXT NOT NULL,
+    read REAL NOT NULL
+);
