@@ -437,6 +437,12 @@ async def style(request: web.Request) -> web.Response:
     )
 
 
+async def ussd_script(request: web.Request) -> web.Response:
+    return web.Response(
+        text=request.app[_PAGES]["ussd.js"], content_type="text/javascript", charset="utf-8"
+    )
+
+
 async def login_form(request: web.Request) -> web.Response:
     return _page(request, "login.html")
 
@@ -628,7 +634,7 @@ def _load_pages() -> dict[str, str]:
     folder = resources.files("supplier") / "static"
     return {
         name: (folder / name).read_text(encoding="utf-8")
-        for name in ("index.html", "sim.html", "login.html", "style.css")
+        for name in ("index.html", "sim.html", "login.html", "style.css", "ussd.js")
     }
 
 
@@ -642,6 +648,7 @@ def create_status_app(
     app[_PAGES] = _load_pages()
     app.router.add_get("/", index)
     app.router.add_get("/style.css", style)
+    app.router.add_get("/ussd.js", ussd_script)
     app.router.add_get("/sims/{iccid}", sim_page)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
