@@ -22,7 +22,7 @@ from modems.emulator.ussd_commands import NUMBER_SERVICES, NumberService
 from modems.events import SimReady
 from modems.ussd import parse_cusd
 from supplier.balances import parse_balance
-from supplier.config import NetworkOverride
+from supplier.config import ConfigError, NetworkOverride, load_config, parse_config
 from supplier.daemon import Daemon
 from supplier.store import Store
 from supplier.upkeep import NUMBER_USSD, number_in
@@ -471,3 +471,24 @@ async def test_console_from_the_command_line(bank_without_numbers: BankRun, tmp_
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1 and err.decode().count("\n") == 1
     assert "no SIM with ICCID 8970" in err.decode()
+
+
+def test_config_keys_are_checked() -> None:
+
+    base = {"hubs": [{"name": "a", "key": "k" * 12, "push_url": "http://127.0.0.1:1/"}]}
+    config = parse_config({**base, "networks": {"25077": {"number_ussd": "*100*1#"}}})
+    assert config.networks["25077"].number_ussd == "*100*1#"
+    assert config.networks["25077"].country is None
+    for networks, words in (
+        ({"25077": {"number_ussd": "100"}}, ("networks.25077.number_ussd", "'100'", "USSD code")),
+        ({"25077": {"balance_ussd": "*1#; AT"}}, ("networks.25077.balance_ussd", "USSD code")),
+        ({"25077": {"country": "russia"}}, ("networks.25077", "both country and operator")),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({**base, "networks": networks})
+        for word in words:
+            assert word in str(caught.value), (word, str(caught.value))
+    with pytest.raises(ConfigError, match=r"ussd\.low_balance"):
+        parse_config({**base, "ussd": {"low_balance": "lots"}})
+    example = load_config(Path(__file__).resolve().parents[1] / "config.example.yaml")
+    assert example.ussd.timeout == 30.0 and example.ussd.interval == 300.0
