@@ -28,7 +28,7 @@ import structlog
 
 from .at import split_args
 from .codes import UssdStatus
-from .errors import CommandError, ModemDisconnected, ModemError, ParseError
+from .errors import CommandError, CommandTimeout, ModemDisconnected, ModemError, ParseError
 from .pdu import Alphabet, decode_ucs2, gsm7_decode, gsm7_septets, pack_septets, unpack_septets
 from .session import Session
 
@@ -332,9 +332,14 @@ class UssdSession:
                 reply = await self._session.command(f'AT+CUSD=1,"{encoded}",15')
             except CommandError as exc:
                 raise UssdError(f"{self._session.port}: USSD {code} refused: {exc.final}") from exc
-            early = reply.first("+CUSD")
-            if early is not None:  # answered before the OK, as an information line
-                self.on_urc(early)
+            except CommandTimeout:
+                # Some firmware holds its OK until the network has answered: the
+                # answer still comes as a +CUSD code, so keep waiting for it.
+                self._log.debug("AT+CUSD=1 not acknowledged in time; waiting for +CUSD")
+            else:
+                early = reply.first("+CUSD")
+                if early is not None:  # answered before the OK, as an information line
+                    self.on_urc(early)
             try:
                 async with asyncio.timeout(max(0.0, timeout - (loop.time() - started))):
                     answer = await waiter

@@ -396,7 +396,7 @@ class Upkeep:
             self._jobs.pop((iccid, NUMBER), None)
             return
         if modem is None or not modem.ready:
-            job.due = self.clock() + self.settings.interval  # asked again when back
+            self._jobs.pop((iccid, NUMBER), None)  # asked again when it comes back (sim_ready)
             return
         bound = bound.bind(port=modem.port, code=code)
         job.requested_at = self.clock()

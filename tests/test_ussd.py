@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,17 @@ async def test_sim_swap_or_unplug_fails_a_pending_request(make_bank: BankFactory
 def test_make_sim_without_number_still_has_one_on_the_network() -> None:
     sim = make_sim(5, with_number=False)
     assert sim.number is None and sim.network_number is not None
+
+
+async def test_an_ok_held_until_the_answer_is_still_read(ussd_to: UssdFactory) -> None:
+    vm, ussd = await ussd_to()
+    assert vm.sim is not None
+    vm.profile = replace(vm.profile, ussd_late_ok=True)
+    vm.sim.ussd = NumberService("*111#", "Vash nomer {intl}", delay=1.0)  # > command_timeout
+    answer = await ussd.request("*111#", timeout=5)
+    assert vm.sim.network_number and vm.sim.network_number in answer.text
+    # Quick answers with a late OK come as an information line of the command itself.
+    vm.sim.ussd = NumberService("*111#", "Vash nomer {plus}", delay=0.05)
+    answer = await ussd.request("*111#", timeout=5)
+    assert answer.text == f"Vash nomer +{vm.sim.network_number}"
+    assert (await ussd.request("*100#", timeout=5)).text.startswith("Balans")

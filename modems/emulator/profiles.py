@@ -32,6 +32,7 @@ class VendorProfile:
     # AT+CSCS: the sets it takes, the first at power-up (USSD text follows it).
     charsets: tuple[str, ...] = ("GSM", "IRA", "UCS2")
     ussd_packed: bool = False  # Huawei: USSD strings as packed GSM 7-bit hex, both ways
+    ussd_late_ok: bool = False  # some firmware: `AT+CUSD=1,…` gets its OK after the answer
 
 
 PROFILES: dict[str, VendorProfile] = {

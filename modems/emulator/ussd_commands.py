@@ -98,6 +98,7 @@ class UssdState:
     request_times: list[float] = field(default_factory=list)  # time.monotonic() of each
     closes: int = 0
     sent: list[str] = field(default_factory=list)  # every +CUSD line written
+    answers_due: int = 0  # +CUSD lines scheduled so far
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     def reset(self) -> None:
@@ -133,11 +134,13 @@ def _later(modem: EmulatedModem, delay: float, action: Callable[[], None]) -> No
 
 def _send(modem: EmulatedModem, delay: float, status: int, text: str) -> None:
     line = _answer(modem, status, text)
+    late_ok = modem.profile.ussd_late_ok
+    modem.ussd.answers_due += 1
 
     def write() -> None:
         if not modem.hung:
             modem.ussd.sent.append(line)
-            modem.write_lines(line)
+            modem.write_lines(line, "OK") if late_ok else modem.write_lines(line)
 
     _later(modem, delay, write)
 
@@ -152,7 +155,15 @@ def _request_text(modem: EmulatedModem, raw: str) -> str:
     return raw
 
 
-def cusd(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
+def cusd(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str] | None:
+    before = modem.ussd.answers_due
+    result = _cusd(modem, name, arg)
+    if modem.profile.ussd_late_ok and modem.ussd.answers_due > before:
+        return None  # the OK goes out after the answer (_send)
+    return result
+
+
+def _cusd(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
     if arg == "?":
         return ["+CUSD: 1"], "OK"
     if modem.sim_error():
