@@ -36,10 +36,11 @@ from decimal import Decimal
 import structlog
 
 from modems.codes import UssdStatus
-from modems.errors import ModemError
+from modems.errors import ModemError, ParseError
 from modems.events import SmsReceived
 from modems.modem import Modem
 from modems.pdu import SmsDeliver
+from modems.replies import split_imsi
 from modems.ussd import UssdAnswer, UssdError, UssdTimeout, phone_candidates
 
 from .balances import parse_balance
@@ -156,7 +157,12 @@ class _Job:
 
 
 class Upkeep:
-    """Number discovery for the SIMs of one daemon (`start()`, `sim_ready()`, `takes()`)."""
+    """Number discovery and balances for the SIMs of one daemon.
+
+    The daemon calls `sim_ready()` for every SIM that comes up, `takes()` for
+    every SMS (before the inbox), `sold()` after a FINISH 3; `console()` is
+    the operator's USSD.
+    """
 
     def __init__(
         self,
@@ -178,14 +184,14 @@ class Upkeep:
         self.balances: dict[str, BalanceRow] = {}  # iccid → its last balance reading
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._last_request: dict[str, float] = {}  # iccid → when it was last sent a request
-        self.codes: dict[str, str] = {}
-        self.balance_codes: dict[str, str] = {}
-        self.set_codes(codes, balance_codes or {})
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._next_start = 0.0
         self._observers: list[Callable[[], None]] = []
+        self.codes: dict[str, str] = {}
+        self.balance_codes: dict[str, str] = {}
+        self.set_codes(codes, balance_codes or {})
 
     def subscribe(self, observer: Callable[[], None]) -> None:
         """Be told whenever a number is learned or a SIM's note changes (tests, status page)."""
@@ -289,9 +295,11 @@ class Upkeep:
     def _network(self, iccid: str) -> str:
         sim = self.inventory.sims.get(iccid)
         imsi = sim.imsi if sim is not None else None
-        if not imsi:
+        try:
+            mcc, mnc = split_imsi(imsi or "")
+        except ParseError:
             return "an unknown network"
-        return f"{imsi[:3]}-{imsi[3:5]}"
+        return f"{mcc}-{mnc}"
 
     def note(self, iccid: str) -> str | None:
         """Why a SIM has no number (or a conflict), for the status page."""
