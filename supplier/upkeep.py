@@ -183,7 +183,7 @@ class Upkeep:
         self.notes: dict[str, str] = {}  # iccid → what the status page says about its number
         self.balances: dict[str, BalanceRow] = {}  # iccid → its last balance reading
         self._jobs: dict[tuple[str, str], _Job] = {}
-        self._last_request: dict[str, float] = {}  # iccid → when it was last sent a request
+        self.last_request: dict[str, float] = {}  # iccid → when it was last sent a request
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -345,7 +345,7 @@ class Upkeep:
             code=code,
             menu_reply=reply is not None,
         )
-        self._last_request[iccid] = self.clock()  # discovery keeps its distance
+        self.last_request[iccid] = self.clock()  # discovery keeps its distance
         if code is not None:
             return await modem.ussd.request(code, timeout=self.settings.timeout)
         if reply is not None:
@@ -363,12 +363,12 @@ class Upkeep:
             for job in due:
                 if now < self._next_start:
                     break
-                polite = self._last_request.get(job.iccid, -1e18) + self.settings.interval
+                polite = self.last_request.get(job.iccid, -1e18) + self.settings.interval
                 if now < polite:
                     job.due = polite  # one request per SIM per `interval`, whatever it asks
                     continue
                 self._next_start = now + self.settings.pace
-                self._last_request[job.iccid] = now
+                self.last_request[job.iccid] = now
                 job.running = True
                 task = asyncio.create_task(self._ask(job), name=f"ussd {job.iccid}")
                 self._tasks.add(task)
