@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .hubkit import RunFactory
@@ -54,3 +55,34 @@ async def test_send_ussd_and_answer_a_menu(run: RunFactory, browser: Any) -> Non
     )
     assert tele2.ussd.closes == 1 and tele2.ussd.open_menu is None
     assert [url for url in failed if not url.endswith("/favicon.ico")] == []
+
+
+async def test_the_sim_page_shows_the_balance_and_why_a_number_is_unknown(
+    run: RunFactory, browser: Any
+) -> None:
+    r = await run(
+        modems=1,
+        status={"listen": "127.0.0.1:0", "token": TOKEN},
+        networks={"25001": {"balance_ussd": "*100#"}},
+        ussd={"spread": "100ms", "pace": "50ms", "low_balance": 500},
+    )
+    vm = r.bank[0]
+    assert vm.sim is not None and r.daemon.upkeep is not None
+    upkeep, read = r.daemon.upkeep, asyncio.Event()
+    upkeep.subscribe(read.set)
+    async with asyncio.timeout(10):
+        while vm.sim.iccid not in upkeep.balances:
+            read.clear()
+            await read.wait()
+    page = await browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(15_000)
+    await page.goto(status_url(r, f"/sims/{vm.sim.iccid}"))
+    await page.fill("input[name=token]", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#facts dd")
+    facts = await page.locator("#facts").inner_text()
+    assert "100.00 RUB (low)" in facts
+    await page.goto(status_url(r, "/"))
+    cell = page.locator('[data-testid="balance"]').first
+    await page.wait_for_selector('[data-testid="balance"].low')
+    assert (await cell.inner_text()).startswith("100.00 RUB")
