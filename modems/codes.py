@@ -18,6 +18,7 @@ __all__ = [
     "CmsCode",
     "RegStatus",
     "SmsStatus",
+    "UssdStatus",
 ]
 
 
@@ -77,6 +78,17 @@ class SmsStatus(enum.IntEnum):
     STORED_UNSENT = 2
     STORED_SENT = 3
     ALL = 4  # only as the `AT+CMGL` filter
+
+
+class UssdStatus(enum.IntEnum):
+    """`+CUSD: <m>`, 3GPP TS 27.007 §7.15: how the network left the USSD dialogue."""
+
+    DONE = 0  # no further action required
+    MENU = 1  # the network waits for a reply (`AT+CUSD=1,"…"`) or `AT+CUSD=2`
+    ENDED = 2  # terminated by the network
+    OTHER_CLIENT = 3  # another local client has responded
+    NOT_SUPPORTED = 4  # operation not supported
+    TIMED_OUT = 5  # network time out
 
 
 # The SIM is not there (or not usable): the modem is NO_SIM.

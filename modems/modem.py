@@ -14,7 +14,8 @@ A modem that stops answering (`hang_after` timeouts in a row) is reset with
 What the modem can do lives in one module per capability, each driven
 through the modem's `Session` (session.py: command helpers, hang counter):
 sim.py (PIN, ICCID, IMSI, number), messaging.py (storage, indications,
-read/sweep/delete), network.py (signal, registration, operator). What
+read/sweep/delete), network.py (signal, registration, operator), ussd.py
+(requests whose answers come as `+CUSD` codes). What
 differs per vendor is in vendors.py. `Modem` decides states and events.
 """
 
@@ -62,6 +63,7 @@ from .replies import digits_of
 from .session import ModemHung, Session
 from .settings import ModemSettings
 from .sim import SimCard
+from .ussd import UssdSession
 from .vendors import quirks_for
 
 __all__ = ["Backoff", "Modem", "ModemHung", "ModemSettings"]
@@ -124,6 +126,7 @@ class Modem:
         self._sim = SimCard(self._session)
         self._messaging = Messaging(self._session)
         self._network = Network(self._session)
+        self._ussd = UssdSession(self._session)
         self._seen_at = False
         self._wake: asyncio.Queue[_Wake | _CmtiWake] = asyncio.Queue(settings.wake_queue)
         self._task: asyncio.Task[None] | None = None
@@ -160,6 +163,11 @@ class Modem:
     @property
     def sms_read(self) -> int:
         return self._messaging.sms_read
+
+    @property
+    def ussd(self) -> UssdSession:
+        """USSD requests; callable from any task (the channel serialises commands)."""
+        return self._ussd
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -471,6 +479,8 @@ class Modem:
             self._queue(_Wake.CHECK_SIM)
         elif name in _NETWORK_URCS:
             self._queue(_Wake.NETWORK)
+        elif name == "+CUSD":
+            self._ussd.on_urc(urc.args)
         elif name == "^RSSI":
             try:
                 rssi = int(urc.args)
@@ -494,6 +504,7 @@ class Modem:
     # -- helpers ------------------------------------------------------------------------
 
     def _close_channel(self) -> None:
+        self._ussd.detach()
         self._session.detach()
         while not self._wake.empty():
             self._wake.get_nowait()

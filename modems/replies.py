@@ -6,7 +6,6 @@ values; anything malformed raises `ParseError`, never another exception.
 
 from __future__ import annotations
 
-import binascii
 import re
 from dataclasses import dataclass
 
@@ -14,11 +13,9 @@ from .at import split_args
 from .bcd import swap_nibbles
 from .codes import REGISTERED
 from .errors import ParseError
-from .pdu import decode_ucs2, gsm7_decode, unpack_septets
 
 __all__ = [
     "Registration",
-    "UssdReply",
     "choose_cnmi",
     "digits_of",
     "iccid_from_crsm",
@@ -29,7 +26,6 @@ __all__ = [
     "parse_cpms_usage",
     "parse_creg",
     "parse_csq",
-    "parse_cusd",
     "parse_list_entry",
     "parse_number_entry",
     "split_imsi",
@@ -243,42 +239,3 @@ def parse_list_entry(args: str) -> tuple[int, int | None]:
         raise ParseError(f"+CMGL: {args!r} has no index")
     status = _int(fields[1], "+CMGL stat") if len(fields) > 1 and fields[1] else None
     return _int(fields[0], "+CMGL index"), status
-
-
-@dataclass(frozen=True, slots=True)
-class UssdReply:
-    status: int
-    text: str
-    dcs: int | None
-
-
-def parse_cusd(args: str) -> UssdReply:
-    """`+CUSD: m[,"str"[,dcs]]`: the text decoded by its DCS.
-
-    Hex strings are decoded as UCS-2 when the DCS says so (72, 17, the 0x48
-    group) or when they plainly are (Quectel sends UCS-2 with DCS 15), or as
-    packed GSM-7 (Huawei E160); short or non-hex strings are taken as they
-    came, since a balance like "1234" is also valid hex.
-    """
-    fields = split_args(args)
-    if not fields or not fields[0].strip().isdigit():
-        raise ParseError(f"+CUSD: {args!r} has no status")
-    status = int(fields[0])
-    raw = fields[1].strip() if len(fields) > 1 else ""
-    dcs = _int(fields[2], "+CUSD dcs") if len(fields) > 2 and fields[2] else None
-    text = raw
-    if raw and len(raw) % 2 == 0 and re.fullmatch(r"[0-9A-Fa-f]+", raw):
-        octets = binascii.unhexlify(raw)
-        ucs2_dcs = dcs is not None and (dcs in (17, 72) or (dcs & 0xEC) == 0x48)
-        if ucs2_dcs or (len(raw) >= 16 and _looks_ucs2(octets)):
-            text = decode_ucs2(octets)
-        elif len(raw) >= 16 and (dcs is None or dcs == 15 or (dcs & 0xF0) == 0):
-            # Huawei E160 sends the packed GSM-7 septets as hex.
-            text = gsm7_decode(unpack_septets(octets, len(octets) * 8 // 7)).rstrip("\r\n@")
-    return UssdReply(status, text, dcs)
-
-
-def _looks_ucs2(octets: bytes) -> bool:
-    """Hex that is UCS-2 of mostly Latin text: at least half the high bytes are zero."""
-    high = octets[0::2]
-    return len(octets) % 2 == 0 and high.count(0) * 2 >= len(high)

@@ -37,6 +37,9 @@ class VendorQuirks:
     # How long an `AT+CPIN?` answer waits for its final OK. Old Wavecom firmware
     # sends `+CPIN: READY` and no OK at all: waiting would stall every health check.
     cpin_grace: float = 0.3
+    # USSD strings go out and come back as packed GSM 7-bit septets in hex, not
+    # as text (Huawei; ModemManager's Huawei plugin encodes them the same way).
+    ussd_packed: bool = False
 
     def matches(self, manufacturer: str | None, model: str | None) -> bool:
         if not self.manufacturer or self.manufacturer not in (manufacturer or "").lower():
@@ -59,6 +62,7 @@ VENDORS: tuple[VendorQuirks, ...] = (
         init_commands=("AT^CURC=0",),
         # ^ICCID? answers the raw nibble-swapped EF_ICCID (replies.normalize_iccid).
         iccid_commands=(("AT^ICCID?", "^ICCID"),),
+        ussd_packed=True,
     ),
     VendorQuirks(
         name="wavecom",

@@ -29,6 +29,7 @@ from modems.pool import expand_ports, raise_open_file_limit
 from . import __version__, logs
 from .config import Config, ConfigError, ModemsConfig, load_config, parse_host_port
 from .config import warnings as config_warnings
+from .console import send_ussd
 from .daemon import Daemon, modem_settings
 from .demo import run_demo
 from .errors import SupplierError
@@ -165,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sims.add_argument("--config", required=True)
 
+    ussd = commands.add_parser(
+        "ussd",
+        help="send a USSD code from a SIM, through the running daemon",
+        description="Send CODE (e.g. *100#) from the SIM with this ICCID and print the "
+        "network's answer; the daemon does it (status.listen, status.token). In a menu, "
+        "--reply ITEM answers it and --close ends it.",
+    )
+    ussd.add_argument("--config", required=True)
+    ussd.add_argument("iccid")
+    ussd.add_argument("code", nargs="?", help="the USSD code, e.g. *100#")
+    ussd_mode = ussd.add_mutually_exclusive_group()
+    ussd_mode.add_argument("--reply", help="answer the open menu with this item or text")
+    ussd_mode.add_argument("--close", action="store_true", help="end the open menu")
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -205,6 +220,20 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
             return asyncio.run(_demo(args))
         if args.command == "scan":
             return asyncio.run(_scan(args))
+        if args.command == "ussd":
+            if (args.code is None) == (args.reply is None and not args.close):
+                parser.error("give a CODE, or --reply ITEM, or --close")
+            answer = asyncio.run(
+                send_ussd(
+                    load_config(args.config),
+                    args.iccid,
+                    code=args.code,
+                    reply=args.reply,
+                    close=args.close,
+                )
+            )
+            print(answer)
+            return 0
         if args.command == "sims":
             print(sims_report(load_config(args.config)))
             return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -191,9 +192,46 @@ class SimOverride(_Frozen):
     operator: Slug | None = None
 
 
+def _ussd_code(value: Any) -> str:
+    text = str(value).strip() if isinstance(value, str) else ""
+    if not re.fullmatch(r"[*#][0-9*#]{1,30}#", text):
+        raise ValueError("expected a USSD code such as *111*0887#")
+    return text
+
+
+UssdCode = Annotated[str, BeforeValidator(_ussd_code)]
+
+
 class NetworkOverride(_Frozen):
-    country: Slug
-    operator: Slug
+    # Both or neither: the hubs' country and operator slugs for this MCC+MNC.
+    country: Slug | None = None
+    operator: Slug | None = None
+    # The code that makes the network tell a SIM its number (supplier/upkeep.py
+    # has the built-in table; this overrides or adds to it).
+    number_ussd: UssdCode | None = None
+    # The code that answers with the SIM's balance; no default (it is traffic).
+    balance_ussd: UssdCode | None = None
+
+    @model_validator(mode="after")
+    def _slugs(self) -> NetworkOverride:
+        if (self.country is None) != (self.operator is None):
+            raise ValueError("expected both country and operator, or neither")
+        return self
+
+
+class UssdConfig(_Frozen):
+    """Number discovery by USSD (supplier/upkeep.py): polite to the networks."""
+
+    enabled: bool = True
+    spread: Duration = 60.0
+    pace: Duration = Field(default=0.5, gt=0)
+    interval: Duration = 300.0
+    retry: Duration = 600.0
+    timeout: Duration = Field(default=30.0, gt=0)
+    sms_window: Duration = 300.0
+    balance_every: Duration = Field(default=86400.0, ge=600)
+    balance_after_sale: bool = True
+    low_balance: Decimal | None = None
 
 
 class StorageConfig(_Frozen):
@@ -227,6 +265,7 @@ class Config(_Frozen):
     activation: ActivationConfig = ActivationConfig()
     status: StatusConfig = StatusConfig()
     sms: SmsConfig = SmsConfig()
+    ussd: UssdConfig = UssdConfig()
 
     @field_validator("hubs")
     @classmethod

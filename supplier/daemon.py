@@ -48,6 +48,7 @@ from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .status import StatusView, create_status_app
 from .store import DatabaseLock, Store
+from .upkeep import Upkeep, UpkeepSettings
 
 __all__ = ["Daemon", "Running"]
 
@@ -72,6 +73,30 @@ _SETTLED = frozenset(
 )
 FILE_CHECK_INTERVAL = 1.0  # seconds between two checks that the database file is still ours
 HOUSEKEEPING_BACKOFF = (5.0, 60.0)  # after a store failure: first wait, cap (doubling)
+
+
+def _number_codes(config: Config) -> dict[str, str]:
+    return {code: o.number_ussd for code, o in config.networks.items() if o.number_ussd}
+
+
+def _balance_codes(config: Config) -> dict[str, str]:
+    return {code: o.balance_ussd for code, o in config.networks.items() if o.balance_ussd}
+
+
+def upkeep_settings(config: Config) -> UpkeepSettings:
+    u = config.ussd
+    return UpkeepSettings(
+        enabled=u.enabled,
+        spread=u.spread,
+        pace=u.pace,
+        interval=u.interval,
+        retry=u.retry,
+        timeout=u.timeout,
+        sms_window=u.sms_window,
+        balance_every=u.balance_every,
+        balance_after_sale=u.balance_after_sale,
+        low_balance=u.low_balance,
+    )
 
 
 def modem_settings(config: Config) -> ModemSettings:
@@ -117,6 +142,7 @@ class Running:
     pusher: Pusher
     protocol: ProtocolService
     pool: ModemPool
+    upkeep: Upkeep
     view: StatusView
     listening: tuple[str, int]  # the hub endpoint's address (port 0 in the config: the real one)
     status_listening: tuple[str, int]
@@ -185,8 +211,24 @@ class Daemon:
                 modem_settings(config),
                 rescan_interval=config.modems.rescan_interval,
             )
+            upkeep = Upkeep(
+                inventory,
+                store,
+                pool.by_iccid,
+                codes=_number_codes(config),
+                balance_codes=_balance_codes(config),
+                settings=upkeep_settings(config),
+                clock=self.clock,
+            )
+            await upkeep.load()
+            inventory.on_sold = upkeep.sold
             view = StatusView(
-                inventory, store, pool, hubs=[hub.name for hub in config.hubs], clock=self.clock
+                inventory,
+                store,
+                pool,
+                upkeep,
+                hubs=[hub.name for hub in config.hubs],
+                clock=self.clock,
             )
             app = create_protocol_app(
                 protocol, path=config.server.path, max_body=config.server.max_body
@@ -200,10 +242,20 @@ class Daemon:
             status_runner, status_listening = await _serve(status_app, config.status.listen)
             self._runners = (runner, status_runner)
             self._running = Running(
-                store, inventory, inbox, pusher, protocol, pool, view, listening, status_listening
+                store,
+                inventory,
+                inbox,
+                pusher,
+                protocol,
+                pool,
+                upkeep,
+                view,
+                listening,
+                status_listening,
             )
             undo.pop_all()  # started: `stop` undoes it from here on
         matched = len(expand_ports(config.modems.ports))
+        upkeep.start()
         await pool.start()
         self._tasks = [
             asyncio.create_task(self._housekeep(), name="housekeeping"),
@@ -314,6 +366,7 @@ class Daemon:
         running = self._running
         if running is not None:
             running.protocol.unknown_key.close()
+            await running.upkeep.stop()
             await running.pool.stop()  # its last events (SIMs lost) still reach the inventory
             await running.pusher.stop(grace=SHUTDOWN_GRACE)
             await running.store.close()
@@ -329,6 +382,7 @@ class Daemon:
         running = self.running
         running.inventory.reconfigure_from(config)
         running.protocol.set_hubs(config.hubs)
+        running.upkeep.set_codes(_number_codes(config), _balance_codes(config))
         await running.pusher.set_hubs(config.hubs)
         running.view.hubs = [hub.name for hub in config.hubs]
         self.config = config
@@ -344,6 +398,8 @@ class Daemon:
         inventory, inbox = self.running.inventory, self.running.inbox
         if isinstance(event, SmsReceived):
             self.metrics.sms_parts_received.inc()
+            if await self.running.upkeep.takes(event):
+                return  # the operator's answer to our number request: for no hub
             await inbox.accept(event)  # raises if not durable: the SMS stays on the SIM
         elif isinstance(event, SimReady):
             sim = await inventory.sim_ready(event.port, event.sim, event.network)
@@ -356,6 +412,7 @@ class Daemon:
                 operator=sim.operator,
                 sellable=inventory.present(sim),
             )
+            self.running.upkeep.sim_ready(sim.iccid)
         elif isinstance(event, SimLost):
             inventory.sim_lost(event.iccid)
             lost = inventory.sims.get(event.iccid)

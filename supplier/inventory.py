@@ -46,14 +46,20 @@ class NumberTaken(SupplierError):
 
 
 def sale_number(
-    *, manual: str | None, configured: str | None, reported: str | None, country: str | None
+    *,
+    manual: str | None,
+    configured: str | None,
+    reported: str | None,
+    learned: str | None = None,
+    country: str | None,
 ) -> str | None:
     """The number a SIM is sold under: the one rule, for the hubs, the page and the CLI.
 
     The operator's setting first, then the config's `sims:` entry, then what
-    the modem reported; with the country code of the SIM's home country.
+    the modem reported, then what its network said by USSD (never over any
+    other); with the country code of the SIM's home country.
     """
-    raw = manual or configured or reported
+    raw = manual or configured or reported or learned
     return international_number(raw, country) if raw else None
 
 
@@ -66,6 +72,7 @@ class SimState:
     modem_number: str | None = None
     manual_number: str | None = None
     config_number: str | None = None
+    learned_number: str | None = None  # told by its operator (USSD or SMS; upkeep.py)
     country: str | None = None
     operator: str = ANY
     port: str | None = None
@@ -77,7 +84,8 @@ class SimState:
     first_seen: float = 0.0
     last_seen: float = 0.0
     # The number sold: the operator's setting first, then the config's, then what
-    # the modem said, with its country code. Kept up to date by the Inventory.
+    # the modem said, then what the network told us by USSD, with its country code.
+    # Kept up to date by the Inventory.
     number: str | None = None
 
 
@@ -108,6 +116,9 @@ class Inventory:
         # country → ICCIDs: GET_NUMBER looks only at the SIMs of the country asked for
         # (a scan of every SIM was the largest cost of GET_NUMBER at 512 SIMs).
         self._by_country: dict[str, set[str]] = {}
+        self.on_sold: Callable[[str], None] | None = None  # FINISH 3 on this ICCID (upkeep)
+        # number → ICCIDs sold under it: two SIMs claiming one number are both held back.
+        self._by_number: dict[str, set[str]] = {}
         self.reconfigure(
             services=services,
             release_after=release_after,
@@ -136,7 +147,9 @@ class Inventory:
             release_after=config.activation.release_after,
             sim_overrides=config.sims,
             network_overrides={
-                code: (o.country, o.operator) for code, o in config.networks.items()
+                code: (o.country, o.operator)
+                for code, o in config.networks.items()
+                if o.country is not None and o.operator is not None  # not only USSD codes
             },
         )
 
@@ -193,12 +206,18 @@ class Inventory:
         sim.config_number = override.number if override else None
         sim.country = (override.country if override and override.country else None) or country
         sim.operator = (override.operator if override and override.operator else None) or operator
+        previous = sim.number
         sim.number = sale_number(
             manual=sim.manual_number,
             configured=sim.config_number,
             reported=sim.modem_number,
+            learned=sim.learned_number,
             country=sim.country,
         )
+        if previous is not None and previous != sim.number:
+            self._by_number.get(previous, set()).discard(sim.iccid)
+        if sim.number is not None:
+            self._by_number.setdefault(sim.number, set()).add(sim.iccid)
         if before is not None and before != sim.country:
             self._by_country.get(before, set()).discard(sim.iccid)
         if sim.country is not None:
@@ -282,6 +301,7 @@ class Inventory:
             manual=number,
             configured=sim.config_number,
             reported=sim.modem_number,
+            learned=sim.learned_number,
             country=sim.country,
         )
         other = self.owner_of(wanted, besides=iccid) if wanted else None
@@ -304,10 +324,23 @@ class Inventory:
 
     def owner_of(self, number: str, *, besides: str = "") -> SimState | None:
         """The SIM (other than `besides`) sold under this number, if any."""
-        for sim in self.sims.values():
-            if sim.number == number and sim.iccid != besides:
-                return sim
-        return None
+        others = sorted(self._by_number.get(number, set()) - {besides})
+        return self.sims.get(others[0]) if others else None
+
+    def learned_number(self, iccid: str, number: str) -> None:
+        """The number the SIM's network told us (it never overrides another source)."""
+        sim = self.sims.get(iccid)
+        if sim is not None:
+            sim.learned_number = number
+            self._derive(sim)
+
+    def conflicting(self, iccid: str) -> str | None:
+        """Another SIM sold under this SIM's number, if any: neither is sold until resolved."""
+        sim = self.sims.get(iccid)
+        if sim is None or sim.number is None:
+            return None
+        others = self._by_number.get(sim.number, set()) - {iccid}
+        return min(others) if others else None
 
     async def set_enabled(self, iccid: str, enabled: bool) -> SimState | None:
         """Take a SIM out of sale (False) or put it back (True); activations are kept."""
@@ -335,8 +368,10 @@ class Inventory:
         return activation
 
     def present(self, sim: SimState) -> bool:
-        """In a working modem, registered, with a number and a country: stock if free."""
-        return bool(sim.online and sim.registered and sim.enabled and sim.number and sim.country)
+        """In a working modem, registered, with a number of its own and a country: stock if free."""
+        if not (sim.online and sim.registered and sim.enabled and sim.number and sim.country):
+            return False
+        return len(self._by_number.get(sim.number, ())) < 2
 
     def allows(self, number: str, service: str) -> bool:
         usage = self.usage.get((number, service))
@@ -463,6 +498,8 @@ class Inventory:
                 usage.returned + (status == FinishStatus.RETURNED),
                 usage.blocked or status in (FinishStatus.NOT_FOR_SERVICE, FinishStatus.SOLD),
             )
+        if changed and status == FinishStatus.SOLD and self.on_sold is not None:
+            self.on_sold(activation.iccid)  # its balance went down: read it again
         self.activations[activation.id] = activation
         if self._holder.get(activation.iccid) == activation.id:
             del self._holder[activation.iccid]

@@ -40,6 +40,7 @@ class Live:
     backlog: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # hub → (n, age s)
     modem_counters: Iterable[tuple[str, int, int]] = ()  # (port, resets, timeouts)
     sms_messages: int = 0  # messages in the store: a long one counts once, when whole
+    balances: Iterable[tuple[str, str, float]] = ()  # (iccid, currency, amount) by USSD
 
 
 class _LiveCollector(Collector):
@@ -91,6 +92,14 @@ class _LiveCollector(Collector):
             "SMS messages received (a long message counts once, when whole or given up on)",
             value=live.sms_messages,
         )
+        balance = GaugeMetricFamily(
+            "supplier_sim_balance",
+            "A SIM's balance as its operator last stated it (USSD balance_ussd)",
+            labels=["iccid", "currency"],
+        )
+        for iccid, currency, amount in live.balances:
+            balance.add_metric([iccid, currency], amount)
+        yield balance
 
 
 class Metrics:

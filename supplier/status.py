@@ -31,7 +31,9 @@ import structlog
 from aiohttp import hdrs, web
 from yarl import URL
 
+from modems.errors import ModemError
 from modems.events import REGISTRATION_NAMES, ModemState
+from modems.ussd import UssdError, UssdTimeout, encode_request
 
 from . import __version__
 from .config import phone_digits
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from modems.pool import ModemPool
 
     from .inventory import Inventory, SimState
+    from .upkeep import Upkeep
 
 __all__ = ["FailureLimiter", "Sessions", "StatusView", "bars", "create_status_app", "money"]
 
@@ -177,6 +180,8 @@ class Row:
     iccid: str | None = None
     imsi: str | None = None
     number: str | None = None
+    number_note: str | None = None  # why a SIM has no number yet, or whose number it shares
+    balance: dict[str, Any] | None = None  # the last balance its operator stated (USSD)
     country: str | None = None
     operator: str | None = None
     rssi: int | None = None
@@ -208,6 +213,7 @@ class StatusView:
         inventory: Inventory,
         store: Store,
         pool: ModemPool,
+        upkeep: Upkeep,
         *,
         hubs: list[str],
         clock: Callable[[], float],
@@ -215,6 +221,7 @@ class StatusView:
         self.inventory = inventory
         self.store = store
         self.pool = pool
+        self.upkeep = upkeep
         self.hubs = hubs  # the configured hubs' names (a reload replaces them)
         self.clock = clock
 
@@ -229,6 +236,8 @@ class StatusView:
             return "no_signal"
         if not sim.number:
             return "no_number"
+        if inventory.conflicting(iccid) is not None:
+            return "number_conflict"
         if not sim.country:
             return "unknown_network"
         if inventory.holder(iccid) is not None:
@@ -255,6 +264,7 @@ class StatusView:
                 "cancelled": usage.cancelled,
                 "returned": usage.returned,
             }
+        upkeep = self.upkeep
         rows: list[Row] = []
         ports_with_sim: set[str] = set()
         for sim in inventory.sims.values():
@@ -270,6 +280,8 @@ class StatusView:
                     iccid=sim.iccid,
                     imsi=sim.imsi,
                     number=sim.number,
+                    number_note=upkeep.note(sim.iccid),
+                    balance=_balance(upkeep, sim.iccid),
                     country=sim.country,
                     operator=sim.operator,
                     rssi=sim.rssi if sim.online else None,
@@ -321,7 +333,9 @@ class StatusView:
             "ready": states["ready"],
             "active": states["active"],
             "no_signal": states["no_signal"],
-            "no_number": states["no_number"] + states["unknown_network"],
+            "no_number": states["no_number"]
+            + states["unknown_network"]
+            + states["number_conflict"],
             "no_sim": modem_states.get(ModemState.NO_SIM, 0),
             "errors": sum(modem_states.get(s, 0) for s in _MODEM_ERRORS),
             "disabled": states["disabled"],
@@ -389,13 +403,33 @@ class StatusView:
         )
         backlog = dict.fromkeys(self.hubs, (0, 0.0))
         backlog.update(await store.backlog(self.clock()))
+        upkeep = self.upkeep
         return Live(
             sims=dict(sims),
             modems={state.value: n for state, n in pool.counts().items()},
             backlog=backlog,
             modem_counters=[(m.port, m.resets, m.timeouts) for m in pool],
             sms_messages=await store.sms_count(0.0),
+            balances=[
+                (iccid, b.currency or "", float(b.amount))
+                for iccid, b in upkeep.balances.items()
+                if b.amount is not None
+            ],
         )
+
+
+def _balance(upkeep: Upkeep, iccid: str) -> dict[str, Any] | None:
+    """A SIM's last balance reading for the page: amount, currency, when, low or not."""
+    reading = upkeep.balances.get(iccid)
+    if reading is None:
+        return None
+    return {
+        "amount": reading.amount,
+        "currency": reading.currency,
+        "text": reading.text if reading.amount is None else None,
+        "read": reading.read,
+        "low": upkeep.low(iccid),
+    }
 
 
 # -- the web app ------------------------------------------------------------------------
@@ -405,7 +439,7 @@ MAX_SESSIONS = 256  # the oldest is dropped beyond this (each login makes one)
 FAILURE_WINDOW = 60.0  # failed tokens are counted per client address over this window
 MAX_FAILURES = 10  # ... and beyond this many, tokens from that address are not even checked
 MAX_FAILURES_ALL = 100  # the same across all addresses (guessing spread over many of them)
-STATIC = ("index.js", "sim.js", "login.js", "style.css")  # served without a token
+STATIC = ("index.js", "sim.js", "login.js", "ussd.js", "style.css")  # served without a token
 HEADERS = {
     # Scripts and styles come only from our own files: no inline script can run.
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -807,6 +841,44 @@ async def reset_modem(request: web.Request) -> web.Response:
     return web.json_response({"status": "SUCCESS"})
 
 
+async def send_ussd(request: web.Request) -> web.Response:
+    """The SIM page's console: `{"code": "*100#"}`, `{"reply": "1"}` or `{"close": true}`."""
+    body = await _action_body(request)
+    iccid = request.match_info["iccid"]
+    view = request.app[_VIEW]
+    if iccid not in view.inventory.sims:
+        return _error(404, f"no SIM with ICCID {iccid}")
+    code, reply, close = body.get("code"), body.get("reply"), body.get("close")
+    chosen = [name for name, v in (("code", code), ("reply", reply)) if v is not None]
+    if close is True:
+        chosen.append("close")
+    if len(chosen) != 1:
+        return _error(400, 'expected one of "code", "reply" or "close": true')
+    for name, value in (("code", code), ("reply", reply)):
+        if value is None:
+            continue
+        try:
+            encode_request(value if isinstance(value, str) else "", packed=False)
+        except UssdError as exc:
+            return _error(400, f"{name}: {value!r}: {exc}")
+    try:
+        answer = await view.upkeep.console(iccid, code=code, reply=reply)
+    except UssdTimeout as exc:
+        return _error(504, str(exc))
+    except ModemError as exc:
+        return _error(409, str(exc))
+    if answer is None:
+        return web.json_response({"status": "SUCCESS", "closed": True})
+    return web.json_response(
+        {
+            "status": "SUCCESS",
+            "ussd_status": int(answer.status),
+            "text": answer.text,
+            "menu": answer.menu,
+        }
+    )
+
+
 @web.middleware
 async def _store_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -862,5 +934,6 @@ def create_status_app(
     app.router.add_post("/api/sims/{iccid}/number", set_number)
     app.router.add_post("/api/sims/{iccid}/sale", set_sale)
     app.router.add_post("/api/modems/reset", reset_modem)
+    app.router.add_post("/api/sims/{iccid}/ussd", send_ussd)
     app.router.add_get("/metrics", metrics)
     return app

@@ -42,6 +42,7 @@ from .errors import StoreError, UnknownActivation
 
 __all__ = [
     "Activation",
+    "BalanceRow",
     "DatabaseLock",
     "Delivery",
     "Earning",
@@ -825,3 +826,47 @@ class Store:
             f"SELECT {_SMS_COLUMNS} FROM sms ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [_sms(row) for row in rows]
+
+    # -- numbers learned by USSD (schema version 7) ------------------------------------
+
+    async def learned_numbers(self) -> dict[str, str]:
+        """ICCID → the number its operator told us (supplier/upkeep.py)."""
+        rows = await self._fetchall("SELECT iccid, number FROM learned_numbers")
+        return {str(row[0]): str(row[1]) for row in rows}
+
+    async def learn_number(self, iccid: str, number: str, source: str, now: float) -> None:
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO learned_numbers (iccid, number, source, learned) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (iccid) DO UPDATE SET "
+                "number = excluded.number, source = excluded.source, learned = excluded.learned",
+                (iccid, number, source, now),
+            )
+
+        await self._write(op, f"cannot record the number of SIM {iccid}")
+
+    async def balances(self) -> dict[str, BalanceRow]:
+        rows = await self._fetchall("SELECT iccid, amount, currency, text, read FROM sim_balances")
+        return {str(row[0]): BalanceRow(row[1], row[2], row[3], float(row[4])) for row in rows}
+
+    async def save_balance(self, iccid: str, balance: BalanceRow) -> None:
+        async def op(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO sim_balances (iccid, amount, currency, text, read) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (iccid) DO UPDATE SET "
+                "amount = excluded.amount, currency = excluded.currency, "
+                "text = excluded.text, read = excluded.read",
+                (iccid, balance.amount, balance.currency, balance.text, balance.read),
+            )
+
+        await self._write(op, f"cannot record the balance of SIM {iccid}")
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRow:
+    """A SIM's last balance answer (supplier/upkeep.py)."""
+
+    amount: str | None  # a decimal string, None when the text gave none
+    currency: str | None  # ISO 4217
+    text: str
+    read: float

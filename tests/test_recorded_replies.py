@@ -19,7 +19,8 @@ import pytest
 from modems.at import ATReader, Final, Info, line_name
 from modems.errors import ModemError, PduError
 from modems.pdu import SmsDeliver, SmsSubmit, StatusReport, decode_pdu
-from modems.replies import parse_cnmi_ranges, parse_cpms_options, parse_creg, parse_cusd
+from modems.replies import parse_cnmi_ranges, parse_cpms_options, parse_creg
+from modems.ussd import parse_cusd
 
 from .conftest import SHARED, shared_dir
 

@@ -44,6 +44,7 @@ def make_sim(index: int, *, with_number: bool = True, pin: str | None = None) ->
         iccid=base + _luhn(base),
         imsi=mccmnc + f"{index:010d}",
         number=number if with_number else None,
+        network_number=number,
         pin=pin,
     )
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 from modems.codes import CmeCode, CmsCode, RegStatus, SmsStatus
 from modems.pdu import encode_deliver_parts
 
-from . import network_commands, sim_commands, sms_commands
+from . import network_commands, sim_commands, sms_commands, ussd_commands
 from .profiles import VendorProfile
 
 __all__ = ["EmulatedModem", "Slot", "VirtualSim"]
@@ -43,6 +43,10 @@ class VirtualSim:
     imsi: str
     number: str | None  # digits with country code; None: the SIM does not know it
     pin: str | None = None
+    # What the network knows the number to be (USSD answers), stored on the SIM or not.
+    network_number: str | None = None
+    ussd: ussd_commands.NumberService | None = None  # None: its network's (NUMBER_SERVICES)
+    balance: str = "100.00"
     # SIM storage ("SM") travels with the card.
     sm: dict[int, Slot] = field(default_factory=dict)
 
@@ -90,6 +94,7 @@ class EmulatedModem:
         # power-up (Qualcomm-based modems: `+CME ERROR: 14` or `ERROR` for a while).
         self.power_up_errors: tuple[str, ...] = ()
         self._errors_left: list[str] = []
+        self.ussd = ussd_commands.UssdState()
         self._boot_state()
 
     # -- bytes in, bytes out -----------------------------------------------------------
@@ -163,6 +168,8 @@ class EmulatedModem:
         self.cops_format = 0
         self.storage = self.profile.storages[0]
         self.phonebook = "SM"
+        self.charset = self.profile.charsets[0]  # AT+CSCS: the first is the power-up one
+        self.ussd.reset()
         self.flooding = self.profile.rssi_flood is not None
         self.busy_left = self.profile.busy_after_boot
         self._errors_left = list(self.power_up_errors)
@@ -434,6 +441,7 @@ class EmulatedModem:
         **sim_commands.COMMANDS,
         **sms_commands.COMMANDS,
         **network_commands.COMMANDS,
+        **ussd_commands.COMMANDS,
     }
 
 

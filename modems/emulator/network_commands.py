@@ -1,8 +1,7 @@
-"""Emulated network commands: signal, registration, operator, USSD, attach."""
+"""Emulated network commands: signal, registration, operator, attach (USSD: ussd_commands)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -41,16 +40,6 @@ def cops(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
     return [], "OK"
 
 
-def cusd(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
-    if modem.sim_error():
-        return [], modem.cme(CmeCode.SIM_NOT_INSERTED)
-    # `AT+CUSD=1` only turns result codes on; a request carries the USSD string.
-    if modem.sim is not None and modem.sim.number and '"' in arg:
-        reply = f'+CUSD: 0,"Your number is {modem.sim.number}",15'
-        asyncio.get_running_loop().call_soon(modem.write_lines, reply)
-    return [], "OK"
-
-
 def cgatt(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
     if modem.sim_error():
         return [], modem.cme(CmeCode.SIM_NOT_INSERTED)
@@ -63,6 +52,5 @@ COMMANDS: dict[str, Callable[[EmulatedModem, str, str], tuple[list[str], str] | 
     "+CREG": creg,
     "+CGREG": creg,
     "+COPS": cops,
-    "+CUSD": cusd,
     "+CGATT": cgatt,
 }

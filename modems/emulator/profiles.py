@@ -29,6 +29,10 @@ class VendorProfile:
     empty_read_error: bool = False  # AT+CMGR on an empty slot: +CMS ERROR 321 instead of OK
     sim_removed_urc: str | None = "+CPIN: NOT READY"
     sim_inserted_urc: str | None = "+CPIN: READY"
+    # AT+CSCS: the sets it takes, the first at power-up (USSD text follows it).
+    charsets: tuple[str, ...] = ("GSM", "IRA", "UCS2")
+    ussd_packed: bool = False  # Huawei: USSD strings as packed GSM 7-bit hex, both ways
+    ussd_late_ok: bool = False  # some firmware: `AT+CUSD=1,…` gets its OK after the answer
 
 
 PROFILES: dict[str, VendorProfile] = {
@@ -57,6 +61,7 @@ PROFILES: dict[str, VendorProfile] = {
             empty_read_error=True,
             sim_removed_urc="^SIMST: 255",
             sim_inserted_urc="^SIMST: 1",
+            ussd_packed=True,
         ),
         VendorProfile(
             name="wavecom",
@@ -80,6 +85,7 @@ PROFILES: dict[str, VendorProfile] = {
             cnmi_ranges="(0-2),(0-3),(2),(0-2),(0,1)",
             cnmi_rejects=frozenset({"2,1,0,0,0"}),
             number_in_cnum=False,
+            charsets=("UCS2", "IRA"),  # refuses "GSM": stays in UCS2, USSD comes as UCS-2 hex
             sim_removed_urc=None,
             sim_inserted_urc=None,
         ),

@@ -17,9 +17,14 @@ __all__ = ["COMMANDS"]
 
 def cscs(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str]:
     if arg == "?":
-        return ['+CSCS: "GSM"'], "OK"
+        return [f'+CSCS: "{modem.charset}"'], "OK"
     if arg == "=?":
-        return ['+CSCS: ("IRA","GSM","UCS2")'], "OK"
+        offered = ",".join(f'"{charset}"' for charset in modem.profile.charsets)
+        return [f"+CSCS: ({offered})"], "OK"
+    wanted = split_args(arg[1:])[0].upper() if arg.startswith("=") and arg[1:] else ""
+    if wanted not in modem.profile.charsets:
+        return [], "ERROR"
+    modem.charset = wanted
     return [], "OK"
 
 

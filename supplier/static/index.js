@@ -1,7 +1,7 @@
 "use strict";
 const REFRESH = Math.max(1, Number(new URLSearchParams(location.search).get("refresh")) || 5) * 1000;
-const PROBLEMS = new Set(["no_signal", "no_number", "unknown_network", "gone", "no_sim", "sim_locked", "unresponsive", "resetting", "disconnected", "not_modem"]);
-const LABELS = {ready: "ready", active: "active", no_signal: "no signal", no_number: "no number",
+const PROBLEMS = new Set(["no_signal", "no_number", "number_conflict", "unknown_network", "gone", "no_sim", "sim_locked", "unresponsive", "resetting", "disconnected", "not_modem"]);
+const LABELS = {ready: "ready", active: "active", no_signal: "no signal", no_number: "no number", number_conflict: "number conflict",
   unknown_network: "unknown network", gone: "gone", disabled: "out of sale", no_sim: "no SIM",
   sim_locked: "SIM locked", unresponsive: "not answering", resetting: "resetting", disconnected: "disconnected", not_modem: "not a modem",
   probing: "probing", initializing: "starting"};
@@ -29,7 +29,7 @@ function short(port) { return port ? port.split("/").pop() : ""; }
 
 // Each card counts exactly what the state filter of the same name shows.
 const GROUPS = {ready: ["ready"], active: ["active"], no_signal: ["no_signal"],
-  no_number: ["no_number", "unknown_network"], no_sim: ["no_sim"],
+  no_number: ["no_number", "number_conflict", "unknown_network"], no_sim: ["no_sim"],
   errors: ["sim_locked", "unresponsive", "resetting", "disconnected"], disabled: ["disabled"], gone: ["gone"]};
 function card(label, n, cls, id) {
   const filter = GROUPS[id] ? ' data-filter="' + id + '" role="button" tabindex="0" title="show these"' : "";
@@ -66,6 +66,7 @@ function value(s, key) {
     case "earnings": return Object.values(s.earnings).reduce((a, v) => a + Number(v), 0);
     case "rssi": return s.rssi == null ? -1 : s.rssi;
     case "last_sms": return s.last_sms || 0;
+    case "balance": return s.balance && s.balance.amount != null ? Number(s.balance.amount) : -Infinity;
     default: return s[key] == null ? "" : String(s[key]);
   }
 }
@@ -95,7 +96,11 @@ function renderSims() {
     return '<tr data-iccid="' + esc(s.iccid || "") + '" data-state="' + esc(s.state) + '">' +
       '<td data-label="Port" class="mono" title="' + esc(s.port) + '">' + esc(short(s.port)) + "</td>" +
       '<td data-label="ICCID" class="mono">' + link + "</td>" +
-      '<td data-label="Number" class="mono">' + (s.number ? "+" + esc(s.number) : "") + "</td>" +
+      '<td data-label="Number" class="mono">' + (s.number ? "+" + esc(s.number) : "") +
+        (s.number_note ? ' <span class="muted" data-testid="number-note">' + esc(s.number_note) + "</span>" : "") + "</td>" +
+      '<td data-label="Balance" class="num' + (s.balance && s.balance.low ? ' low' : '') + '" data-testid="balance"' +
+        (s.balance ? ' title="read ' + esc(new Date(s.balance.read * 1000).toLocaleString()) + (s.balance.text ? ": " + esc(s.balance.text) : "") + '"' : "") + ">" +
+        (s.balance ? (s.balance.amount != null ? esc(s.balance.amount) + " " + esc(s.balance.currency || "") : "?") + (s.balance.low ? " (low)" : "") : "") + "</td>" +
       '<td data-label="Country / operator">' + esc(s.country || "") + (s.operator ? " / " + esc(s.operator) : "") + "</td>" +
       '<td data-label="Signal">' + bars(s.bars) + "</td>" +
       '<td data-label="Network">' + esc(s.registration || "") + "</td>" +

@@ -14,7 +14,8 @@ async function load() {
   if (!r.ok) { $("#meta").textContent = data.error || ("HTTP " + r.status); $("#meta").className = "meta stale"; return; }
   sim = data.sim;
   const facts = {
-    "State": sim.state, "Port": sim.port, "Number": sim.number ? "+" + sim.number : "unknown",
+    "State": sim.state, "Port": sim.port, "Number": (sim.number ? "+" + sim.number : "unknown") + (sim.number_note ? " (" + sim.number_note + ")" : ""),
+    "Balance": sim.balance ? (sim.balance.amount != null ? sim.balance.amount + " " + (sim.balance.currency || "") : sim.balance.text) + (sim.balance.low ? " (low)" : "") + ", read " + when(sim.balance.read) : "–",
     "Country / operator": (sim.country || "?") + " / " + (sim.operator || "?"), "IMSI": sim.imsi,
     "Modem": sim.model, "Signal": sim.rssi == null ? "–" : sim.rssi + " (" + (sim.bars ?? "?") + " of 4 bars)",
     "Network": sim.registration, "On sale": sim.enabled ? "yes" : "no (taken out)",
