@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from .hubkit import RunFactory
 from .test_status import TOKEN, status_url
-from .test_status_browser import browser
+from .test_status_browser import browser, expect
 
 __all__ = ["browser"]
 
@@ -28,9 +29,8 @@ async def test_send_ussd_and_answer_a_menu(run: RunFactory, browser: Any) -> Non
 
     await page.fill('[data-testid="ussd-code"]', "*100#")
     await page.click("#ussd-form button")
-    await page.wait_for_function(
-        "document.querySelector('[data-testid=ussd-answer]').textContent.startsWith('Balans')"
-    )
+    # Playwright's expect, not wait_for_function: the page's CSP forbids evaluating strings.
+    await expect(answer).to_have_text(re.compile("^Balans"))
     assert await answer.inner_text() == "Balans: 100.00 rub."
     assert await page.locator("#ussd-reply-form").is_hidden()
 
@@ -40,9 +40,7 @@ async def test_send_ussd_and_answer_a_menu(run: RunFactory, browser: Any) -> Non
     assert "+79500000003" in await answer.inner_text()
     await page.fill('[data-testid="ussd-reply"]', "1")
     await page.click("#ussd-reply-form button[type=submit]")
-    await page.wait_for_function(
-        "document.querySelector('[data-testid=ussd-answer]').textContent.startsWith('Vybrano')"
-    )
+    await expect(answer).to_have_text(re.compile("^Vybrano"))
     assert await page.locator("#ussd-reply-form").is_hidden()
     assert tele2.ussd.requests == ["*100#", "*201#", "1"]
 
@@ -50,9 +48,7 @@ async def test_send_ussd_and_answer_a_menu(run: RunFactory, browser: Any) -> Non
     await page.click("#ussd-form button")
     await page.wait_for_selector("#ussd-reply-form", state="visible")
     await page.click("#ussd-close")
-    await page.wait_for_function(
-        "document.querySelector('[data-testid=ussd-answer]').textContent === 'session closed'"
-    )
+    await expect(answer).to_have_text("session closed")
     assert tele2.ussd.closes == 1 and tele2.ussd.open_menu is None
     assert [url for url in failed if not url.endswith("/favicon.ico")] == []
 
