@@ -35,6 +35,7 @@ from .inventory import Inventory, SimOverrideValues
 from .metrics import Metrics
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
+from .rotation import Rotation
 from .status import StatusView, create_status_app
 from .store import Store
 
@@ -99,6 +100,7 @@ class Daemon:
         self.pusher: Pusher | None = None
         self.protocol: ProtocolService | None = None
         self.pool: ModemPool | None = None
+        self.rotation: Rotation | None = None
         self._runner: web.AppRunner | None = None
         self._status_runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -146,13 +148,26 @@ class Daemon:
         token = config.status.token.get_secret_value() if config.status.token else None
         status_app = create_status_app(self.view, self.metrics, token)
         self._status_runner, self.status_listening = await _serve(status_app, config.status.listen)
+        # A bank's modules are modems like any other; its control port is not one.
+        modules = [port for bank in config.banks for port in bank.modules.values()]
         self.pool = ModemPool(
-            config.modems.ports,
+            [*config.modems.ports, *(p for p in modules if p not in config.modems.ports)],
             self.on_pool_event,
             modem_settings(config),
             rescan_interval=config.modems.rescan_interval,
+            exclude=[bank.control for bank in config.banks if bank.control],
         )
         await self.pool.start()
+        if config.banks:
+            self.rotation = Rotation(
+                config.banks,
+                config.rotation,
+                self.inventory,
+                self.pool,
+                clock=self.clock,
+                command_timeout=config.modems.command_timeout,
+            )
+            await self.rotation.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         log.info(
             "daemon started",
@@ -183,6 +198,9 @@ class Daemon:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
             self._housekeeping = None
+        if self.rotation is not None:
+            await self.rotation.stop()
+            self.rotation = None
         if self.pool is not None:
             await self.pool.stop()
             self.pool = None
@@ -237,6 +255,8 @@ class Daemon:
             ModemState.DISCONNECTED,
         ):
             inventory.modem_gone(event.port)
+        if self.rotation is not None:
+            self.rotation.on_event(event)
         for observer in self._observers:
             observer(event)
 

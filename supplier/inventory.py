@@ -12,6 +12,7 @@ never after a FINISH 1 or 3, and at most `MAX_OFFERS` hand-outs in all.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -81,6 +82,10 @@ class Inventory:
         self.activations: dict[int, Activation] = {}  # unfinished, and recent finished ones
         self._holder: dict[str, int] = {}  # iccid → the activation that may hold it
         self._reserved: set[str] = set()  # iccids being committed by a GET_NUMBER in flight
+        # SIM banks (rotation.py): SIMs about to be switched out, not sellable even
+        # while their module still reports them; and what the hubs ask for.
+        self.withheld: set[str] = set()
+        self.demand: Counter[tuple[str, str, str]] = Counter()  # (country, operator, service)
         # GET_SERVICES is asked every few seconds by every hub: its counts are
         # cached until something changes (`version`) or a hold runs out.
         self.version = 0
@@ -258,7 +263,22 @@ class Inventory:
 
     def present(self, sim: SimState) -> bool:
         """In a working modem, registered, with a number and a country: stock if free."""
-        return bool(sim.online and sim.registered and sim.enabled and sim.number and sim.country)
+        return bool(
+            sim.online
+            and sim.registered
+            and sim.enabled
+            and sim.number
+            and sim.country
+            and sim.iccid not in self.withheld
+        )
+
+    def withhold(self, iccid: str, withheld: bool = True) -> None:
+        """Take a SIM out of the counts at once (a switch is coming), or give it back."""
+        if withheld:
+            self.withheld.add(iccid)
+        else:
+            self.withheld.discard(iccid)
+        self.version += 1
 
     def allows(self, number: str, service: str) -> bool:
         usage = self.usage.get((number, service))
@@ -332,6 +352,7 @@ class Inventory:
         requests at once never get the same SIM; the activation is committed
         before it is returned.
         """
+        self.demand[(country, operator, service)] += 1
         if service not in self.services:
             return None
         found = self.candidates(country, operator, service, exclude)

@@ -25,7 +25,9 @@ def bank(**changes: Any) -> dict[str, Any]:
 
 
 def test_the_issue_shape_parses() -> None:
-    config = parse_config({"hubs": HUBS, "banks": [bank()], "rotation": {"dwell": "30m", "settle": "120s"}})
+    config = parse_config(
+        {"hubs": HUBS, "banks": [bank()], "rotation": {"dwell": "30m", "settle": "120s"}}
+    )
     (pool,) = config.banks
     assert pool.name == "pool1"
     assert pool.slots == 32
@@ -48,15 +50,27 @@ def test_defaults_and_string_module_keys() -> None:
     ("changes", "expected"),
     [
         ({"slots": 0}, r"banks\[0\]\.slots: 0: input should be greater than or equal to 1"),
-        ({"modules": {0: "/dev/ttyUSB0"}}, r"banks\[0\]\.modules: .*expected module numbers 1-99 as keys, got 0"),
+        (
+            {"modules": {0: "/dev/ttyUSB0"}},
+            r"banks\[0\]\.modules: .*expected module numbers 1-99 as keys, got 0",
+        ),
         ({"modules": {100: "/dev/ttyUSB0"}}, r"got 100"),
         ({"modules": {"x": "/dev/ttyUSB0"}}, r"banks\[0\]\.modules\.x"),
         ({"switch": "AT+SWIT{slot:04d}"}, r"banks\[0\]: .*expected a template with \{module\}"),
         ({"switch": "AT+SWIT01-0001"}, r"\{module\} and \{slot\}"),
         ({"switch": "AT+SWIT{module:02d}-{slot:04d}{x}"}, r"not a usable template"),
-        ({"control": "ttyUSB9"}, r"banks\[0\]\.control: 'ttyUSB9': expected the control port's absolute path"),
-        ({"modules": {1: "/dev/a", 2: "/dev/a"}}, r"port /dev/a is listed twice \(pool1 module 1 and pool1 module 2\)"),
-        ({"control": "/dev/serial/by-path/a-port0"}, r"listed twice \(pool1 control and pool1 module 1\)"),
+        (
+            {"control": "ttyUSB9"},
+            r"banks\[0\]\.control: 'ttyUSB9': expected the control port's absolute path",
+        ),
+        (
+            {"modules": {1: "/dev/a", 2: "/dev/a"}},
+            r"port /dev/a is listed twice \(pool1 module 1 and pool1 module 2\)",
+        ),
+        (
+            {"control": "/dev/serial/by-path/a-port0"},
+            r"listed twice \(pool1 control and pool1 module 1\)",
+        ),
         ({"modules": {1: "/dev/serial/by-path/*"}}, r"expected one port's absolute path"),
     ],
 )
@@ -72,7 +86,9 @@ def test_a_port_in_two_banks() -> None:
 
 
 def test_module_switching_itself_needs_only_the_slot() -> None:
-    config = parse_config({"hubs": HUBS, "banks": [bank(control=None, switch="AT+QDSIM={index}", slots=2)]})
+    config = parse_config(
+        {"hubs": HUBS, "banks": [bank(control=None, switch="AT+QDSIM={index}", slots=2)]}
+    )
     assert config.banks[0].control is None
     with pytest.raises(ConfigError, match=r"expected a template with \{slot\}"):
         parse_config({"hubs": HUBS, "banks": [bank(control=None, switch="AT+QDSIM=1")]})
