@@ -205,7 +205,11 @@ class Rotation:
 
     async def _adopt(self, module: _Module) -> None:
         """At start: which SIM does the module hold? Recognised by ICCID, else learned."""
-        await self._until(module, lambda: self._settled(module), self.settings.settle)
+        if module.row.switching:
+            # Stopped mid-switch: the new SIM may still be coming up; give it `settle`.
+            await self._until(module, lambda: self._has_sim(module), self.settings.settle)
+        else:
+            await self._until(module, lambda: self._settled(module), self.settings.settle)
         modem = self.pool.get(module.port)
         iccid = modem.sim.iccid if modem is not None and modem.sim is not None else None
         now = self.clock()
@@ -234,6 +238,10 @@ class Rotation:
             iccid=iccid,
         )
         self._changed()
+
+    def _has_sim(self, module: _Module) -> bool:
+        modem = self.pool.get(module.port)
+        return modem is not None and modem.ready
 
     def _settled(self, module: _Module) -> bool:
         modem = self.pool.get(module.port)

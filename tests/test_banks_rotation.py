@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,12 @@ import aiohttp
 import pytest
 
 from modems.emulator.simbank import SimBank
-from supplier.config import parse_config
+from supplier.config import load_config, parse_config
 from supplier.daemon import Daemon
 from supplier.rotation import ModuleStatus, Rotation, SlotState
 
 from .hubkit import KEYS, FakeHub
+from .test_run_e2e import Process, free_port
 
 
 class Bench:
@@ -337,3 +340,57 @@ async def test_control_port_unplugged_and_back(bench: Factory) -> None:
     await running.until(lambda: rotation.switches[("pool1", "ok")] >= 1)
     assert running.sim_in(1) != first
     await running.until(lambda: running.sellable(1))
+
+
+async def test_kill_9_during_a_switch_and_restart(tmp_path: Path) -> None:
+    """`supplier run` killed while a module has no SIM; the next start knows which SIM is in."""
+    bank = SimBank(str(tmp_path / "pool1"), 1, 2, switch_delay=1.0, ready_delay=0.1)
+    await bank.start()
+    hub = FakeHub()
+    await hub.start()
+    raw = bank_config(
+        tmp_path,
+        bank,
+        hub,
+        rotation={"dwell": "300ms", "settle": "3s", "grace": "100ms"},
+        reset_after_switch=True,
+    )
+    raw["server"] = {"listen": f"127.0.0.1:{free_port()}"}
+    path = tmp_path / "supplier.yaml"
+    path.write_text(json.dumps(raw))
+    process = Process(path)
+    daemon: Daemon | None = None
+    try:
+        await process.start()
+        await process.until("switch", outcome="adopted")
+        first = bank.sims[(1, 1)]
+        second = bank.sims[(1, 2)]
+        assert first is not None and second is not None
+        # The next switch goes out: kill -9 while the module has no SIM.
+        await bank.control.wait_until(lambda: (1, 2) in bank.switches, 20.0)
+        assert bank.modules[1].sim is None
+        await process.stop(signal.SIGKILL)
+        daemon = Daemon(load_config(path))
+        await daemon.start()
+        rotation = daemon.rotation
+        assert rotation is not None
+        module = rotation.module("pool1", 1)
+        changed = asyncio.Event()
+        rotation.subscribe(changed.set)
+        async with asyncio.timeout(20):
+            while module.status is ModuleStatus.STARTING:
+                changed.clear()
+                await changed.wait()
+        # Recognised: the SIM that came up is slot 2's, learned; slot 1 kept its identity.
+        assert module.row.slot == 2
+        assert module.iccid == second.iccid
+        assert rotation.slots[("pool1", 1, 2)].iccid == second.iccid
+        assert rotation.slots[("pool1", 1, 1)].iccid == first.iccid
+        assert not module.row.switching
+    finally:
+        if process.proc is not None and process.proc.returncode is None:
+            await process.stop(signal.SIGKILL)
+        if daemon is not None:
+            await daemon.stop()
+        await hub.stop()
+        bank.stop()
