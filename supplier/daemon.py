@@ -28,6 +28,7 @@ from modems.events import (
 from modems.modem import ModemSettings
 from modems.pool import ModemPool
 
+from .banks_status import BankCollector
 from .config import Config
 from .errors import StoreError
 from .inbox import Inbox
@@ -107,6 +108,7 @@ class Daemon:
         self.listening: tuple[str, int] | None = None
         self.status_listening: tuple[str, int] | None = None
         self.metrics = Metrics()
+        self.metrics.registry.register(BankCollector(lambda: self.rotation))
         self.view = StatusView(self)
         self._observers: list[Callable[[PoolEvent], None]] = []
 

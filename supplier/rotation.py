@@ -509,6 +509,79 @@ class Rotation:
         module.wake.set()
         self._changed()
 
+    # -- what the operator sees -------------------------------------------------------------
+
+    def slot_state(self, module: _Module, row: SlotRow) -> str:
+        """in | waiting | sold-out | no-number | empty | faulty | unknown | out (of rotation)."""
+        if (
+            row.slot == module.row.slot
+            and row.iccid is not None
+            and row.iccid == module.iccid
+            and not module.row.switching
+        ):
+            return "in"
+        if row.state in (SlotState.EMPTY, SlotState.FAULTY):
+            return str(row.state)
+        if not row.in_rotation:
+            return "out"
+        if row.iccid is None:
+            return "unknown"
+        sim = self.inventory.sims.get(row.iccid)
+        if sim is None or sim.number is None:
+            return "no-number"
+        if self.value(row.iccid) <= 0:
+            return "sold-out"
+        return "waiting"
+
+    def grid(self) -> list[dict[str, object]]:
+        """Each bank as module x slot: identity, state, last time in (status page, JSON)."""
+        out: list[dict[str, object]] = []
+        for bank in self.banks:
+            modules: list[dict[str, object]] = []
+            for number in sorted(bank.modules):
+                module = self.modules[(bank.name, number)]
+                slots = []
+                for slot in range(1, bank.slots + 1):
+                    row = self.slots[(bank.name, number, slot)]
+                    slots.append(
+                        {
+                            "slot": slot,
+                            "iccid": row.iccid,
+                            "number": row.number,
+                            "state": self.slot_state(module, row),
+                            "last_in": row.last_in,
+                            "in_rotation": row.in_rotation,
+                            "failures": row.failures,
+                            "retry_at": row.retry_at,
+                        }
+                    )
+                modules.append(
+                    {
+                        "module": number,
+                        "port": module.port,
+                        "status": str(module.status),
+                        "slot": module.row.slot,
+                        "iccid": module.iccid,
+                        "held": module.row.held,
+                        "since": module.since,
+                        "slots": slots,
+                    }
+                )
+            switches = {
+                outcome: count
+                for (name, outcome), count in self.switches.items()
+                if name == bank.name
+            }
+            out.append({"name": bank.name, "modules": modules, "switches": switches})
+        return out
+
+    def slot_counts(self) -> Counter[tuple[str, str]]:
+        """(bank, state) → slots, for Prometheus."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for (bank, number, _), row in self.slots.items():
+            counts[(bank, self.slot_state(self.modules[(bank, number)], row))] += 1
+        return counts
+
     # -- waiting ---------------------------------------------------------------------------
 
     def _status(self, module: _Module, status: ModuleStatus) -> None:

@@ -26,6 +26,7 @@ from aiohttp import hdrs, web
 from modems.events import REGISTRATION_NAMES, ModemState
 
 from . import __version__
+from .banks_status import add_bank_routes
 from .config import phone_digits
 from .errors import StoreError
 from .metrics import CONTENT_TYPE, Live, Metrics
@@ -582,4 +583,5 @@ def create_status_app(
     app.router.add_post("/api/sims/{iccid}/sale", set_sale)
     app.router.add_post("/api/modems/reset", reset_modem)
     app.router.add_get("/metrics", metrics)
+    add_bank_routes(app, lambda: view.daemon.rotation, _action_body)
     return app

@@ -119,6 +119,7 @@ async def bench(tmp_path: Path) -> AsyncIterator[Factory]:
         rotation: dict[str, Any] | None = None,
         activation: dict[str, Any] | None = None,
         bank_options: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
         **bank_kwargs: Any,
     ) -> Bench:
         bank = SimBank(str(tmp_path / "pool1"), modules, slots, **bank_kwargs)
@@ -134,6 +135,7 @@ async def bench(tmp_path: Path) -> AsyncIterator[Factory]:
         )
         if activation:
             raw["activation"] = activation
+        raw.update(config or {})
         daemon = Daemon(parse_config(raw))
         started.append((None, daemon, bank, hub))
         await daemon.start()
