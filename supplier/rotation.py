@@ -356,7 +356,9 @@ class Rotation:
             if (sim is not None and not self.inventory.free(sim, now)) or self.busy_until(
                 old, now
             ) > now:
+                # A GET_NUMBER is committing it right now: it stays; look again shortly.
                 self.inventory.withhold(old, False)
+                await self._idle(module, _RECHECK)
                 return
             modem = self.pool.get(module.port)
             if modem is not None and modem.ready:
