@@ -217,14 +217,32 @@ async def test_rotates_through_every_usable_slot_and_never_over_reports(bench: F
         }
         return usable <= seen and rotation.slots[("pool1", 2, 5)].state == SlotState.EMPTY
 
+    # The moment the board hears AT+SWIT (before the relay moves), the SIM
+    # about to leave must already be out of the counts.
+    heard = 0
+    not_withheld: list[str] = []
+
+    def on_control() -> None:
+        nonlocal heard
+        commands = running.bank.control.commands
+        for line in commands[heard:]:
+            module = int(line[7:9])
+            if running.sellable(module):
+                not_withheld.append(f"{line}: SIM {running.sim_in(module)} still on sale")
+        heard = len(commands)
+
+    unsubscribe = running.bank.control.subscribe(on_control)
     poller = asyncio.create_task(poll())
     try:
         await running.until(seen_all, timeout=90.0)
     finally:
+        unsubscribe()
         poller.cancel()
         await asyncio.gather(poller, return_exceptions=True)
     assert polls > 10
     assert violations == []
+    assert heard > 20
+    assert not_withheld == []
     assert rotation.switches[("pool1", "ok")] >= len(usable) - 4
     # Learned identities match the emulator's SIMs slot by slot.
     for (_, module, slot), row in rotation.slots.items():
