@@ -382,8 +382,8 @@ class Rotation:
                 outcome = SwitchOutcome.ADOPTED
                 break
             log_.warning("switch did not take", outcome=outcome.value, attempt=attempt)
-        await self._settle(module, target, old, old_slot, outcome)
         self.switches[(bank.name, outcome.value)] += 1
+        await self._settle(module, target, old, old_slot, outcome)
         log_.info("switch", outcome=outcome.value, old_iccid=old, iccid=module.iccid)
         self._changed()
 
@@ -409,6 +409,11 @@ class Rotation:
         if current is not None and current.sim is not None:
             return SwitchOutcome.UNCHANGED
         if current is not None and current.state is ModemState.NO_SIM:
+            # No SIM, or a module that stopped answering before anyone noticed: ask it.
+            try:
+                await current.command("AT", timeout=self.command_timeout)
+            except (ModemError, TimeoutError):
+                return SwitchOutcome.LOST
             return SwitchOutcome.EMPTY
         return SwitchOutcome.LOST
 

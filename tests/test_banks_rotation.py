@@ -12,7 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from modems.emulator.interpreter import Slot
 from modems.emulator.simbank import SimBank
+from modems.pdu import encode_deliver_parts
 from supplier.config import load_config, parse_config
 from supplier.daemon import Daemon
 from supplier.rotation import ModuleStatus, Rotation, SlotState
@@ -414,3 +416,39 @@ async def test_kill_9_during_a_switch_and_restart(tmp_path: Path) -> None:
             await daemon.stop()
         await hub.stop()
         bank.stop()
+
+
+async def test_sms_on_the_sim_are_swept_before_it_leaves(bench: Factory) -> None:
+    """A message stored without an indication is read into the store before the switch."""
+    running = await bench(1, 2, rotation={"dwell": "1h", "settle": "3s", "grace": "100ms"})
+    rotation = running.rotation
+    module = rotation.module("pool1", 1)
+    await running.until(lambda: module.status is ModuleStatus.IN and running.sellable(1))
+    leaving = running.bank.modules[1].sim
+    assert leaving is not None
+    leaving.sm[7] = Slot(encode_deliver_parts("Bank", "silent 5150")[0])  # no +CMTI
+    rotation.switch_now("pool1", 1, 2)
+    await running.until(lambda: module.row.slot == 2 and running.sellable(1))
+    assert leaving.sm == {}  # nothing stayed behind on the SIM that left
+    store = running.daemon.store
+    assert store is not None
+    texts = [sms.text for sms, _ in await store.sms_of(leaving.iccid)]
+    assert texts == ["silent 5150"]
+
+
+async def test_a_module_that_never_comes_back(bench: Factory) -> None:
+    running = await bench(
+        1,
+        3,
+        rotation={"dwell": "1h", "settle": "600ms", "grace": "100ms", "retry_after": "1h"},
+    )
+    rotation = running.rotation
+    module = rotation.module("pool1", 1)
+    await running.until(lambda: module.status is ModuleStatus.IN and running.sellable(1))
+    running.bank.stuck.add(1)
+    rotation.switch_now("pool1", 1, 2)
+    await running.until(lambda: module.status is ModuleStatus.FAULTY, timeout=20.0)
+    assert rotation.switches[("pool1", "lost")] == 1
+    assert rotation.slots[("pool1", 1, 2)].state == SlotState.FAULTY
+    assert module.retry_at > running.daemon.clock() + 3000  # backs off, no hot loop
+    assert not running.sellable(1)
