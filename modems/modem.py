@@ -25,7 +25,8 @@ import asyncio
 import enum
 import random
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -104,8 +105,21 @@ class _CmtiWake:
     index: int
 
 
+@dataclass(slots=True, eq=False)
+class _JobWake:
+    """Work an owner asks the modem's own task to do (a sweep, a module command)."""
+
+    op: Callable[[], Awaitable[object]]
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 _SIM_HINT_URCS = frozenset({"+CPIN", "^SIMST", "+SIMCARD", "+QUSIM", "RDY", "+CFUN"})
 _NETWORK_URCS = frozenset({"+CREG", "+CGREG", "+CEREG", "+C5GREG"})
+
+
+_CLOSED_STATES = frozenset({ModemState.REMOVED, ModemState.NOT_MODEM})
 
 
 class Modem:
@@ -128,7 +142,7 @@ class Modem:
         self._network = Network(self._session)
         self._ussd = UssdSession(self._session)
         self._seen_at = False
-        self._wake: asyncio.Queue[_Wake | _CmtiWake] = asyncio.Queue(settings.wake_queue)
+        self._wake: asyncio.Queue[_Wake | _CmtiWake | _JobWake] = asyncio.Queue(settings.wake_queue)
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max)
         self._log = log.bind(port=port)
@@ -193,6 +207,33 @@ class Modem:
     def request_reset(self) -> None:
         """Ask for a reset (`AT+CFUN=1,1` and reopen), e.g. from an operator."""
         self._queue(_Wake.RESET)
+
+    async def sweep(self, timeout: float) -> None:
+        """Read every stored SMS now and wait until each is durable with the owner.
+
+        A SIM bank sweeps a SIM before switching it out, so nothing stays
+        behind on a SIM that leaves. Raises `ModemNotReady` without a ready SIM.
+        """
+        await self._job(lambda: self._messaging.sweep(self._accept), timeout)
+
+    async def command(self, line: str, timeout: float) -> None:
+        """Give one command to the module in its own turn (Quectel `AT+QDSIM=<n>`)."""
+        await self._job(lambda: self._session.command(line), timeout, need_sim=False)
+
+    async def _job(
+        self, op: Callable[[], Awaitable[object]], timeout: float, *, need_sim: bool = True
+    ) -> None:
+        if need_sim and not self.ready:
+            raise ModemNotReady(f"{self.port}: no ready SIM")
+        if self._task is None or self.state in _CLOSED_STATES:
+            raise ModemNotReady(f"{self.port}: port not open ({self.state.value})")
+        job = _JobWake(op)
+        try:
+            self._wake.put_nowait(job)
+        except asyncio.QueueFull:
+            raise ModemNotReady(f"{self.port}: busy") from None
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(job.done)
 
     async def run(self) -> None:
         while True:
@@ -382,10 +423,20 @@ class Modem:
             except (CommandError, ParseError) as exc:
                 self._note_error(exc)
 
-    async def _on_wake(self, wake: _Wake | _CmtiWake | None) -> None:
+    async def _on_wake(self, wake: _Wake | _CmtiWake | _JobWake | None) -> None:
         """What a wake-up asks for; SMS and network work only while a SIM is ready."""
         messaging = self._messaging
-        if isinstance(wake, _CmtiWake):
+        if isinstance(wake, _JobWake):
+            try:
+                await wake.op()
+            except BaseException as exc:
+                if not wake.done.done():
+                    wake.done.set_exception(exc)
+                    wake.done.exception()  # the owner may have given up waiting
+                raise
+            if not wake.done.done():
+                wake.done.set_result(None)
+        elif isinstance(wake, _CmtiWake):
             if not self.ready:
                 return
             if wake.storage is not None and wake.storage != messaging.storage:
@@ -403,7 +454,9 @@ class Modem:
         elif wake is _Wake.SWEEP and self.ready:
             await messaging.sweep(self._accept)
 
-    async def _next_wake(self, channel: ATChannel, timeout: float) -> _Wake | _CmtiWake | None:
+    async def _next_wake(
+        self, channel: ATChannel, timeout: float
+    ) -> _Wake | _CmtiWake | _JobWake | None:
         if not self._wake.empty():
             return self._wake.get_nowait()
         getter = asyncio.ensure_future(self._wake.get())
@@ -495,7 +548,7 @@ class Modem:
         elif not name:
             self._log.debug("stray line", line=urc.text[:80])
 
-    def _queue(self, wake: _Wake | _CmtiWake) -> None:
+    def _queue(self, wake: _Wake | _CmtiWake | _JobWake) -> None:
         try:
             self._wake.put_nowait(wake)
         except asyncio.QueueFull:
@@ -507,7 +560,10 @@ class Modem:
         self._ussd.detach()
         self._session.detach()
         while not self._wake.empty():
-            self._wake.get_nowait()
+            wake = self._wake.get_nowait()
+            if isinstance(wake, _JobWake) and not wake.done.done():
+                wake.done.set_exception(ModemDisconnected(f"{self.port}: port closed"))
+                wake.done.exception()
 
     def _note_error(self, exc: Exception) -> None:
         self.last_error = str(exc)

@@ -41,10 +41,13 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def expand_ports(patterns: Sequence[str]) -> dict[str, str]:
-    """Port name → real device path, for every existing match, first name wins."""
+def expand_ports(patterns: Sequence[str], exclude: Sequence[str] = ()) -> dict[str, str]:
+    """Port name → real device path, for every existing match, first name wins.
+
+    `exclude`: ports never taken (by name or device), e.g. a SIM bank's control port.
+    """
     found: dict[str, str] = {}
-    seen: set[str] = set()
+    seen: set[str] = set(exclude) | {os.path.realpath(path) for path in exclude}
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if _GLOB_CHARS & set(pattern) else [pattern]
         for path in matches:
@@ -68,8 +71,11 @@ class ModemPool:
         settings: ModemSettings | None = None,
         *,
         rescan_interval: float = 2.0,
+        exclude: Sequence[str] = (),
     ) -> None:
         self.patterns = tuple(patterns)
+        # Ports that match a pattern but are not modems to drive (a SIM bank's control port).
+        self.exclude = tuple(exclude)
         self.settings = settings or ModemSettings()
         self.rescan_interval = rescan_interval
         self._handler = handler
@@ -117,7 +123,7 @@ class ModemPool:
     async def rescan(self) -> None:
         """Pick up new ports, drop vanished ones (and re-create a port whose device changed)."""
         async with self._lock:
-            found = expand_ports(self.patterns)
+            found = expand_ports(self.patterns, self.exclude)
             for port in list(self._modems):
                 if found.get(port) != self._devices.get(port):
                     modem = self._modems.pop(port)

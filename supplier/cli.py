@@ -23,6 +23,7 @@ from aiohttp import web
 
 from modems.emulator import PROFILES, VirtualModemBank
 from modems.emulator.control import FAULTS, create_control_app
+from modems.emulator.simbank import BANK_ANSWERS, SimBank
 from modems.modem import ModemSettings
 from modems.pool import expand_ports, raise_open_file_limit
 
@@ -106,6 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"control API address (default {DEFAULT_CONTROL}; port 0: any free port)",
     )
     emulate.add_argument("--first-sim", type=int, default=0, help="slot number of the first SIM")
+    emulate.add_argument(
+        "--banks", type=int, default=0, help="SIM-bank pool boards besides the modems (default 0)"
+    )
+    emulate.add_argument("--bank-modules", type=_positive, default=8, help="modules per bank")
+    emulate.add_argument("--bank-slots", type=_positive, default=8, help="SIM slots per module")
+    emulate.add_argument(
+        "--bank-answer",
+        choices=BANK_ANSWERS,
+        default="ok",
+        help="how a board answers AT+SWIT: ok, or silent (many boards)",
+    )
+    emulate.add_argument(
+        "--bank-fail-slot",
+        action="append",
+        default=[],
+        metavar="MODULE:SLOT",
+        help="a slot whose switch does not take (the ICCID stays); repeatable",
+    )
+    emulate.add_argument(
+        "--bank-switch-delay", type=_seconds, default=2.0, help="seconds a module has no SIM"
+    )
+    emulate.add_argument(
+        "--bank-ready-delay", type=_seconds, default=5.0, help="seconds until it registers"
+    )
 
     control = commands.add_parser(
         "emulator",
@@ -347,6 +372,12 @@ async def _emulate(args: argparse.Namespace) -> int:
         bank.stop()
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     port = runner.addresses[0][1]
+    try:
+        banks = await _start_sim_banks(args, directory)
+    except (OSError, ValueError) as exc:
+        await runner.cleanup()
+        bank.stop()
+        raise CliError(f"cannot create the SIM banks: {exc}") from None
     print(f"{len(bank)} virtual modems ({', '.join(profiles)}); ports: {bank.pattern}")
     for modem in bank:
         sim = modem.sim
@@ -361,9 +392,41 @@ async def _emulate(args: argparse.Namespace) -> int:
     finally:
         await runner.cleanup()
         bank.stop()
+        for sim_bank in banks:
+            sim_bank.stop()
         with contextlib.suppress(OSError):
             os.rmdir(directory)
     return 0
+
+
+def _module_slot(value: str) -> tuple[int, int]:
+    module, sep, slot = value.partition(":")
+    if not sep or not module.isdigit() or not slot.isdigit():
+        raise ValueError(f"--bank-fail-slot {value!r}: expected MODULE:SLOT, e.g. 3:7")
+    return int(module), int(slot)
+
+
+async def _start_sim_banks(args: argparse.Namespace, directory: str) -> list[SimBank]:
+    """`--banks N`: pool boards (a control port and modules each) in DIR/poolN."""
+    fail = frozenset(_module_slot(value) for value in args.bank_fail_slot)
+    banks: list[SimBank] = []
+    for number in range(1, args.banks + 1):
+        sim_bank = SimBank(
+            os.path.join(directory, f"pool{number}"),
+            args.bank_modules,
+            args.bank_slots,
+            answer=args.bank_answer,
+            fail_slots=fail,
+            switch_delay=args.bank_switch_delay,
+            ready_delay=args.bank_ready_delay,
+            first_index=100000 * number,
+        )
+        await sim_bank.start()
+        banks.append(sim_bank)
+        print(f"bank pool{number}: control {sim_bank.control.link}")
+        for module, path in sim_bank.module_paths.items():
+            print(f"  module {module}: {path}")
+    return banks
 
 
 async def _emulator(args: argparse.Namespace) -> int:

@@ -37,10 +37,12 @@ _EXAMPLE_HOST = re.compile(r"(^|\.)(example(\.(com|net|org))?|test|invalid)$", r
 __all__ = [
     "SLUG_RE",
     "ActivationConfig",
+    "BankConfig",
     "Config",
     "ConfigError",
     "HubConfig",
     "ModemsConfig",
+    "RotationConfig",
     "load_config",
     "parse_config",
     "parse_host_port",
@@ -251,6 +253,67 @@ class SmsConfig(_Frozen):
     reassembly_timeout: Duration = 120.0
 
 
+SWITCH_DEFAULT = "AT+SWIT{module:02d}-{slot:04d}"
+
+
+class BankConfig(_Frozen):
+    """One SIM-bank pool board (README "SIM banks"). `control: null`: the module switches itself."""
+
+    name: Slug
+    control: str | None = None
+    switch: str = SWITCH_DEFAULT
+    reset_after_switch: bool = True
+    slots: int = Field(ge=1, le=9999)
+    modules: dict[int, str]
+
+    @field_validator("control")
+    @classmethod
+    def _control(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("expected the control port's absolute path, or null")
+        return value
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, value: dict[int, str]) -> dict[int, str]:
+        if not value:
+            raise ValueError("expected module number → port, e.g. 1: /dev/serial/by-path/...")
+        for module, port in value.items():
+            if not 1 <= module <= 99:
+                raise ValueError(f"expected module numbers 1-99 as keys, got {module}")
+            if not port.startswith("/") or _GLOB & set(port):
+                raise ValueError(
+                    f"module {module}: expected one port's absolute path, got {port!r}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _template(self) -> BankConfig:
+        needed = ("{module", "{slot") if self.control is not None else ("{slot",)
+        missing = [name + "}" for name in needed if name not in self.switch]
+        if self.control is None and "{index" in self.switch:
+            missing = []
+        if missing:
+            raise ValueError(
+                f"switch {self.switch!r}: expected a template with {' and '.join(missing)}, "
+                f"e.g. {SWITCH_DEFAULT!r}"
+            )
+        try:
+            self.switch.format(module=99, slot=self.slots, index=self.slots - 1)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ValueError(f"switch {self.switch!r}: not a usable template ({exc})") from None
+        return self
+
+
+class RotationConfig(_Frozen):
+    dwell: Duration = 1800.0  # how long a SIM stays in before its module moves on
+    settle: Duration = 120.0  # how long a switched-in SIM may take to become ready
+    grace: Duration = 60.0  # after an activation ends, for a late SMS, before switching out
+    retry_after: Duration = 600.0  # a failed slot is tried again after this, doubling
+
+
+_GLOB = frozenset("*?[")
+
 DEFAULT_SERVICES = ("vk", "ok", "wa", "tg", "go", "fb", "ig", "tw")
 
 
@@ -266,6 +329,24 @@ class Config(_Frozen):
     status: StatusConfig = StatusConfig()
     sms: SmsConfig = SmsConfig()
     ussd: UssdConfig = UssdConfig()
+    banks: tuple[BankConfig, ...] = ()
+    rotation: RotationConfig = RotationConfig()
+
+    @field_validator("banks")
+    @classmethod
+    def _banks(cls, value: tuple[BankConfig, ...]) -> tuple[BankConfig, ...]:
+        names = [bank.name for bank in value]
+        if len(set(names)) != len(names):
+            raise ValueError("expected bank names to be unique")
+        seen: dict[str, str] = {}
+        for bank in value:
+            ports = [(f"{bank.name} control", bank.control)] if bank.control else []
+            ports += [(f"{bank.name} module {m}", port) for m, port in bank.modules.items()]
+            for where, port in ports:
+                if port in seen:
+                    raise ValueError(f"port {port} is listed twice ({seen[port]} and {where})")
+                seen[port] = where
+        return value
 
     @field_validator("hubs")
     @classmethod

@@ -39,6 +39,7 @@ from modems.events import (
 from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
+from .banks_status import BankCollector
 from .config import Config
 from .errors import StoreError, SupplierError
 from .inbox import Inbox
@@ -46,6 +47,7 @@ from .inventory import Inventory
 from .metrics import Metrics
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
+from .rotation import Rotation
 from .status import StatusView, create_status_app
 from .store import DatabaseLock, Store
 from .upkeep import Upkeep, UpkeepSettings
@@ -143,6 +145,7 @@ class Running:
     protocol: ProtocolService
     pool: ModemPool
     upkeep: Upkeep
+    rotation: Rotation | None  # the SIM banks' slot rotation; None without `banks:`
     view: StatusView
     listening: tuple[str, int]  # the hub endpoint's address (port 0 in the config: the real one)
     status_listening: tuple[str, int]
@@ -163,6 +166,9 @@ class Daemon:
         self._stopping = False  # modems stopped on purpose: no "gone" lines for them
         self.failed = asyncio.Event()  # set when the daemon cannot go on (its database is gone)
         self.failure: str | None = None
+        self.metrics.registry.register(
+            BankCollector(lambda: self._running.rotation if self._running else None)
+        )
         self._observers: list[Callable[[PoolEvent], None]] = []
 
     @property
@@ -205,11 +211,26 @@ class Daemon:
             await pusher.start()
             undo.push_async_callback(pusher.stop)
             protocol = ProtocolService(inventory, config.hubs, on_request=self.metrics.on_request)
+            # A bank's modules are modems like any other; its control port is not one.
+            modules = [port for bank in config.banks for port in bank.modules.values()]
             pool = ModemPool(
-                config.modems.ports,
+                [*config.modems.ports, *(p for p in modules if p not in config.modems.ports)],
                 self.on_pool_event,
                 modem_settings(config),
                 rescan_interval=config.modems.rescan_interval,
+                exclude=[bank.control for bank in config.banks if bank.control],
+            )
+            rotation = (
+                Rotation(
+                    config.banks,
+                    config.rotation,
+                    inventory,
+                    pool,
+                    clock=self.clock,
+                    command_timeout=config.modems.command_timeout,
+                )
+                if config.banks
+                else None
             )
             upkeep = Upkeep(
                 inventory,
@@ -227,6 +248,7 @@ class Daemon:
                 store,
                 pool,
                 upkeep,
+                rotation,
                 hubs=[hub.name for hub in config.hubs],
                 clock=self.clock,
             )
@@ -249,6 +271,7 @@ class Daemon:
                 protocol,
                 pool,
                 upkeep,
+                rotation,
                 view,
                 listening,
                 status_listening,
@@ -257,6 +280,8 @@ class Daemon:
         matched = len(expand_ports(config.modems.ports))
         upkeep.start()
         await pool.start()
+        if rotation is not None:
+            await rotation.start()
         self._tasks = [
             asyncio.create_task(self._housekeep(), name="housekeeping"),
             asyncio.create_task(self._watch_database(), name="database watch"),
@@ -367,6 +392,8 @@ class Daemon:
         if running is not None:
             running.protocol.unknown_key.close()
             await running.upkeep.stop()
+            if running.rotation is not None:
+                await running.rotation.stop()
             await running.pool.stop()  # its last events (SIMs lost) still reach the inventory
             await running.pusher.stop(grace=SHUTDOWN_GRACE)
             await running.store.close()
@@ -431,6 +458,8 @@ class Daemon:
             self._log_modem(event)
             if event.state in (ModemState.REMOVED, ModemState.DISCONNECTED):
                 inventory.modem_gone(event.port)
+        if self.running.rotation is not None:
+            self.running.rotation.on_event(event)
         self._pool_changed.set()
         for observer in self._observers:
             observer(event)

@@ -12,6 +12,7 @@ never after a FINISH 1 or 3, and at most `MAX_OFFERS` hand-outs in all.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -108,6 +109,10 @@ class Inventory:
         self._holder: dict[str, int] = {}  # iccid → the activation that may hold it
         self._reserved: set[str] = set()  # iccids being committed by a GET_NUMBER in flight
         self._numbers_claimed: set[str] = set()  # numbers an operator's change is writing
+        # SIM banks (rotation.py): SIMs about to be switched out, not sellable even
+        # while their module still reports them; and what the hubs ask for.
+        self.withheld: set[str] = set()
+        self.demand: Counter[tuple[str, str, str]] = Counter()  # (country, operator, service)
         # GET_SERVICES is asked every few seconds by every hub: its counts are
         # cached until something changes (`version`) or a hold runs out.
         self.version = 0
@@ -368,10 +373,21 @@ class Inventory:
         return activation
 
     def present(self, sim: SimState) -> bool:
-        """In a working modem, registered, with a number of its own and a country: stock if free."""
+        """In a working modem, registered, with a number of its own and a country, and not
+        about to be switched out of its module: stock if free."""
         if not (sim.online and sim.registered and sim.enabled and sim.number and sim.country):
             return False
+        if sim.iccid in self.withheld:
+            return False
         return len(self._by_number.get(sim.number, ())) < 2
+
+    def withhold(self, iccid: str, withheld: bool = True) -> None:
+        """Take a SIM out of the counts at once (a switch is coming), or give it back."""
+        if withheld:
+            self.withheld.add(iccid)
+        else:
+            self.withheld.discard(iccid)
+        self.version += 1
 
     def allows(self, number: str, service: str) -> bool:
         usage = self.usage.get((number, service))
@@ -447,6 +463,7 @@ class Inventory:
         requests at once never get the same SIM; the activation is committed
         before it is returned.
         """
+        self.demand[(country, operator, service)] += 1
         if service not in self.services:
             return None
         found = self.candidates(country, operator, service, exclude)

@@ -36,6 +36,7 @@ from modems.events import REGISTRATION_NAMES, ModemState
 from modems.ussd import UssdError, UssdTimeout, encode_request
 
 from . import __version__
+from .banks_status import add_bank_routes
 from .config import phone_digits
 from .errors import StoreError
 from .inventory import NumberTaken
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from modems.pool import ModemPool
 
     from .inventory import Inventory, SimState
+    from .rotation import Rotation
     from .upkeep import Upkeep
 
 __all__ = ["FailureLimiter", "Sessions", "StatusView", "bars", "create_status_app", "money"]
@@ -214,6 +216,7 @@ class StatusView:
         store: Store,
         pool: ModemPool,
         upkeep: Upkeep,
+        rotation: Rotation | None,
         *,
         hubs: list[str],
         clock: Callable[[], float],
@@ -222,6 +225,7 @@ class StatusView:
         self.store = store
         self.pool = pool
         self.upkeep = upkeep
+        self.rotation = rotation  # None without SIM banks
         self.hubs = hubs  # the configured hubs' names (a reload replaces them)
         self.clock = clock
 
@@ -936,4 +940,5 @@ def create_status_app(
     app.router.add_post("/api/modems/reset", reset_modem)
     app.router.add_post("/api/sims/{iccid}/ussd", send_ussd)
     app.router.add_get("/metrics", metrics)
+    add_bank_routes(app, lambda: view.rotation, _action_body)
     return app
