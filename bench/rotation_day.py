@@ -136,7 +136,8 @@ async def run_mode(args: argparse.Namespace, rotate: bool, workdir: str) -> dict
     def on_change() -> None:
         nonlocal switching_time
         now = time.monotonic()
-        for number, module in daemon.running.rotation.modules.items() if daemon.running.rotation else []:
+        rotation = daemon.running.rotation
+        for number, module in rotation.modules.items() if rotation else []:
             switching = module.status.value == "switching"
             if switching and number[1] not in started_switch:
                 started_switch[number[1]] = now
