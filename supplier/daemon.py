@@ -32,7 +32,7 @@ from .config import Config
 from .errors import StoreError
 from .inbox import Inbox
 from .inventory import Inventory, SimOverrideValues
-from .metrics import Metrics
+from .metrics import Metrics, watch_loop_lag
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .status import StatusView, create_status_app
@@ -102,6 +102,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._status_runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
         self.listening: tuple[str, int] | None = None
         self.status_listening: tuple[str, int] | None = None
         self.metrics = Metrics()
@@ -154,6 +155,9 @@ class Daemon:
         )
         await self.pool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._lag_watch = asyncio.create_task(
+            watch_loop_lag(self.metrics.loop_lag), name="loop lag"
+        )
         log.info(
             "daemon started",
             listen=_address(self.listening),
@@ -192,6 +196,10 @@ class Daemon:
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            await asyncio.gather(self._lag_watch, return_exceptions=True)
+            self._lag_watch = None
         log.info("daemon stopped")
 
     async def reload(self, config: Config) -> None:
