@@ -156,7 +156,7 @@ class Daemon:
         await self.pool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self._lag_watch = asyncio.create_task(
-            watch_loop_lag(self.metrics.loop_lag), name="loop lag"
+            watch_loop_lag(self.metrics.loop_lag.observe), name="loop lag"
         )
         log.info(
             "daemon started",

@@ -10,7 +10,7 @@ loop delays every hub answer and every modem at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -138,10 +138,10 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def watch_loop_lag(histogram: Histogram, interval: float = LAG_INTERVAL) -> None:
+async def watch_loop_lag(observe: Callable[[float], None], interval: float = LAG_INTERVAL) -> None:
     """Observe, every `interval`, how much later than asked a timer fired; runs until cancelled."""
     loop = asyncio.get_running_loop()
     while True:
         due = loop.time() + interval
         await asyncio.sleep(interval)
-        histogram.observe(max(0.0, loop.time() - due))
+        observe(max(0.0, loop.time() - due))

@@ -1,5 +1,5 @@
 """Background modem work is spread over its interval: modems that come up together
-do not check their health together (issue 17: 512 × 3 commands in one burst held
+do not check their health together (issue 17: 512 times 3 commands in one burst held
 the event loop every 10 s)."""
 
 from __future__ import annotations
