@@ -305,6 +305,7 @@ async def run(
     rate: float = 200.0,
     duration: float = 30.0,
     profile: str | None = None,
+    idle: float = 10.0,
 ) -> dict[str, str]:
     work = tempfile.mkdtemp(prefix=f"bench-hub-{count}-")
     emulator, control = await start_emulator(count, os.path.join(work, "bank"))
@@ -334,9 +335,9 @@ storage: {{path: "{work}/supplier.db"}}
         me = psutil.Process(daemon.pid)
 
         cpu0 = me.cpu_times()
-        await asyncio.sleep(10)
+        await asyncio.sleep(idle)
         cpu1 = me.cpu_times()
-        out["idle_cpu"] = f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / 10 * 100:.1f}"
+        out["idle_cpu"] = f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / idle * 100:.1f}"
         out["idle_rss"] = f"{me.memory_info().rss / 2**20:.0f}"
 
         if phase in ("all", "open-loop"):
@@ -493,6 +494,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests per second")
     parser.add_argument("--duration", type=float, default=30.0, help="open-loop seconds")
     parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of idle CPU measured after come-up"
+    )
+    parser.add_argument(
         "--profile", help="py-spy's collapsed stacks of the daemon under the open loop, to a file"
     )
     args = parser.parse_args()
@@ -506,7 +510,7 @@ def main() -> int:
             r = asyncio.run(
                 run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
                     phase="open-loop", rate=args.rate, duration=args.duration,
-                    profile=args.profile)
+                    profile=args.profile, idle=args.idle)
             )  # fmt: skip
             open_loop_report(r, args.rate, args.duration)
         return 0
@@ -522,7 +526,7 @@ def main() -> int:
     for count in args.modems or [64, 256, 512]:
         r = asyncio.run(
             run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
-                rate=args.rate, duration=args.duration)
+                rate=args.rate, duration=args.duration, idle=args.idle)
         )  # fmt: skip
         reports.append(r)
         print(

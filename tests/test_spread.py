@@ -6,14 +6,16 @@ rescan's file-system work runs in a thread."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from modems.emulator import VirtualModem
 from modems.modem import ModemSettings
-from modems.pool import ModemPool
+from modems.pool import ModemPool, expand_ports
 
 from .conftest import FAST, BankFactory, Recorder
 
@@ -79,3 +81,23 @@ async def test_the_port_rescan_runs_off_the_event_loop(
     await pool.rescan()
     assert _GLOB_THREADS[bank.pattern]  # the pattern was globbed (the hook sees it)
     assert threading.get_ident() not in _GLOB_THREADS.pop(bank.pattern)
+
+
+def test_a_rescan_resolves_a_port_again_only_when_its_name_changed(tmp_path: Path) -> None:
+    """The rescan keeps what each name resolved to while the name is the same file."""
+    for name in ("ttyUSB0", "ttyUSB1"):
+        (tmp_path / name).write_text("")
+    links = tmp_path / "by-path"
+    links.mkdir()
+    (links / "port-a").symlink_to(tmp_path / "ttyUSB0")
+    resolved: dict[str, tuple[int, int, str]] = {}
+    pattern = str(links / "*")
+    assert expand_ports([pattern], resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB0")}
+    assert list(resolved) == [str(links / "port-a")]
+    # udev re-creates the link for another device: a new file under the same name.
+    (links / "port-a.new").symlink_to(tmp_path / "ttyUSB1")
+    os.replace(links / "port-a.new", links / "port-a")
+    assert expand_ports([pattern], resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB1")}
+    (links / "port-a").unlink()
+    assert expand_ports([pattern], resolved) == {}
+    assert resolved == {}  # names that are gone are forgotten
