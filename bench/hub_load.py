@@ -389,6 +389,9 @@ storage: {{path: "{work}/supplier.db"}}
         out["numbers"] = summary(numbers)
         out["numbers_rps"] = f"{len(numbers) / elapsed:.0f}"
         out["numbers_won"] = str(won)
+        if phase == "closed-loop":
+            logs.cancel()
+            return out
 
         # Every SIM gets an open activation for the one service the load above left
         # alone, so every SMS below has a hub to go to.
@@ -487,9 +490,10 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument(
         "--phase",
-        choices=["all", "open-loop"],
+        choices=["all", "open-loop", "closed-loop"],
         default="all",
-        help="open-loop: only idle CPU and the open-loop load against its floor",
+        help="open-loop: only idle CPU and the open-loop load against its floor; "
+        "closed-loop: only idle CPU and the closed-loop GET_SERVICES and GET_NUMBER",
     )
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests per second")
     parser.add_argument("--duration", type=float, default=30.0, help="open-loop seconds")
@@ -505,6 +509,20 @@ def main() -> int:
         f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.phase == "closed-loop":
+        print("| modems | idle CPU % | GET_SERVICES p50 / p99 / max ms | rps | GET_NUMBER | rps | won |")
+        print("|---|---|---|---|---|---|---|")
+        for count in args.modems or [512]:
+            r = asyncio.run(
+                run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
+                    phase="closed-loop", idle=args.idle)
+            )  # fmt: skip
+            print(
+                f"| {count} | {r['idle_cpu']} | {r['services']} | {r['services_rps']} | "
+                f"{r['numbers']} | {r['numbers_rps']} | {r['numbers_won']} |",
+                flush=True,
+            )
+        return 0
     if args.phase == "open-loop":
         for count in args.modems or [512]:
             r = asyncio.run(

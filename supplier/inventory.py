@@ -506,10 +506,13 @@ class Inventory:
                 now=now,
                 release_at=now + self.release_after,
             )
-        finally:
+        except BaseException:
             self._reserved.discard(sim.iccid)
-            self._restock(sim)
+            self._restock(sim)  # back on sale
             self.version += 1
+            raise
+        self._reserved.discard(sim.iccid)
+        self.version += 1
         sim.last_used = activation.created
         usage = self.usage.get((number, service), Usage())
         self.usage[(number, service)] = Usage(
