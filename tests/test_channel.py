@@ -237,3 +237,17 @@ async def test_a_late_answer_is_not_taken_for_the_next_command(peer_and_channel)
         "AT+CIMI", timeout=3
     )  # sent at once: the CSQ answer is still coming
     assert reply.lines == ("250011234567890",)
+
+
+async def test_a_command_is_written_at_once_not_after_a_writability_wait(peer_and_channel) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17: waiting for the loop to say the port is writable cost two epoll_ctl
+    calls and a loop iteration per command; at 512 modems, most of the idle CPU."""
+    peer, channel, _ = await peer_and_channel(table({"AT": b"\r\nOK\r\n"}))
+    transport = channel._transport
+    assert transport is not None
+    transport.write(b"AT\r")
+    # Written before any loop iteration: nothing is left to wait for writability.
+    assert transport.get_write_buffer_size() == 0
+    assert not transport._has_writer
+    reply = await channel.command("AT")
+    assert reply.final.ok
