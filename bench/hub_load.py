@@ -375,6 +375,8 @@ storage: {{path: "{work}/supplier.db"}}
                 logs.cancel()
                 return out
 
+        if phase == "sms":
+            requests = 0  # straight to the SMS: activations on every SIM, spread, burst
         services, elapsed, _ = await load(
             url, clients, requests, {"key": KEY, "action": "GET_SERVICES"}
         )
@@ -490,10 +492,11 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument(
         "--phase",
-        choices=["all", "open-loop", "closed-loop"],
+        choices=["all", "open-loop", "closed-loop", "sms"],
         default="all",
         help="open-loop: only idle CPU and the open-loop load against its floor; "
-        "closed-loop: only idle CPU and the closed-loop GET_SERVICES and GET_NUMBER",
+        "closed-loop: only idle CPU and the closed-loop GET_SERVICES and GET_NUMBER; "
+        "sms: only idle CPU, the spread SMS and the burst",
     )
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests per second")
     parser.add_argument("--duration", type=float, default=30.0, help="open-loop seconds")
@@ -544,7 +547,7 @@ def main() -> int:
     for count in args.modems or [64, 256, 512]:
         r = asyncio.run(
             run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
-                rate=args.rate, duration=args.duration, idle=args.idle)
+                rate=args.rate, duration=args.duration, idle=args.idle, phase=args.phase)
         )  # fmt: skip
         reports.append(r)
         print(
@@ -555,7 +558,8 @@ def main() -> int:
             flush=True,
         )
     for r in reports:
-        open_loop_report(r, args.rate, args.duration)
+        if "open_loop" in r:
+            open_loop_report(r, args.rate, args.duration)
     return 0
 
 
