@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tty
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ class Peer:
         self.path = os.ttyname(self.slave)
         self.lines: list[str] = []
         self._buffer = bytearray()
+        self._out = bytearray()
         self.received = asyncio.Event()
         asyncio.get_running_loop().add_reader(self.master, self._read)
 
@@ -47,10 +49,24 @@ class Peer:
                 self._buffer.append(byte)
 
     def send(self, data: bytes) -> None:
-        os.write(self.master, data)
+        """Everything, in order: what the pty cannot take now goes when it can."""
+        pending = bool(self._out)
+        self._out += data
+        if not pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(BlockingIOError):
+            del self._out[: os.write(self.master, self._out)]
+        if self._out:
+            loop.add_writer(self.master, self._flush)
+        else:
+            loop.remove_writer(self.master)
 
     def close(self) -> None:
         if self.master >= 0:
+            asyncio.get_running_loop().remove_writer(self.master)
             asyncio.get_running_loop().remove_reader(self.master)
             os.close(self.master)
             os.close(self.slave)
