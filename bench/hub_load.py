@@ -7,8 +7,17 @@ PUSH_SMS endpoint that stamps every push with CLOCK_MONOTONIC. The emulator
 stamps every `+CMTI` with the same clock, so `+CMTI` → hub is measured
 end to end across the processes.
 
-    python bench/hub_load.py                       # 64 and 512 modems
+    python bench/hub_load.py                       # 64, 256 and 512 modems, every phase
     python bench/hub_load.py --modems 512 --clients 50 --requests 5000 --sms 2000 --spread 60 --burst 2000
+    python bench/hub_load.py --modems 512 --phase open-loop    # a couple of minutes
+
+The open-loop phase starts requests on a fixed schedule (`--rate` per second:
+GET_SERVICES, GET_NUMBER, GET_SERVICES, FINISH 4, repeating), whatever the
+answers take, and times each from its scheduled start (no coordinated
+omission). The same client first runs the same schedule against a do-nothing
+aiohttp server in its own process (the floor), then against the daemon: the
+ratio of the two p99s is what the daemon adds, whatever else the machine is
+doing. The daemon's `supplier_event_loop_lag_seconds` is read after each run.
 """
 
 from __future__ import annotations
@@ -159,21 +168,155 @@ async def load(url: str, clients: int, total: int, body: Any) -> tuple[list[floa
     return latencies, elapsed, statuses.get("SUCCESS", 0)
 
 
+FLOOR_SERVER = """
+import sys
+from aiohttp import web
+
+async def answer(request):
+    await request.read()
+    return web.json_response({"status": "SUCCESS", "activationId": 1, "number": "79000000000"})
+
+app = web.Application()
+app.router.add_post("/", answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+OPEN_LOOP_ACTIONS = ("GET_SERVICES", "GET_NUMBER", "GET_SERVICES", "FINISH_ACTIVATION")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def start_floor() -> tuple[subprocess.Popen[str], str]:
+    """A do-nothing aiohttp server in its own process: what any HTTP answer costs here."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port)], cwd=ROOT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    async with asyncio.timeout(30), aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.post(url, json={}) as response:
+                    await response.read()
+                return proc, url
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+
+
+async def open_loop(url: str, rate: float, duration: float) -> dict[str, list[float]]:
+    """Requests started on a fixed schedule; ms from each one's scheduled start to its answer."""
+    latencies: dict[str, list[float]] = {action: [] for action in OPEN_LOOP_ACTIONS}
+    errors: list[str] = []
+    last_activation: list[int] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    def body(action: str) -> dict[str, Any]:
+        if action == "GET_NUMBER":
+            return {"key": KEY, "action": action, "country": "russia", "operator": "any",
+                    "service": random.choice(SERVICES[:-1]), "sum": 10, "currency": 643}  # fmt: skip
+        if action == "FINISH_ACTIVATION":
+            # The newest activation this load opened (FINISH is idempotent, so a
+            # repeat costs the same path as a first one).
+            activation = last_activation[-1] if last_activation else 1
+            return {"key": KEY, "action": action, "activationId": activation, "status": 4}
+        return {"key": KEY, "action": action}
+
+    async def one(session: aiohttp.ClientSession, action: str, due: float) -> None:
+        try:
+            async with session.post(url, json=body(action)) as response:
+                answer = await response.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            errors.append(f"{action}: {exc}")
+            return
+        latencies[action].append((time.perf_counter() - due) * 1000)
+        if action == "GET_NUMBER" and answer.get("status") == "SUCCESS":
+            last_activation.append(int(answer["activationId"]))
+
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter() + 0.1
+        total = int(rate * duration)
+        for k in range(total):
+            due = start + k / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(session, OPEN_LOOP_ACTIONS[k % 4], due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        async with asyncio.timeout(60):
+            await asyncio.gather(*tasks)
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
+    return latencies
+
+
+async def loop_lag(session: aiohttp.ClientSession, status: str) -> dict[str, float]:
+    """The daemon's supplier_event_loop_lag_seconds histogram, as bucket → count."""
+    async with session.get(f"http://{status}/metrics") as response:
+        text = await response.text()
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("supplier_event_loop_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("supplier_event_loop_lag_seconds_count"):
+            buckets["count"] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def lag_over(before: dict[str, float], after: dict[str, float], limit: str) -> str:
+    """How many lag samples of the run were over `limit` seconds (a bucket bound), of how many."""
+    if "count" not in after:
+        return "-"
+    total = after["count"] - before.get("count", 0.0)
+    within = after.get(limit, 0.0) - before.get(limit, 0.0)
+    return f"{total - within:.0f}/{total:.0f}"
+
+
+def open_loop_table(floor: dict[str, list[float]], daemon: dict[str, list[float]]) -> list[str]:
+    everything = [v for values in floor.values() for v in values]
+    floor_p50, floor_p99 = statistics.median(everything), pct(everything, 99)
+    rows = [
+        "| action | floor p50 | floor p99 | p50 | p99 | max | p99 / floor p99 | p50 − floor p50 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for action in ("GET_SERVICES", "GET_NUMBER", "FINISH_ACTIVATION"):
+        values = daemon[action]
+        p50, p99 = statistics.median(values), pct(values, 99)
+        rows.append(
+            f"| {action} | {floor_p50:.2f} | {floor_p99:.2f} | {p50:.2f} | {p99:.2f} | "
+            f"{max(values):.2f} | {p99 / floor_p99:.1f}× | {p50 - floor_p50:+.2f} |"
+        )
+    return rows
+
+
 async def run(
-    count: int, clients: int, requests: int, sms: int, burst: int, spread: float
+    count: int,
+    clients: int,
+    requests: int,
+    sms: int,
+    burst: int,
+    spread: float,
+    *,
+    phase: str = "all",
+    rate: float = 200.0,
+    duration: float = 30.0,
+    profile: str | None = None,
+    idle: float = 10.0,
 ) -> dict[str, str]:
     work = tempfile.mkdtemp(prefix=f"bench-hub-{count}-")
     emulator, control = await start_emulator(count, os.path.join(work, "bank"))
     hub = Hub()
     await hub.start()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, status_port = free_port(), free_port()
     config = Path(work) / "supplier.yaml"
     config.write_text(
         f"""
 server: {{listen: "127.0.0.1:{port}"}}
-status: {{listen: "127.0.0.1:0"}}
+status: {{listen: "127.0.0.1:{status_port}"}}
 hubs: [{{name: bench, key: "{KEY}", push_url: "{hub.url}"}}]
 modems: {{ports: ["{work}/bank/modem*"]}}
 services: {json.dumps(SERVICES)}
@@ -183,6 +326,7 @@ storage: {{path: "{work}/supplier.db"}}
     daemon = await start_daemon(config)
     out: dict[str, str] = {"modems": str(count)}
     url = f"http://127.0.0.1:{port}/"
+    floor: subprocess.Popen[str] | None = None
     try:
         started = time.monotonic()
         await wait_log(daemon, "SIM in inventory", count, timeout=600)
@@ -191,11 +335,48 @@ storage: {{path: "{work}/supplier.db"}}
         me = psutil.Process(daemon.pid)
 
         cpu0 = me.cpu_times()
-        await asyncio.sleep(10)
+        await asyncio.sleep(idle)
         cpu1 = me.cpu_times()
-        out["idle_cpu"] = f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / 10 * 100:.1f}"
+        out["idle_cpu"] = f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / idle * 100:.1f}"
         out["idle_rss"] = f"{me.memory_info().rss / 2**20:.0f}"
 
+        if phase in ("all", "open-loop"):
+            floor, floor_url = await start_floor()
+            floor_latencies = await open_loop(floor_url, rate, duration)
+            floor.terminate()
+            floor.wait(timeout=20)
+            floor = None
+            async with aiohttp.ClientSession() as session:
+                lag0 = await loop_lag(session, f"127.0.0.1:{status_port}")
+                cpu0 = me.cpu_times()
+                spy = None
+                if profile:
+                    # Collapsed stacks of the daemon (idle frames left out) while it
+                    # serves the open loop: what holds its event loop.
+                    spy = subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                         str(daemon.pid), "--duration", str(int(duration)), "--rate", "200",
+                         "--format", "raw", "--output", profile, "--nonblocking"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                daemon_latencies = await open_loop(url, rate, duration)
+                cpu1 = me.cpu_times()
+                if spy is not None:
+                    await asyncio.to_thread(spy.wait, 60)
+                lag1 = await loop_lag(session, f"127.0.0.1:{status_port}")
+            out["open_loop"] = "\n".join(open_loop_table(floor_latencies, daemon_latencies))
+            out["open_loop_cpu"] = (
+                f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / duration * 100:.0f}"
+            )
+            out["open_loop_lag"] = (
+                f"{lag_over(lag0, lag1, '0.005')} over 5 ms, {lag_over(lag0, lag1, '0.025')} over 25 ms"
+            )
+            if phase == "open-loop":
+                logs.cancel()
+                return out
+
+        if phase == "sms":
+            requests = 0  # straight to the SMS: activations on every SIM, spread, burst
         services, elapsed, _ = await load(
             url, clients, requests, {"key": KEY, "action": "GET_SERVICES"}
         )
@@ -210,6 +391,9 @@ storage: {{path: "{work}/supplier.db"}}
         out["numbers"] = summary(numbers)
         out["numbers_rps"] = f"{len(numbers) / elapsed:.0f}"
         out["numbers_won"] = str(won)
+        if phase == "closed-loop":
+            logs.cancel()
+            return out
 
         # Every SIM gets an open activation for the one service the load above left
         # alone, so every SMS below has a hub to go to.
@@ -272,6 +456,8 @@ storage: {{path: "{work}/supplier.db"}}
             out["peak_rss"] = f"{me.memory_info().rss / 2**20:.0f}"
         logs.cancel()
     finally:
+        if floor is not None:
+            floor.kill()
         daemon.terminate()
         emulator.terminate()
         for proc in (daemon, emulator):
@@ -304,11 +490,51 @@ def main() -> int:
     parser.add_argument("--sms", type=int, default=2000, help="SMS spread over --spread seconds")
     parser.add_argument("--spread", type=float, default=60.0)
     parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument(
+        "--phase",
+        choices=["all", "open-loop", "closed-loop", "sms"],
+        default="all",
+        help="open-loop: only idle CPU and the open-loop load against its floor; "
+        "closed-loop: only idle CPU and the closed-loop GET_SERVICES and GET_NUMBER; "
+        "sms: only idle CPU, the spread SMS and the burst",
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="open-loop seconds")
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of idle CPU measured after come-up"
+    )
+    parser.add_argument(
+        "--profile", help="py-spy's collapsed stacks of the daemon under the open loop, to a file"
+    )
     args = parser.parse_args()
     raise_open_file_limit()
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.phase == "closed-loop":
+        print("| modems | idle CPU % | GET_SERVICES p50 / p99 / max ms | rps | GET_NUMBER | rps | won |")
+        print("|---|---|---|---|---|---|---|")
+        for count in args.modems or [512]:
+            r = asyncio.run(
+                run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
+                    phase="closed-loop", idle=args.idle)
+            )  # fmt: skip
+            print(
+                f"| {count} | {r['idle_cpu']} | {r['services']} | {r['services_rps']} | "
+                f"{r['numbers']} | {r['numbers_rps']} | {r['numbers_won']} |",
+                flush=True,
+            )
+        return 0
+    if args.phase == "open-loop":
+        for count in args.modems or [512]:
+            r = asyncio.run(
+                run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
+                    phase="open-loop", rate=args.rate, duration=args.duration,
+                    profile=args.profile, idle=args.idle)
+            )  # fmt: skip
+            open_loop_report(r, args.rate, args.duration)
+        return 0
     print(
         f"{args.clients} concurrent hub clients, {args.requests} requests per action; latencies in ms (p50 | p99 | max)"
     )
@@ -317,10 +543,13 @@ def main() -> int:
         f"| modems | come-up s | idle CPU % | idle RSS MB | GET_SERVICES | rps | GET_NUMBER | rps | +CMTI→hub ({args.sms} over {args.spread:.0f} s) | lost | CPU % | burst: SMS | drain s | lost | doubled | CPU % | peak RSS MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    reports = []
     for count in args.modems or [64, 256, 512]:
         r = asyncio.run(
-            run(count, args.clients, args.requests, args.sms, args.burst, args.spread)
-        )
+            run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
+                rate=args.rate, duration=args.duration, idle=args.idle, phase=args.phase)
+        )  # fmt: skip
+        reports.append(r)
         print(
             f"| {r['modems']} | {r['come_up']} | {r['idle_cpu']} | {r['idle_rss']} | {r['services']} | "
             f"{r['services_rps']} | {r['numbers']} | {r['numbers_rps']} | {r['spread']} | "
@@ -328,7 +557,21 @@ def main() -> int:
             f"{r['burst_drain']} | {r['burst_lost']} | {r['burst_dup']} | {r['burst_cpu']} | {r['peak_rss']} |",
             flush=True,
         )
+    for r in reports:
+        if "open_loop" in r:
+            open_loop_report(r, args.rate, args.duration)
     return 0
+
+
+def open_loop_report(r: dict[str, str], rate: float, duration: float) -> None:
+    print()
+    print(
+        f"open loop, {r['modems']} modems: {rate:.0f} requests/s for {duration:.0f} s "
+        "(GET_SERVICES, GET_NUMBER, GET_SERVICES, FINISH 4), ms from the scheduled start; "
+        f"idle CPU {r['idle_cpu']} % of a core; daemon CPU under this load {r['open_loop_cpu']} %; "
+        f"daemon loop lag samples {r['open_loop_lag']}"
+    )
+    print(r["open_loop"], flush=True)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,17 @@ class Backoff:
         self._next = self.initial
 
 
+def spread(interval: float, *, first: bool = False) -> float:
+    """The wait before a periodic check: a modem's own phase, jittered, so 512 never go in step.
+
+    Modems that come up together would otherwise check together, every
+    interval, for ever: 512 times 3 commands in one burst that holds the event
+    loop. The first wait is anywhere in [0.5, 1.5) intervals (a phase of its
+    own); every later one is ±10 %, so phases never drift back into step.
+    """
+    return interval * (random.uniform(0.5, 1.5) if first else random.uniform(0.9, 1.1))
+
+
 class _Wake(enum.Enum):
     CHECK_SIM = "check_sim"
     NETWORK = "network"
@@ -388,8 +399,8 @@ class Modem:
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        next_health = loop.time() + self.settings.health_interval
-        next_sweep = loop.time() + self.settings.sweep_interval
+        next_health = loop.time() + spread(self.settings.health_interval, first=True)
+        next_sweep = loop.time() + spread(self.settings.sweep_interval, first=True)
         channel = self._session.channel
         messaging = self._messaging
         while True:
@@ -402,11 +413,11 @@ class Modem:
                 await self._on_wake(wake)
                 now = loop.time()
                 if now >= next_health:
-                    next_health = now + self.settings.health_interval
+                    next_health = now + spread(self.settings.health_interval)
                     await self._health()
                 polling = not messaging.indications
                 if self.ready and (now >= next_sweep or messaging.sweep_due or polling):
-                    next_sweep = now + self.settings.sweep_interval
+                    next_sweep = now + spread(self.settings.sweep_interval)
                     await messaging.sweep(self._accept)
             except CommandTimeout as exc:
                 # Below the hang threshold, so no reset yet; but a modem that does

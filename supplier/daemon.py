@@ -44,7 +44,7 @@ from .config import Config
 from .errors import StoreError, SupplierError
 from .inbox import Inbox
 from .inventory import Inventory
-from .metrics import Metrics
+from .metrics import Metrics, watch_loop_lag
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .rotation import Rotation
@@ -285,6 +285,7 @@ class Daemon:
         self._tasks = [
             asyncio.create_task(self._housekeep(), name="housekeeping"),
             asyncio.create_task(self._watch_database(), name="database watch"),
+            asyncio.create_task(watch_loop_lag(self.metrics.loop_lag.observe), name="loop lag"),
         ]
         log.info(
             "daemon started",

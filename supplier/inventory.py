@@ -7,10 +7,16 @@ ready, registered (home or roaming), has a known number and a known country,
 is enabled, holds no open activation (one not finished whose
 `release_after` has not passed), and the number's history allows the service:
 never after a FINISH 1 or 3, and at most `MAX_OFFERS` hand-outs in all.
+
+What is sellable is kept indexed (`_Stock`), updated by every change of a
+SIM's state (`_restock`), so GET_NUMBER finds the least recently used SIM
+and GET_SERVICES its counts without looking at every SIM: at 512 SIMs and
+hundreds of requests a second, those scans held the event loop.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,6 +96,99 @@ class SimState:
     number: str | None = None
 
 
+_Key = tuple[str, str, str]  # (country, operator or ANY, service)
+_Entry = tuple[float, str, int]  # (last used, ICCID, stamp): heap order is least recently used
+
+
+class _Stock:
+    """The sellable SIMs, indexed: a least-recently-used heap per (country, operator, service).
+
+    Each SIM is in the heaps of its country, for its operator and for ANY,
+    for every service its number may still be offered for, while it is
+    sellable; with counts per (country, operator, service) for GET_SERVICES.
+    A change re-enters the SIM under a new stamp; entries with an old stamp
+    are dropped when they come to the top (lazy invalidation), and a heap
+    that is mostly stale entries is rebuilt.
+    """
+
+    def __init__(self) -> None:
+        self.heaps: dict[_Key, list[_Entry]] = {}
+        self.live: dict[_Key, int] = {}  # valid entries per heap
+        self.stock: dict[_Key, int] = {}  # (country, the SIM's operator, service) → sellable
+        self.present: dict[tuple[str, str], int] = {}  # (country, operator) → present SIMs
+        self._stamps: dict[str, int] = {}
+        # iccid → (present key, last used, heap keys, stock keys) as last entered
+        self._entered: dict[
+            str, tuple[tuple[str, str] | None, float, frozenset[_Key], tuple[_Key, ...]]
+        ] = {}
+
+    def enter(
+        self,
+        iccid: str,
+        present: tuple[str, str] | None,
+        last_used: float,
+        services: Sequence[str],
+    ) -> None:
+        """Record a SIM as it is now: present under (country, operator) or not, and for
+        which services it is sellable (none while held or reserved)."""
+        stock: tuple[_Key, ...] = ()
+        keys: frozenset[_Key] = frozenset()
+        if present is not None:
+            country, operator = present
+            stock = tuple((country, operator, service) for service in services)
+            keys = frozenset(
+                (country, op, service) for service in services for op in (operator, ANY)
+            )
+        entered = (present, last_used, keys, stock)
+        before = self._entered.get(iccid)
+        if before == entered:
+            return
+        if before is not None:
+            self._count(before[0], before[3], before[2], -1)
+        self._count(present, stock, keys, +1)
+        if present is None:
+            self._entered.pop(iccid, None)
+        else:
+            self._entered[iccid] = entered
+        stamp = self._stamps[iccid] = self._stamps.get(iccid, 0) + 1
+        for key in keys:
+            heap = self.heaps.setdefault(key, [])
+            heapq.heappush(heap, (last_used, iccid, stamp))
+            if len(heap) > 2 * self.live[key] + 64:
+                heap[:] = [e for e in heap if self._stamps.get(e[1]) == e[2]]
+                heapq.heapify(heap)
+
+    def _count(
+        self, present: tuple[str, str] | None, stock: Iterable[_Key], keys: Iterable[_Key], n: int
+    ) -> None:
+        if present is not None:
+            self.present[present] = self.present.get(present, 0) + n
+        for key in stock:
+            self.stock[key] = self.stock.get(key, 0) + n
+        for key in keys:
+            self.live[key] = self.live.get(key, 0) + n
+
+    def first(self, key: _Key, skip: Callable[[str], bool]) -> str | None:
+        """The least recently used SIM under `key` that `skip` does not refuse."""
+        heap = self.heaps.get(key)
+        if not heap:
+            return None
+        skipped: list[_Entry] = []
+        found = None
+        while heap:
+            entry = heap[0]
+            if self._stamps.get(entry[1]) != entry[2]:
+                heapq.heappop(heap)  # stale: the SIM changed since this entry
+            elif skip(entry[1]):
+                skipped.append(heapq.heappop(heap))
+            else:
+                found = entry[1]
+                break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
+
+
 class Inventory:
     def __init__(
         self,
@@ -118,11 +217,13 @@ class Inventory:
         self.version = 0
         self._counts: dict[str, dict[str, dict[str, int]]] | None = None
         self._counts_key: tuple[int, float] = (-1, 0.0)
-        # country → ICCIDs: GET_NUMBER looks only at the SIMs of the country asked for
-        # (a scan of every SIM was the largest cost of GET_NUMBER at 512 SIMs).
-        self._by_country: dict[str, set[str]] = {}
         self.on_sold: Callable[[str], None] | None = None  # FINISH 3 on this ICCID (upkeep)
-        # number → ICCIDs sold under it: two SIMs claiming one number are both held back.
+        # What is sellable, indexed (GET_NUMBER and GET_SERVICES without a scan);
+        # holds that run out, by when (each SIM is restocked then).
+        self._stock = _Stock()
+        self._releases: list[tuple[float, str]] = []
+        # number → ICCIDs sold under it: two SIMs claiming one number are both held
+        # back, and a FINISH changes what a number may be offered for.
         self._by_number: dict[str, set[str]] = {}
         self.reconfigure(
             services=services,
@@ -167,6 +268,7 @@ class Inventory:
         self.usage = await self.store.load_usage()
         for activation in await self.store.load_activations(since=now - _KEEP_FINISHED):
             self._remember(activation)
+        self._restock_all()
         log.info(
             "inventory loaded",
             sims=len(self.sims),
@@ -188,6 +290,7 @@ class Inventory:
         self.network_overrides = dict(network_overrides)
         for sim in self.sims.values():
             self._derive(sim)
+        self._restock_all()
 
     def _apply_row(self, row: SimRow) -> SimState:
         sim = self.sims.get(row.iccid) or SimState(row.iccid)
@@ -199,13 +302,12 @@ class Inventory:
         sim.first_seen = row.first_seen
         sim.last_seen = row.last_seen
         sim.last_used = row.last_used
-        self._derive(sim)
         self.sims[row.iccid] = sim
+        self._derive(sim)
         return sim
 
     def _derive(self, sim: SimState) -> None:
         """Country and operator from the home network, then the SIM's own overrides."""
-        before = sim.country
         country, operator = slugs_for(sim.imsi, self.network_overrides)
         override = self.sim_overrides.get(sim.iccid)
         sim.config_number = override.number if override else None
@@ -219,14 +321,16 @@ class Inventory:
             learned=sim.learned_number,
             country=sim.country,
         )
-        if previous is not None and previous != sim.number:
-            self._by_number.get(previous, set()).discard(sim.iccid)
-        if sim.number is not None:
-            self._by_number.setdefault(sim.number, set()).add(sim.iccid)
-        if before is not None and before != sim.country:
-            self._by_country.get(before, set()).discard(sim.iccid)
-        if sim.country is not None:
-            self._by_country.setdefault(sim.country, set()).add(sim.iccid)
+        if previous != sim.number:
+            # A SIM that shared the old number may be sold again; one that has the new
+            # number is held back with this one (`present`).
+            if previous is not None:
+                self._by_number.get(previous, set()).discard(sim.iccid)
+                self._restock_number(previous)
+            if sim.number is not None:
+                self._by_number.setdefault(sim.number, set()).add(sim.iccid)
+                self._restock_number(sim.number)
+        self._restock(sim)
         self.version += 1
 
     def _remember(self, activation: Activation) -> None:
@@ -236,6 +340,56 @@ class Inventory:
             current = self._holder.get(activation.iccid)
             if current is None or current < activation.id:
                 self._holder[activation.iccid] = activation.id
+                sim = self.sims.get(activation.iccid)
+                if sim is not None:
+                    self._restock(sim)
+
+    # -- the index of what is sellable ---------------------------------------------------
+
+    def _restock(self, sim: SimState, now: float | None = None) -> None:
+        """Re-index one SIM after any change to what decides whether it is sellable.
+
+        Every change of a SIM's state, hold, reservation or number history
+        comes through here: the index is what GET_NUMBER and GET_SERVICES read.
+        """
+        now = self.clock() if now is None else now
+        if not self.present(sim):
+            self._stock.enter(sim.iccid, None, 0.0, ())
+            return
+        assert sim.country is not None
+        assert sim.number is not None
+        number = sim.number
+        services: Sequence[str] = ()
+        if sim.iccid not in self._reserved:
+            held = self.holder(sim.iccid, now)
+            if held is None:
+                services = [s for s in self.services if self.allows(number, s)]
+            else:
+                heapq.heappush(self._releases, (held.release_at, sim.iccid))
+        self._stock.enter(sim.iccid, (sim.country, sim.operator), sim.last_used or 0.0, services)
+
+    def _restock_all(self) -> None:
+        self._stock = _Stock()
+        self._releases.clear()
+        now = self.clock()
+        for sim in self.sims.values():
+            self._restock(sim, now)
+
+    def _restock_number(self, number: str) -> None:
+        for iccid in self._by_number.get(number, ()):
+            sim = self.sims.get(iccid)  # None while a new SIM is being recorded
+            if sim is not None:
+                self._restock(sim)
+
+    def _release_due(self, now: float) -> None:
+        """Holds whose `release_after` has passed put their SIMs back on sale."""
+        releases = self._releases
+        while releases and releases[0][0] <= now:
+            _, iccid = heapq.heappop(releases)
+            sim = self.sims.get(iccid)
+            if sim is not None:
+                self._restock(sim, now)
+                self.version += 1
 
     # -- modem events -------------------------------------------------------------------
 
@@ -255,11 +409,13 @@ class Inventory:
         )
         sim = self._apply_row(row)
         for other in self.sims.values():
-            if other.port == port and other.iccid != sim.iccid:
+            if other.port == port and other.iccid != sim.iccid and other.online:
                 other.online = False
+                self._restock(other)
         sim.online = True
         sim.registered = network.registered
         sim.rssi = network.rssi
+        self._restock(sim)
         self.version += 1
         if sim.number is None:
             log.warning("SIM has no known number; not sold", iccid=sim.iccid, port=port)
@@ -274,6 +430,7 @@ class Inventory:
         if sim is not None:
             if sim.registered != network.registered:
                 sim.registered = network.registered
+                self._restock(sim)
                 self.version += 1
             sim.rssi = network.rssi
 
@@ -282,6 +439,7 @@ class Inventory:
         if sim is not None:
             sim.online = False
             sim.registered = False
+            self._restock(sim)
             self.version += 1
 
     def modem_gone(self, port: str) -> None:
@@ -289,6 +447,7 @@ class Inventory:
             if sim.port == port and sim.online:
                 sim.online = False
                 sim.registered = False
+                self._restock(sim)
                 self.version += 1
 
     # -- operator actions (status route) -------------------------------------------------
@@ -353,6 +512,7 @@ class Inventory:
         if sim is None or not await self.store.set_sim_enabled(iccid, enabled):
             return None
         sim.enabled = enabled
+        self._restock(sim)
         self.version += 1
         log.info(
             "SIM put on sale" if enabled else "SIM taken out of sale", port=sim.port, iccid=iccid
@@ -387,6 +547,9 @@ class Inventory:
             self.withheld.add(iccid)
         else:
             self.withheld.discard(iccid)
+        sim = self.sims.get(iccid)
+        if sim is not None:
+            self._restock(sim)
         self.version += 1
 
     def allows(self, number: str, service: str) -> bool:
@@ -404,47 +567,34 @@ class Inventory:
         if self.store.lost is not None:
             return {}  # the database file is gone: nothing can be sold (the daemon is stopping)
         now = self.clock()
+        self._release_due(now)
         version, until = self._counts_key
         if self._counts is not None and version == self.version and now < until:
             return self._counts
         out: dict[str, dict[str, dict[str, int]]] = {}
-        for sim in self.sims.values():
-            if not self.present(sim):
-                continue
-            assert sim.country is not None
-            assert sim.number is not None
-            services = out.setdefault(sim.country, {}).setdefault(
-                sim.operator, dict.fromkeys(self.services, 0)
-            )
-            if not self.free(sim, now):
-                continue
-            for service in self.services:
-                if self.allows(sim.number, service):
-                    services[service] += 1
-        holds = [a.release_at for a in self.activations.values() if a.is_open(now)]
+        for (country, operator), present in self._stock.present.items():
+            if present:
+                out.setdefault(country, {})[operator] = dict.fromkeys(self.services, 0)
+        for (country, operator, service), count in self._stock.stock.items():
+            if count:
+                out[country][operator][service] = count
         self._counts = out
-        self._counts_key = (self.version, min(holds, default=float("inf")))
+        self._counts_key = (self.version, self._releases[0][0] if self._releases else float("inf"))
         return out
 
-    def candidates(
+    def pick(
         self, country: str, operator: str, service: str, exclude: Iterable[str] = ()
-    ) -> list[SimState]:
-        now = self.clock()
+    ) -> SimState | None:
+        """The least recently used SIM sellable for this request (ties: the lower ICCID)."""
+        self._release_due(self.clock())
         prefixes = tuple(exclude)
-        found = []
-        for iccid in self._by_country.get(country, ()):
-            sim = self.sims.get(iccid)  # None while a new SIM is being recorded
-            if sim is None or operator not in (ANY, sim.operator):
-                continue
-            if not self.present(sim) or not self.free(sim, now):
-                continue
-            number = sim.number
-            assert number is not None
-            if prefixes and number.startswith(prefixes):
-                continue
-            if self.allows(number, service):
-                found.append(sim)
-        return found
+
+        def excluded(iccid: str) -> bool:
+            number = self.sims[iccid].number  # only present SIMs (with a number) are indexed
+            return bool(prefixes) and number is not None and number.startswith(prefixes)
+
+        iccid = self._stock.first((country, operator, service), excluded)
+        return None if iccid is None else self.sims[iccid]
 
     async def get_number(
         self,
@@ -466,14 +616,14 @@ class Inventory:
         self.demand[(country, operator, service)] += 1
         if service not in self.services:
             return None
-        found = self.candidates(country, operator, service, exclude)
-        if not found:
+        sim = self.pick(country, operator, service, exclude)
+        if sim is None:
             return None
-        sim = min(found, key=lambda s: (s.last_used or 0.0, s.iccid))
         number = sim.number
         assert number is not None
         assert sim.country is not None
         self._reserved.add(sim.iccid)
+        self._restock(sim)
         self.version += 1
         try:
             now = self.clock()
@@ -489,15 +639,20 @@ class Inventory:
                 now=now,
                 release_at=now + self.release_after,
             )
-        finally:
+        except BaseException:
             self._reserved.discard(sim.iccid)
+            self._restock(sim)  # back on sale
             self.version += 1
+            raise
+        self._reserved.discard(sim.iccid)
+        self.version += 1
         sim.last_used = activation.created
         usage = self.usage.get((number, service), Usage())
         self.usage[(number, service)] = Usage(
             usage.offers + 1, usage.sold, usage.cancelled, usage.returned, usage.blocked
         )
         self._remember(activation)
+        self._restock_number(number)
         return activation
 
     async def finish(self, hub: str, activation_id: int, status: int) -> tuple[Activation, bool]:
@@ -520,6 +675,10 @@ class Inventory:
         self.activations[activation.id] = activation
         if self._holder.get(activation.iccid) == activation.id:
             del self._holder[activation.iccid]
+        self._restock_number(activation.number)
+        sim = self.sims.get(activation.iccid)
+        if sim is not None:
+            self._restock(sim)
         self.version += 1
         return activation, changed
 

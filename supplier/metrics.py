@@ -2,12 +2,15 @@
 
 Counters and the GET_NUMBER histogram are updated as things happen (the
 protocol's and the pusher's hooks); SIM states, modem counters and the push
-backlog are read from the daemon's live state when scraped.
+backlog are read from the daemon's live state when scraped. The event loop's
+lag is sampled by a small task (`watch_loop_lag`): anything that holds the
+loop delays every hub answer and every modem at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -20,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Live", "Metrics"]
+__all__ = ["CONTENT_TYPE", "LAG_INTERVAL", "Live", "Metrics", "watch_loop_lag"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -28,6 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_INTERVAL = 0.1  # seconds between two loop-lag samples: 10 wake-ups a second
 
 
 @dataclass(slots=True)
@@ -128,6 +132,12 @@ class Metrics:
             ["hub", "result"],
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "supplier_event_loop_lag_seconds",
+            "How late a timer on the daemon's event loop fires (time something held the loop)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._live = _LiveCollector()
         self.registry.register(self._live)
 
@@ -142,3 +152,12 @@ class Metrics:
     def render(self, live: Live) -> bytes:
         self._live.live = live
         return generate_latest(self.registry)
+
+
+async def watch_loop_lag(observe: Callable[[float], None], interval: float = LAG_INTERVAL) -> None:
+    """Observe, every `interval`, how much later than asked a timer fired; runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        observe(max(0.0, loop.time() - due))

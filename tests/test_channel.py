@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tty
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ class Peer:
         self.path = os.ttyname(self.slave)
         self.lines: list[str] = []
         self._buffer = bytearray()
+        self._out = bytearray()
         self.received = asyncio.Event()
         asyncio.get_running_loop().add_reader(self.master, self._read)
 
@@ -47,10 +49,24 @@ class Peer:
                 self._buffer.append(byte)
 
     def send(self, data: bytes) -> None:
-        os.write(self.master, data)
+        """Everything, in order: what the pty cannot take now goes when it can."""
+        pending = bool(self._out)
+        self._out += data
+        if not pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(BlockingIOError):
+            del self._out[: os.write(self.master, self._out)]
+        if self._out:
+            loop.add_writer(self.master, self._flush)
+        else:
+            loop.remove_writer(self.master)
 
     def close(self) -> None:
         if self.master >= 0:
+            asyncio.get_running_loop().remove_writer(self.master)
             asyncio.get_running_loop().remove_reader(self.master)
             os.close(self.master)
             os.close(self.slave)
@@ -237,3 +253,17 @@ async def test_a_late_answer_is_not_taken_for_the_next_command(peer_and_channel)
         "AT+CIMI", timeout=3
     )  # sent at once: the CSQ answer is still coming
     assert reply.lines == ("250011234567890",)
+
+
+async def test_a_command_is_written_at_once_not_after_a_writability_wait(peer_and_channel) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17: waiting for the loop to say the port is writable cost two epoll_ctl
+    calls and a loop iteration per command; at 512 modems, most of the idle CPU."""
+    peer, channel, _ = await peer_and_channel(table({"AT": b"\r\nOK\r\n"}))
+    transport = channel._transport
+    assert transport is not None
+    transport.write(b"AT\r")
+    # Written before any loop iteration: nothing is left to wait for writability.
+    assert transport.get_write_buffer_size() == 0
+    assert not transport._has_writer
+    reply = await channel.command("AT")
+    assert reply.final.ok
