@@ -92,12 +92,12 @@ def test_a_rescan_resolves_a_port_again_only_when_its_name_changed(tmp_path: Pat
     (links / "port-a").symlink_to(tmp_path / "ttyUSB0")
     resolved: dict[str, tuple[int, int, str]] = {}
     pattern = str(links / "*")
-    assert expand_ports([pattern], resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB0")}
+    assert expand_ports([pattern], resolved=resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB0")}
     assert list(resolved) == [str(links / "port-a")]
     # udev re-creates the link for another device: a new file under the same name.
     (links / "port-a.new").symlink_to(tmp_path / "ttyUSB1")
     os.replace(links / "port-a.new", links / "port-a")
-    assert expand_ports([pattern], resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB1")}
+    assert expand_ports([pattern], resolved=resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB1")}
     (links / "port-a").unlink()
-    assert expand_ports([pattern], resolved) == {}
+    assert expand_ports([pattern], resolved=resolved) == {}
     assert resolved == {}  # names that are gone are forgotten
