@@ -157,6 +157,30 @@ async def test_finished_activation_gets_no_more_sms(run: RunFactory) -> None:
     assert await daemon_store(r).deliveries_for(sms.id) == []
 
 
+async def test_a_sim_claiming_a_sold_number_never_feeds_its_buyer(run: RunFactory) -> None:
+    # SIM 0 is sold; SIM 1 then comes up reporting SIM 0's number (a stale own-number
+    # entry). Both are held back from sale, and what arrives on SIM 1 is not SIM 0's
+    # buyer's: one SIM's messages must never reach another number's customer.
+    r = await run(2)
+    answer = await r.number("alpha", "mts")
+    first, second = r.bank[0].sim, r.bank[1].sim
+    assert first is not None and second is not None
+    inventory = r.daemon.running.inventory
+    second.number = first.number
+    before = len(r.events)
+    assert r.daemon.running.pool.reset(r.bank[1].link)
+    await r.until(
+        lambda: inventory.conflicting(second.iccid) == first.iccid and len(r.events) > before
+    )
+    r.bank[1].deliver("a code for whoever had SIM 1 before", "Bank")
+    await r.until(lambda: r.sms_count() >= 1)
+    r.bank[0].deliver("the buyer's code")
+    await r.hubs["alpha"].wait_for(1)
+    texts = [p["text"] for p in r.hubs["alpha"].received]
+    assert texts == ["the buyer's code"], texts
+    assert r.hubs["alpha"].received[0]["phone"] == answer["number"]
+
+
 # -- the inbox on its own: duplicates, pending parts across a restart, the timeout ------
 
 
