@@ -439,9 +439,11 @@ class Inventory:
                 self.version += 1
             sim.rssi = network.rssi
 
-    def sim_lost(self, iccid: str) -> None:
+    def sim_lost(self, iccid: str, port: str | None = None) -> None:
+        """The SIM left `port`; a late report from a modem it has already left is ignored
+        (it was moved, and its new modem reported it ready first)."""
         sim = self.sims.get(iccid)
-        if sim is not None:
+        if sim is not None and (port is None or sim.port == port):
             sim.online = False
             sim.registered = False
             self._restock(sim)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modems.events import SmsReceived
+from modems.events import SimLost, SmsReceived
 from modems.pdu import decode_pdu, encode_deliver_parts
 from supplier.inbox import Inbox
 from supplier.inventory import Inventory
@@ -24,6 +24,7 @@ from .hubkit import (
     http_500,
     success,
 )
+from .hubkit import sim_ready as hub_sim_ready
 from .test_push_faults import set_writable
 
 
@@ -305,3 +306,22 @@ def test_onlinesim_answers() -> None:
     assert judge("smshub", 200, b"<html>")[0] is None
     assert judge("smshub", 200, b"\xff\xfe")[0] is None
     assert judge("smshub", 200, b'["SUCCESS"]')[0] is None
+
+
+async def test_a_sim_moved_to_another_modem_stays_on_sale_when_its_old_modem_reports_it_gone(
+    run: RunFactory,
+) -> None:
+    # An operator moves SIM 0 into modem 1; modem 1 reports it ready before modem 0's
+    # health check notices the SIM is gone. That late SimLost is about modem 0's slot,
+    # not the SIM now in modem 1: it stays sellable.
+    r = await run(2)
+    sim = r.bank[0].sim
+    assert sim is not None
+    inventory = r.daemon.running.inventory
+    moved = hub_sim_ready(0, port=r.bank[1].link)
+    await r.daemon.on_pool_event(moved)
+    assert inventory.sims[sim.iccid].port == r.bank[1].link
+    assert inventory.present(inventory.sims[sim.iccid])
+    await r.daemon.on_pool_event(SimLost(r.bank[0].link, sim.iccid, "SIM removed"))
+    assert inventory.present(inventory.sims[sim.iccid])
+    assert (await r.number("alpha", "mts"))["number"] == int(sim.number or 0)
