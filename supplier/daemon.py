@@ -442,7 +442,7 @@ class Daemon:
             )
             self.running.upkeep.sim_ready(sim.iccid)
         elif isinstance(event, SimLost):
-            inventory.sim_lost(event.iccid)
+            inventory.sim_lost(event.iccid, event.port)
             lost = inventory.sims.get(event.iccid)
             holder = inventory.holder(event.iccid)
             (log.debug if self._stopping else log.warning)(

@@ -10,9 +10,10 @@ completed with what came after `reassembly_timeout`.
 
 Routing: a text message goes to the activation that holds its number when
 it arrives (`Inventory.routes`: the newest one handed out on the number,
-if unfinished and less than a day old; the hub filters by service, not
-us); on a number with none it is kept for the operators and not pushed. Binary messages, status
-reports, stored outgoing messages and undecodable PDUs are kept, not pushed.
+if unfinished and less than a day old, and on this SIM; the hub filters by
+service, not us); on a number with none it is kept for the operators and
+not pushed. Binary messages, status reports, stored outgoing messages and
+undecodable PDUs are kept, not pushed.
 """
 
 from __future__ import annotations
@@ -176,11 +177,13 @@ class Inbox:
 
     # -- building messages ------------------------------------------------------------------
 
-    def _routes(self, number: str | None) -> tuple[tuple[str, int | None], ...]:
+    def _routes(self, number: str | None, iccid: str) -> tuple[tuple[str, int | None], ...]:
         if number is None:
             return ()
         routes: dict[str, int | None] = {}
         for activation in sorted(self.inventory.routes(number), key=lambda a: a.id):
+            if activation.iccid != iccid:
+                continue  # another SIM claims the number (a conflict): not this buyer's SMS
             routes.setdefault(activation.hub, activation.id)
         return tuple(routes.items())
 
@@ -212,7 +215,7 @@ class Inbox:
             sent=sent,
             received=event.received_at,
             complete=True,
-            routes=self._routes(number) if kind == "text" else (),
+            routes=self._routes(number, event.iccid) if kind == "text" else (),
         )
 
     def _assembled(self, assembled: Assembled, last: SmsDeliver) -> NewSms:
@@ -237,5 +240,5 @@ class Inbox:
             sent=sent,
             received=max(part.received_at for part in assembled.parts),
             complete=assembled.complete,
-            routes=self._routes(number),
+            routes=self._routes(number, first.sim),
         )

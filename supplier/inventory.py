@@ -212,6 +212,9 @@ class Inventory:
         # while their module still reports them; and what the hubs ask for.
         self.withheld: set[str] = set()
         self.demand: Counter[tuple[str, str, str]] = Counter()  # (country, operator, service)
+        # (country, operator) of every SIM ever derived, and (country, ANY): demand is
+        # counted only for these, so made-up slugs from a hub cannot grow it without bound.
+        self._markets: set[tuple[str, str]] = set()
         # GET_SERVICES is asked every few seconds by every hub: its counts are
         # cached until something changes (`version`) or a hold runs out.
         self.version = 0
@@ -313,6 +316,8 @@ class Inventory:
         sim.config_number = override.number if override else None
         sim.country = (override.country if override and override.country else None) or country
         sim.operator = (override.operator if override and override.operator else None) or operator
+        if sim.country is not None:
+            self._markets.update(((sim.country, sim.operator), (sim.country, ANY)))
         previous = sim.number
         sim.number = sale_number(
             manual=sim.manual_number,
@@ -434,9 +439,11 @@ class Inventory:
                 self.version += 1
             sim.rssi = network.rssi
 
-    def sim_lost(self, iccid: str) -> None:
+    def sim_lost(self, iccid: str, port: str | None = None) -> None:
+        """The SIM left `port`; a late report from a modem it has already left is ignored
+        (it was moved, and its new modem reported it ready first)."""
         sim = self.sims.get(iccid)
-        if sim is not None:
+        if sim is not None and (port is None or sim.port == port):
             sim.online = False
             sim.registered = False
             self._restock(sim)
@@ -613,9 +620,10 @@ class Inventory:
         requests at once never get the same SIM; the activation is committed
         before it is returned.
         """
-        self.demand[(country, operator, service)] += 1
         if service not in self.services:
             return None
+        if (country, operator) in self._markets:
+            self.demand[(country, operator, service)] += 1
         sim = self.pick(country, operator, service, exclude)
         if sim is None:
             return None

@@ -443,7 +443,11 @@ class Rotation:
             await self._mark(module, target, SlotState.FAULTY, now)
             module.iccid = None
             self._backoff(module)
-        if old is not None and outcome in (SwitchOutcome.UNCHANGED, SwitchOutcome.ERROR):
+        if old is not None and outcome in (
+            SwitchOutcome.UNCHANGED,
+            SwitchOutcome.ERROR,
+            SwitchOutcome.LOST,  # the module may come back with the old SIM still in it
+        ):
             self.inventory.withhold(old, False)
         module.since = now
         module.row.switching = False

@@ -319,7 +319,11 @@ class Upkeep:
         if not _service_sender(message.sender):
             return False
         sim = self.inventory.sims.get(event.iccid)
-        number = number_in(message.text, sim.country if sim is not None else None)
+        if sim is None or sim.number is not None:
+            # Its number came from elsewhere (an operator, the config) since we asked:
+            # the SIM may be sold, and this SMS may be a hub's. Nothing to learn.
+            return False
+        number = number_in(message.text, sim.country)
         if number is None:
             return False
         await self._learn(event.iccid, number, f"SMS from {message.sender}")

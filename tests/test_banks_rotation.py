@@ -452,3 +452,35 @@ async def test_a_module_that_never_comes_back(bench: Factory) -> None:
     assert rotation.slots[("pool1", 1, 2)].state == SlotState.FAULTY
     assert module.retry_at > running.daemon.clock() + 3000  # backs off, no hot loop
     assert not running.sellable(1)
+
+
+async def test_a_module_lost_mid_switch_that_comes_back_with_its_sim_sells_it(
+    bench: Factory,
+) -> None:
+    # The relay did not move (slot 2 fails) and the module rebooted for longer than the
+    # settle time (its health check noticed: no SIM reported): the switch ends LOST. When the module answers again it still holds
+    # its SIM, which must go back on sale, not stay withheld through the hour's back-off.
+    running = await bench(
+        1,
+        3,
+        fail_slots=frozenset({(1, 2)}),
+        rotation={"dwell": "1h", "settle": "3s", "grace": "100ms", "retry_after": "1h"},
+    )
+    rotation = running.rotation
+    module = rotation.module("pool1", 1)
+    await running.until(lambda: module.status is ModuleStatus.IN and running.sellable(1))
+    old = running.sim_in(1)
+    bank, board_switch = running.bank, running.bank.switch
+
+    def switch_and_reboot(number: int, slot: int) -> bool:
+        bank.modules[number].hang()  # the module stops answering as the relay is asked
+        return board_switch(number, slot)
+
+    bank.switch = switch_and_reboot  # type: ignore[method-assign]
+    rotation.switch_now("pool1", 1, 2)
+    await running.until(lambda: module.status is ModuleStatus.FAULTY, timeout=20.0)
+    assert rotation.switches[("pool1", "lost")] == 1
+    bank.switch = board_switch  # type: ignore[method-assign]
+    bank.modules[1].unhang()
+    await running.until(lambda: running.sellable(1), timeout=20.0)
+    assert running.sim_in(1) == old

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modems.events import SmsReceived
+import pytest
+
+from modems.events import SimLost, SmsReceived
 from modems.pdu import decode_pdu, encode_deliver_parts
 from supplier.inbox import Inbox
 from supplier.inventory import Inventory
@@ -22,6 +24,8 @@ from .hubkit import (
     http_500,
     success,
 )
+from .hubkit import sim_ready as hub_sim_ready
+from .test_push_faults import set_writable
 
 
 async def test_sms_reaches_the_hub_with_the_right_types_and_text(run: RunFactory) -> None:
@@ -157,6 +161,60 @@ async def test_finished_activation_gets_no_more_sms(run: RunFactory) -> None:
     assert await daemon_store(r).deliveries_for(sms.id) == []
 
 
+async def test_a_sim_claiming_a_sold_number_never_feeds_its_buyer(run: RunFactory) -> None:
+    # SIM 0 is sold; SIM 1 then comes up reporting SIM 0's number (a stale own-number
+    # entry). Both are held back from sale, and what arrives on SIM 1 is not SIM 0's
+    # buyer's: one SIM's messages must never reach another number's customer.
+    r = await run(2)
+    answer = await r.number("alpha", "mts")
+    first, second = r.bank[0].sim, r.bank[1].sim
+    assert first is not None and second is not None
+    inventory = r.daemon.running.inventory
+    second.number = first.number
+    before = len(r.events)
+    assert r.daemon.running.pool.reset(r.bank[1].link)
+    await r.until(
+        lambda: inventory.conflicting(second.iccid) == first.iccid and len(r.events) > before
+    )
+    r.bank[1].deliver("a code for whoever had SIM 1 before", "Bank")
+    await r.until(lambda: r.sms_count() >= 1)
+    r.bank[0].deliver("the buyer's code")
+    await r.hubs["alpha"].wait_for(1)
+    texts = [p["text"] for p in r.hubs["alpha"].received]
+    assert texts == ["the buyer's code"], texts
+    assert r.hubs["alpha"].received[0]["phone"] == answer["number"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a SimReady whose store write fails (disk full for a moment) is dropped "
+    "(the modem logs 'event handler failed'); the SIM stays offline in the inventory, "
+    "unsold, until its modem happens to report it again",
+)
+async def test_a_sim_that_came_up_while_the_store_failed_is_sold_once_it_works(
+    run: RunFactory,
+) -> None:
+    r = await run(1)
+    inventory, store = r.daemon.running.inventory, r.daemon.running.store
+    sim = r.bank[0].sim
+    assert sim is not None
+    await set_writable(store, False)
+    vm = r.bank[0]
+    start = len(vm.commands)
+    assert r.daemon.running.pool.reset(vm.link)
+
+    def swept_after_reset() -> bool:
+        after = vm.commands[start:]
+        resets = [i for i, c in enumerate(after) if c.upper().startswith("AT+CFUN=1,1")]
+        return bool(resets) and any(c.upper().startswith("AT+CMGL") for c in after[resets[0] :])
+
+    await vm.wait_until(swept_after_reset, timeout=10)  # its SimReady was handled (and failed)
+    assert not inventory.present(inventory.sims[sim.iccid])  # the write failed
+    await set_writable(store, True)
+    await r.until(lambda: inventory.present(inventory.sims[sim.iccid]), timeout=10)
+    await r.number("alpha", "mts")
+
+
 # -- the inbox on its own: duplicates, pending parts across a restart, the timeout ------
 
 
@@ -248,3 +306,22 @@ def test_onlinesim_answers() -> None:
     assert judge("smshub", 200, b"<html>")[0] is None
     assert judge("smshub", 200, b"\xff\xfe")[0] is None
     assert judge("smshub", 200, b'["SUCCESS"]')[0] is None
+
+
+async def test_a_sim_moved_to_another_modem_stays_on_sale_when_its_old_modem_reports_it_gone(
+    run: RunFactory,
+) -> None:
+    # An operator moves SIM 0 into modem 1; modem 1 reports it ready before modem 0's
+    # health check notices the SIM is gone. That late SimLost is about modem 0's slot,
+    # not the SIM now in modem 1: it stays sellable.
+    r = await run(2)
+    sim = r.bank[0].sim
+    assert sim is not None
+    inventory = r.daemon.running.inventory
+    moved = hub_sim_ready(0, port=r.bank[1].link)
+    await r.daemon.on_pool_event(moved)
+    assert inventory.sims[sim.iccid].port == r.bank[1].link
+    assert inventory.present(inventory.sims[sim.iccid])
+    await r.daemon.on_pool_event(SimLost(r.bank[0].link, sim.iccid, "SIM removed"))
+    assert inventory.present(inventory.sims[sim.iccid])
+    assert (await r.number("alpha", "mts"))["number"] == int(sim.number or 0)

@@ -190,3 +190,21 @@ def test_numbers_outside_the_protocol_are_ascii_digits_too() -> None:
     assert phone_digits("+79001234567") == "79001234567"
     assert international_number("+7 900 123-45-67", "russia") == "79001234567"
     assert international_number("٧9001234567", "russia").isascii()  # never "٧" sold as 7
+
+
+async def test_made_up_slugs_do_not_grow_the_demand_without_bound(
+    conn: tuple[Agent, Connection],
+) -> None:
+    # A hostile hub asks GET_NUMBER for countries, operators and services nobody sells:
+    # each is NO_NUMBERS, and none is kept (the rotation weighs only what can be sold).
+    agent, connection = conn
+    for i in range(300):
+        fields = {"country": "russia", "operator": f"op{i}", "service": "vk"}
+        if i % 3 == 1:
+            fields = {"country": f"land{i}", "operator": "any", "service": "vk"}
+        elif i % 3 == 2:
+            fields = {"country": "russia", "operator": "any", "service": f"svc{i}"}
+        status, answer = await connection.post(body(action="GET_NUMBER", **fields))
+        assert (status, answer["status"]) == (200, "NO_NUMBERS"), answer
+    await agent.number()  # a real one is still counted
+    assert dict(agent.inventory.demand) == {("russia", "any", "vk"): 1}

@@ -498,3 +498,40 @@ def test_config_keys_are_checked() -> None:
         parse_config({**base, "ussd": {"low_balance": "lots"}})
     example = load_config(Path(__file__).resolve().parents[1] / "config.example.yaml")
     assert example.ussd.timeout == 30.0 and example.ussd.interval == 300.0
+
+
+async def test_a_hub_sms_is_never_taken_as_the_number_answer(bank_without_numbers: BankRun) -> None:
+    # The network said "wait for an SMS"; before one came, an operator typed the number
+    # and a hub bought it. The service's SMS names a help line (8-800-…), a number of the
+    # country's plan: it is the hub's, never the upkeep's answer (nor a learned number).
+    def prepare(bank: VirtualModemBank) -> None:
+        sim = bank[0].sim
+        assert sim is not None
+        sim.ussd = NumberService(
+            NUMBER_SERVICES[sim.operator].code,
+            "Zapros prinyat. Ozhidaite SMS.",
+            how="sms",
+            sms_sender="MTS",
+            sms_text="Vash nomer {national}",
+            sms_delay=3600.0,  # the operator's SMS never comes in this test
+        )
+
+    r = await bank_without_numbers(
+        1,
+        prepare=prepare,
+        ussd={**FAST_USSD, "retry": "60s", "interval": "60s", "sms_window": "300s"},
+        status={"listen": "127.0.0.1:0", "token": TOKEN},
+    )
+    vm, upkeep = r.bank[0], r.daemon.running.upkeep
+    assert vm.sim is not None
+    iccid = vm.sim.iccid
+    await r.until(lambda: "waiting for an SMS" in (upkeep.note(iccid) or ""))
+    code, body = await _post(r, f"/api/sims/{iccid}/number", {"number": "79161112233"})
+    assert code == 200, body
+    answer = await r.number("alpha", "mts")
+    assert str(answer["number"]) == "79161112233"
+    vm.deliver("VK: kod 4821. Podderzhka 8-800-555-35-35", "VK")
+    hub = r.hubs["alpha"]
+    await hub.wait_for(1, timeout=10)
+    assert "kod 4821" in hub.received[0]["text"]
+    assert r.daemon.running.inventory.sims[iccid].learned_number is None
