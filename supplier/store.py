@@ -377,7 +377,12 @@ class _Database:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._jobs.put(_Read(lambda db: None, ready))  # answered once connected, or with why not
         self._thread.start()
-        await ready
+        try:
+            await ready
+        except StoreError:
+            self._closing = True
+            self._thread.join(timeout=5.0)  # it failed every job and is returning
+            raise
 
     @property
     def running(self) -> bool:
@@ -533,9 +538,8 @@ class Store:
                 raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
         store = cls(path)
         try:
-            await store._db.start()
+            await store._db.start()  # a thread that cannot connect has ended by then
         except StoreError as exc:
-            await store._db.close()
             raise StoreError(f"{path}: cannot open: {exc}") from None
         try:
             await store._db.call(lambda db: store._prepare(db, time.time()))
