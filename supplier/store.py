@@ -346,6 +346,10 @@ def _post(outcomes: list[_Outcome]) -> None:
             loop.call_soon_threadsafe(_settle, mine)
 
 
+class _Aborted(Exception):
+    """A write's error after which SQLite had rolled back its whole transaction."""
+
+
 class _Database:
     """One sqlite3 connection, used only by a thread of its own.
 
@@ -370,6 +374,8 @@ class _Database:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._connection: sqlite3.Connection | None = None
         self._closing = False
+        # A daemon thread: a process that ends without closing the store is not held
+        # up by it (to SQLite that is a crash, which WAL with synchronous=FULL survives).
         self._thread = threading.Thread(target=self._serve, name=f"store {path}", daemon=True)
 
     async def start(self) -> None:
@@ -383,10 +389,6 @@ class _Database:
             self._closing = True
             self._thread.join(timeout=5.0)  # it failed every job and is returning
             raise
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive() and not self._closing
 
     async def call(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run `run` in the thread, outside any transaction the store opens."""
@@ -492,8 +494,8 @@ class _Database:
                 try:
                     result = write.op(db)
                 except Exception as exc:  # that write's own failure, for its caller
-                    if not db.in_transaction:
-                        raise  # SQLite rolled back the whole transaction (disk full, I/O error)
+                    if not db.in_transaction:  # SQLite rolled it all back (disk full, I/O error)
+                        raise _Aborted(exc) from exc
                     db.execute("ROLLBACK TO write")
                     db.execute("RELEASE write")
                     error = (
@@ -506,11 +508,12 @@ class _Database:
                     db.execute("RELEASE write")
                     outcomes.append((write.future, result, None))
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, _Aborted) as exc:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-            return [(w.future, None, StoreError(f"{w.what}: {exc}")) for w in batch]
+            cause = exc.args[0] if isinstance(exc, _Aborted) else exc
+            return [(w.future, None, StoreError(f"{w.what}: {cause}")) for w in batch]
         return outcomes
 
     def _db(self) -> sqlite3.Connection:
