@@ -523,7 +523,7 @@ class _Database:
 
 
 class Store:
-    """One SQLite database, one connection in a thread of its own (`_Database`)."""
+    """One SQLite database; one connection, in a thread of its own (`_Database`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -546,9 +546,9 @@ class Store:
             raise StoreError(f"{path}: cannot open: {exc}") from None
         try:
             await store._db.call(lambda db: store._prepare(db, time.time()))
-        except StoreError as exc:
+        except StoreError:
             await store._db.close()
-            raise StoreError(f"{path}: cannot prepare the database: {exc}") from None
+            raise
         if path != ":memory:":
             stat = os.stat(path)
             store._identity = (stat.st_dev, stat.st_ino)
@@ -556,12 +556,15 @@ class Store:
 
     def _prepare(self, db: sqlite3.Connection, now: float) -> None:
         """In the database thread: the connection's settings, the schema, the id sequences."""
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute("PRAGMA foreign_keys=ON")
-        self._migrate(db)
-        self._raise_sequences(db, now)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(db)
+            self._raise_sequences(db, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot prepare the database: {exc}") from None
 
     def _raise_sequences(self, db: sqlite3.Connection, now: float) -> None:
         """Start the hub-visible ids at or above the clock in microseconds (see the module)."""

@@ -162,3 +162,14 @@ async def test_a_store_that_cannot_open_says_why_and_leaves_no_thread(tmp_path: 
     with pytest.raises(StoreError, match="cannot open"):
         await Store.open(folder)
     assert threading.active_count() == before
+
+
+async def test_a_newer_schema_is_refused_by_name_and_leaves_no_thread(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await Store.open(path)
+    await store._db.execute("PRAGMA user_version = 999")
+    await store.close()
+    before = threading.active_count()
+    with pytest.raises(StoreError, match="schema version 999 is newer than this program knows"):
+        await Store.open(path)
+    assert threading.active_count() == before
