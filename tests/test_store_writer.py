@@ -139,6 +139,8 @@ async def test_close_commits_what_is_queued_then_stops_the_thread(tmp_path: Path
     held = Held(store)
     writes = await queued(*(learn(store, f"sim{i}", f"7900000000{i}") for i in range(5)))
     closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # its stop is queued behind the writes, the thread still held
+    assert not closing.done() and thread.is_alive()
     await held.release()
     await asyncio.wait_for(closing, 10)
     await asyncio.wait_for(asyncio.gather(*writes), 1)
