@@ -6,9 +6,8 @@ through the store's group-commit writer like every other table.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
-
-import aiosqlite
 
 from .store import Store
 
@@ -87,8 +86,8 @@ class BankStore:
         ]
 
     async def save_slot(self, row: SlotRow) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO bank_slots (bank, module, slot, iccid, imsi, number, state, last_in,"
                 " failures, retry_at, in_rotation) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (bank, module, slot) DO UPDATE SET iccid = excluded.iccid,"
@@ -113,8 +112,8 @@ class BankStore:
         await self.store._write(op, "save a bank slot")
 
     async def save_module(self, row: ModuleRow) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO bank_modules (bank, module, slot, switching, held) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (bank, module) DO UPDATE SET slot = excluded.slot,"
                 " switching = excluded.switching, held = excluded.held",

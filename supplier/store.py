@@ -1,4 +1,4 @@
-"""The durable store: SQLite (WAL) through aiosqlite, behind one narrow interface.
+"""The durable store: SQLite (WAL) in a thread of its own, behind one narrow interface.
 
 Everything the protocol promises is written here before it is answered:
 an activation is committed before its number goes to the hub, a FINISH
@@ -28,15 +28,15 @@ import contextlib
 import enum
 import fcntl
 import os
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
-
-import aiosqlite
 
 from .errors import StoreError, UnknownActivation
 
@@ -303,17 +303,231 @@ def _delivery(row: sqlite3.Row | tuple[object, ...]) -> Delivery:
     return Delivery(*tuple(row))
 
 
-class Store:
-    """One SQLite database; one connection; transactions serialised by a lock."""
+@dataclass(slots=True)
+class _Read:
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
-        self._db = db
+
+@dataclass(slots=True)
+class _Write:
+    op: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    what: str
+
+
+@dataclass(slots=True)
+class _Stop:
+    future: asyncio.Future[None]
+
+
+_Job = _Read | _Write | _Stop
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the loop: each result to its caller (one that gave up is skipped: the write stands)."""
+    for future, result, error in outcomes:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _post(outcomes: list[_Outcome]) -> None:
+    """From the database thread: one wake-up of each caller's loop for a whole batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: no one is waiting
+            loop.call_soon_threadsafe(_settle, mine)
+
+
+class _Aborted(Exception):
+    """A write's error after which SQLite had rolled back its whole transaction."""
+
+
+class _Database:
+    """One sqlite3 connection, used only by a thread of its own.
+
+    Not aiosqlite: it hands each call (`BEGIN`, every `execute`, each
+    `fetchone`, `COMMIT`) to its thread separately, so one GET_NUMBER cost
+    3 to 5 round trips between the event loop and that thread, each waking both
+    (bench/RESULTS.md, issue 17), and its way to run a whole function in its
+    thread (`Connection._execute`) is private. Here a job is a plain function
+    of the connection — a read, or a whole transaction of queued writes and
+    its COMMIT — handed over once through a `SimpleQueue`; the answers come
+    back with one `call_soon_threadsafe` per batch.
+
+    Group commit happens in the thread: the writes queued while a COMMIT is
+    being synced go into the next transaction together. Each write runs under
+    a savepoint, so one that raises leaves nothing behind and the others in
+    its transaction still commit.
+    """
+
+    def __init__(self, path: str, refusal: Callable[[], str | None]) -> None:
         self.path = path
-        self._lock = asyncio.Lock()
-        self._queue: list[
-            tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any], str]
-        ] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._refusal = refusal  # why writes are refused now (the store's `lost`), or None
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._connection: sqlite3.Connection | None = None
+        self._closing = False
+        # A daemon thread: a process that ends without closing the store is not held
+        # up by it (to SQLite that is a crash, which WAL with synchronous=FULL survives).
+        self._thread = threading.Thread(target=self._serve, name=f"store {path}", daemon=True)
+
+    async def start(self) -> None:
+        """Start the thread, which connects first (a sqlite3 connection stays in its thread)."""
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Read(lambda db: None, ready))  # answered once connected, or with why not
+        self._thread.start()
+        try:
+            await ready
+        except StoreError:
+            self._closing = True
+            self._thread.join(timeout=5.0)  # it failed every job and is returning
+            raise
+
+    async def call(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `run` in the thread, outside any transaction the store opens."""
+        self._refuse_closed("the database")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Read(run, future))
+        return await future
+
+    async def execute(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
+        """One statement on the store's own connection; its rows."""
+        args = tuple(params)
+        return await self.call(lambda db: db.execute(sql, args).fetchall())
+
+    async def write(self, op: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """Run `op` in a write transaction (maybe with others) and return once it is committed."""
+        self._refuse_closed(what)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Write(op, future, what))
+        return await future
+
+    async def close(self) -> None:
+        """Finish every job queued before this, close the connection, end the thread."""
+        if self._closing or not self._thread.is_alive():
+            self._closing = True
+            return
+        self._closing = True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Stop(future))
+        await future
+        self._thread.join(timeout=5.0)  # it posted the answer as its last act
+
+    def _refuse_closed(self, what: str) -> None:
+        if self._closing or not self._thread.is_alive():
+            raise StoreError(f"{what}: {self.path} is closed")
+
+    # -- in the thread -------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        held: _Job | None = None  # a job taken while gathering a batch, run next
+        stopped = StoreError(f"{self.path}: the database thread has stopped")
+        try:
+            try:
+                self._connection = sqlite3.connect(self.path, isolation_level=None)
+            except sqlite3.Error as exc:
+                stopped = StoreError(str(exc))
+                return
+            while True:
+                job = held if held is not None else self._jobs.get()
+                held = None
+                if isinstance(job, _Stop):
+                    if self._connection is not None:
+                        self._connection.close()
+                    _post([(job.future, None, None)])
+                    return
+                if isinstance(job, _Read):
+                    _post([self._read(job)])
+                    continue
+                batch = [job]
+                while True:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(more, _Write):
+                        held = more
+                        break
+                    batch.append(more)
+                _post(self._commit(batch))
+        finally:
+            # Only a bug ends the thread otherwise: fail whatever still waits, never hang it.
+            self._closing = True
+            left: list[_Job] = [held] if held is not None else []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    left.append(self._jobs.get_nowait())
+            _post(
+                [
+                    (j.future, None, StoreError(str(stopped)))
+                    for j in left
+                    if isinstance(j, (_Read, _Write))
+                ]
+            )
+            _post([(j.future, None, None) for j in left if isinstance(j, _Stop)])
+
+    def _read(self, job: _Read) -> _Outcome:
+        try:
+            return job.future, job.run(self._db()), None
+        except sqlite3.Error as exc:
+            return job.future, None, StoreError(str(exc))
+        except Exception as exc:  # handed to its caller  # noqa: BLE001
+            return job.future, None, exc
+
+    def _commit(self, batch: list[_Write]) -> list[_Outcome]:
+        refusal = self._refusal()
+        if refusal is not None:
+            return [(w.future, None, StoreError(f"{w.what}: {refusal}")) for w in batch]
+        db = self._db()
+        outcomes: list[_Outcome] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                db.execute("SAVEPOINT write")
+                try:
+                    result = write.op(db)
+                except Exception as exc:  # that write's own failure, for its caller
+                    if not db.in_transaction:  # SQLite rolled it all back (disk full, I/O error)
+                        raise _Aborted(exc) from exc
+                    db.execute("ROLLBACK TO write")
+                    db.execute("RELEASE write")
+                    error = (
+                        StoreError(f"{write.what}: {exc}")
+                        if isinstance(exc, sqlite3.Error)
+                        else exc
+                    )
+                    outcomes.append((write.future, None, error))
+                else:
+                    db.execute("RELEASE write")
+                    outcomes.append((write.future, result, None))
+            db.execute("COMMIT")
+        except (sqlite3.Error, _Aborted) as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            cause = exc.args[0] if isinstance(exc, _Aborted) else exc
+            return [(w.future, None, StoreError(f"{w.what}: {cause}")) for w in batch]
+        return outcomes
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreError(f"{self.path}: not connected")
+        return self._connection
+
+
+class Store:
+    """One SQLite database; one connection, in a thread of its own (`_Database`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = _Database(path, lambda: self.lost)
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file at open
         self.lost: str | None = None  # why the file is no longer ours; writes are refused
 
@@ -325,36 +539,43 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
+        store = cls(path)
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
+            await store._db.start()  # a thread that cannot connect has ended by then
+        except StoreError as exc:
             raise StoreError(f"{path}: cannot open: {exc}") from None
-        store = cls(db, path)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await store._migrate()
-            await store._raise_sequences(time.time())
-        except sqlite3.Error as exc:
-            await db.close()
-            raise StoreError(f"{path}: cannot prepare the database: {exc}") from None
+            await store._db.call(lambda db: store._prepare(db, time.time()))
+        except StoreError:
+            await store._db.close()
+            raise
         if path != ":memory:":
             stat = os.stat(path)
             store._identity = (stat.st_dev, stat.st_ino)
         return store
 
-    async def _raise_sequences(self, now: float) -> None:
+    def _prepare(self, db: sqlite3.Connection, now: float) -> None:
+        """In the database thread: the connection's settings, the schema, the id sequences."""
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(db)
+            self._raise_sequences(db, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot prepare the database: {exc}") from None
+
+    def _raise_sequences(self, db: sqlite3.Connection, now: float) -> None:
         """Start the hub-visible ids at or above the clock in microseconds (see the module)."""
         floor = int(now * 1_000_000)
         if floor >= MAX_JSON_ID:
             raise StoreError(f"{self.path}: the clock is past what ids can follow")
         for table in _SEQUENCES:
-            await self._db.execute(
+            db.execute(
                 "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (floor, table)
             )
-            await self._db.execute(
+            db.execute(
                 "INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? "
                 "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)",
                 (table, floor, table),
@@ -382,14 +603,11 @@ class Store:
         return self.lost
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
-        async with self._lock:
-            await self._db.close()
+        """Commit what is queued, close the connection and end its thread (twice is harmless)."""
+        await self._db.close()
 
-    async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        row = db.execute("PRAGMA user_version").fetchone()
         current = int(row[0]) if row else 0
         known = migrations()
         newest = known[-1][0] if known else 0
@@ -402,74 +620,29 @@ class Store:
             if version <= current:
                 continue
             # executescript commits first; the user_version bump is part of the script.
-            await self._db.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-            )
+            db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;")
 
     async def schema_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._fetchall("PRAGMA user_version")
+        return int(rows[0][0]) if rows else 0
 
-    async def _write(self, op: Callable[[aiosqlite.Connection], Awaitable[T]], what: str) -> T:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], what: str) -> T:
         """Run `op` in a write transaction and return once it is committed.
 
-        Group commit: ops queued while a transaction is being written go into
-        the next one together, so 50 concurrent GET_NUMBERs cost a handful of
-        commits, not 50. Ops run one after another; an op that raises must do
-        so before it writes (its error goes to its caller, the others commit).
+        `op` runs in the database thread: it may use only `db` and what it was
+        given, never the event loop's objects. Group commit: ops queued while a
+        transaction is being written go into the next one together, so 50
+        concurrent GET_NUMBERs cost a handful of commits, not 50, and one
+        hand-off to the thread each. An op that raises leaves nothing written
+        (a savepoint); a sqlite3 error reaches its caller as StoreError, any
+        other error as it is, and the other ops of its transaction commit.
         """
         if self.lost is not None:
             raise StoreError(f"{what}: {self.lost}")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future, what))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain(), name="store writer")
-        return await future
+        return await self._db.write(op, what)
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            if self.lost is not None:
-                for _, future, what in batch:
-                    if not future.done():
-                        future.set_exception(StoreError(f"{what}: {self.lost}"))
-                continue
-            async with self._lock:
-                try:
-                    await self._db.execute("BEGIN IMMEDIATE")
-                    for op, future, _ in batch:
-                        try:
-                            outcomes.append((future, await op(self._db), None))
-                        except (sqlite3.Error, asyncio.CancelledError):
-                            raise
-                        except Exception as exc:  # handed to its caller below  # noqa: BLE001
-                            outcomes.append((future, None, exc))
-                    await self._db.execute("COMMIT")
-                except BaseException as exc:
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._db.execute("ROLLBACK")
-                    for _, future, what in batch:
-                        if not future.done():
-                            future.set_exception(StoreError(f"{what}: {exc}"))
-                    if not isinstance(exc, sqlite3.Error):
-                        raise
-                    continue
-            for future, result, error in outcomes:
-                if future.done():
-                    continue  # its caller gave up; the write stands
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-
-    async def _fetchall(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
-        try:
-            async with self._lock, self._db.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from None
+    async def _fetchall(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
+        return await self._db.execute(sql, params)
 
     # -- loading (the inventory is rebuilt from these at start) -----------------------
 
@@ -512,8 +685,8 @@ class Store:
         port: str | None,
         now: float,
     ) -> SimRow:
-        async def op(db: aiosqlite.Connection) -> SimRow:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> SimRow:
+            db.execute(
                 "INSERT INTO sims (iccid, imsi, number, country, operator, port, "
                 "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (iccid) DO UPDATE SET imsi = excluded.imsi, "
@@ -522,11 +695,9 @@ class Store:
                 "port = excluded.port, last_seen = excluded.last_seen",
                 (iccid, imsi, number, country, operator, port, now, now),
             )
-            async with db.execute(
+            [row] = db.execute(
                 f"SELECT {_SIM_COLUMNS} FROM sims WHERE iccid = ?", (iccid,)
-            ) as c:
-                row = await c.fetchone()
-            assert row is not None
+            ).fetchall()
             return _sim(row)
 
         return await self._write(op, f"cannot record SIM {iccid}")
@@ -540,18 +711,16 @@ class Store:
     async def touch_sims(self, iccids: list[str], now: float) -> None:
         """Mark SIMs seen now (they are live): `supplier sims` shows a truthful age."""
 
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.executemany(
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "UPDATE sims SET last_seen = ? WHERE iccid = ?", [(now, i) for i in iccids]
             )
 
         await self._write(op, "cannot record that SIMs were seen")
 
     async def _update_sim(self, assignment: str, params: tuple[object, ...], iccid: str) -> bool:
-        async def op(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
-                f"UPDATE sims SET {assignment} WHERE iccid = ?", (*params, iccid)
-            )
+        def op(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(f"UPDATE sims SET {assignment} WHERE iccid = ?", (*params, iccid))
             return cursor.rowcount > 0
 
         return await self._write(op, f"cannot update SIM {iccid}")
@@ -572,9 +741,9 @@ class Store:
     ) -> Activation:
         """Commit a new activation, count the offer and mark the SIM used, in one transaction."""
 
-        async def op(db: aiosqlite.Connection) -> int:
+        def op(db: sqlite3.Connection) -> int:
             # The usage count and the SIM's last_used follow by trigger (migration 3).
-            cursor = await db.execute(
+            cursor = db.execute(
                 "INSERT INTO activations (hub, iccid, number, service, country, operator, "
                 "sum, currency, created, release_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (hub, iccid, number, service, country, operator, sum, currency, now, release_at),
@@ -599,22 +768,21 @@ class Store:
         if status not in FINISH_STATUSES:
             raise ValueError(f"status {status} is not one of {sorted(map(int, FINISH_STATUSES))}")
 
-        async def op(db: aiosqlite.Connection) -> tuple[Activation, bool]:
+        def op(db: sqlite3.Connection) -> tuple[Activation, bool]:
             # The usage counters follow by trigger (migration 3); a repeat or a
             # stranger's id updates nothing and is told apart by a second look.
-            async with db.execute(
+            # fetchall: a RETURNING statement is finished only once its rows are read.
+            rows = db.execute(
                 "UPDATE activations SET finished = ?, status = ? "
                 "WHERE id = ? AND finished IS NULL AND (? IS NULL OR hub = ?) "
                 f"RETURNING {_ACTIVATION_COLUMNS}",
                 (now, status, activation_id, hub, hub),
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is not None:
-                return _activation(row), True
-            async with db.execute(
+            ).fetchall()
+            if rows:
+                return _activation(rows[0]), True
+            row = db.execute(
                 f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             if row is None or (hub is not None and row[1] != hub):
                 raise UnknownActivation(f"unknown activationId {activation_id}")
             return _activation(row), False
@@ -630,8 +798,8 @@ class Store:
         part (same SIM, same PDU) changes nothing.
         """
 
-        async def op(db: aiosqlite.Connection) -> tuple[bool, Sms | None, list[Delivery]]:
-            cursor = await db.execute(
+        def op(db: sqlite3.Connection) -> tuple[bool, Sms | None, list[Delivery]]:
+            cursor = db.execute(
                 "INSERT OR IGNORE INTO sms_parts (digest, iccid, port, storage, slot, pdu, "
                 "received, sender, part_key, part_total, part_seq) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -644,7 +812,7 @@ class Store:
                 return True, None, []
             if sms is None:
                 return False, None, []
-            stored, deliveries = await self._create_sms(db, sms)
+            stored, deliveries = self._create_sms(db, sms)
             return False, stored, deliveries
 
         return await self._write(op, "cannot store an SMS")
@@ -652,15 +820,13 @@ class Store:
     async def complete(self, sms: NewSms) -> tuple[Sms, list[Delivery]]:
         """Turn stored pending parts into a message (the reassembly timeout passed)."""
 
-        async def op(db: aiosqlite.Connection) -> tuple[Sms, list[Delivery]]:
-            return await self._create_sms(db, sms)
+        def op(db: sqlite3.Connection) -> tuple[Sms, list[Delivery]]:
+            return self._create_sms(db, sms)
 
         return await self._write(op, "cannot store an SMS")
 
-    async def _create_sms(
-        self, db: aiosqlite.Connection, sms: NewSms
-    ) -> tuple[Sms, list[Delivery]]:
-        cursor = await db.execute(
+    def _create_sms(self, db: sqlite3.Connection, sms: NewSms) -> tuple[Sms, list[Delivery]]:
+        cursor = db.execute(
             "INSERT INTO sms (iccid, number, sender, text, kind, sent, received, complete) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -670,13 +836,13 @@ class Store:
         )  # fmt: skip
         sms_id = cursor.lastrowid
         assert sms_id is not None
-        await db.executemany(
+        db.executemany(
             "UPDATE sms_parts SET sms_id = ? WHERE digest = ? AND sms_id IS NULL",
             [(sms_id, digest) for digest in sms.digests],
         )
         deliveries = []
         for hub, activation_id in sms.routes:
-            cursor = await db.execute(
+            cursor = db.execute(
                 "INSERT OR IGNORE INTO deliveries (sms_id, hub, activation_id, created, "
                 "next_attempt) VALUES (?, ?, ?, ?, ?)",
                 (sms_id, hub, activation_id, sms.received, sms.received),
@@ -737,8 +903,8 @@ class Store:
     ) -> bool:
         """Mark a delivery done (the hub's SUCCESS, or a final answer). False if it already was."""
 
-        async def op(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
+        def op(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "UPDATE deliveries SET done = ?, outcome = ?, attempts = attempts + 1, "
                 "last_attempt = ?, last_result = ? WHERE id = ? AND done IS NULL",
                 (now, outcome, now, result, delivery_id),
@@ -750,8 +916,8 @@ class Store:
     async def retry_delivery(
         self, delivery_id: int, result: str, now: float, next_attempt: float
     ) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_attempt = ?, "
                 "last_result = ?, next_attempt = ? WHERE id = ? AND done IS NULL",
                 (now, result, next_attempt, delivery_id),
@@ -835,8 +1001,8 @@ class Store:
         return {str(row[0]): str(row[1]) for row in rows}
 
     async def learn_number(self, iccid: str, number: str, source: str, now: float) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO learned_numbers (iccid, number, source, learned) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (iccid) DO UPDATE SET "
                 "number = excluded.number, source = excluded.source, learned = excluded.learned",
@@ -850,8 +1016,8 @@ class Store:
         return {str(row[0]): BalanceRow(row[1], row[2], row[3], float(row[4])) for row in rows}
 
     async def save_balance(self, iccid: str, balance: BalanceRow) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO sim_balances (iccid, amount, currency, text, read) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (iccid) DO UPDATE SET "
                 "amount = excluded.amount, currency = excluded.currency, "
