@@ -50,7 +50,7 @@ from .pusher import Pusher
 from .rotation import Rotation
 from .status import StatusView, create_status_app
 from .store import DatabaseLock, Store
-from .upkeep import Upkeep, UpkeepSettings
+from .upkeep import Upkeep
 
 __all__ = ["Daemon", "Running"]
 
@@ -83,22 +83,6 @@ def _number_codes(config: Config) -> dict[str, str]:
 
 def _balance_codes(config: Config) -> dict[str, str]:
     return {code: o.balance_ussd for code, o in config.networks.items() if o.balance_ussd}
-
-
-def upkeep_settings(config: Config) -> UpkeepSettings:
-    u = config.ussd
-    return UpkeepSettings(
-        enabled=u.enabled,
-        spread=u.spread,
-        pace=u.pace,
-        interval=u.interval,
-        retry=u.retry,
-        timeout=u.timeout,
-        sms_window=u.sms_window,
-        balance_every=u.balance_every,
-        balance_after_sale=u.balance_after_sale,
-        low_balance=u.low_balance,
-    )
 
 
 def modem_settings(config: Config) -> ModemSettings:
@@ -238,7 +222,7 @@ class Daemon:
                 pool.by_iccid,
                 codes=_number_codes(config),
                 balance_codes=_balance_codes(config),
-                settings=upkeep_settings(config),
+                settings=config.ussd,
                 clock=self.clock,
             )
             await upkeep.load()

@@ -44,11 +44,12 @@ from modems.replies import split_imsi
 from modems.ussd import UssdAnswer, UssdError, UssdTimeout, phone_candidates
 
 from .balances import parse_balance
+from .config import UssdConfig
 from .inventory import Inventory
 from .networks import CALLING_CODES, international_number
 from .store import BalanceRow, Store
 
-__all__ = ["NUMBER_USSD", "Upkeep", "UpkeepSettings", "number_in"]
+__all__ = ["NUMBER_USSD", "Upkeep", "number_in"]
 
 log = structlog.get_logger("supplier.upkeep")
 
@@ -128,20 +129,6 @@ def _service_sender(sender: str | None) -> bool:
     return not digits.isdigit() or len(digits) <= 6
 
 
-@dataclass(frozen=True, slots=True)
-class UpkeepSettings:
-    enabled: bool = True
-    spread: float = 60.0  # a SIM's first request: at a random moment in this window
-    pace: float = 0.5  # at most one request started per this many seconds, bank-wide
-    interval: float = 300.0  # at most one request per SIM per this many seconds
-    retry: float = 600.0  # after no number: ask again after this, doubling up to 6 h
-    timeout: float = 30.0  # the USSD answer's wait
-    sms_window: float = 300.0  # an SMS answer counts this long after the request
-    balance_every: float = 86400.0  # a SIM's balance is read again after this
-    balance_after_sale: bool = True  # and after each FINISH 3 on it
-    low_balance: Decimal | None = None  # below this the SIM is marked on the page
-
-
 NUMBER = "number"
 BALANCE = "balance"
 
@@ -172,7 +159,7 @@ class Upkeep:
         *,
         codes: Mapping[str, str],
         balance_codes: Mapping[str, str] | None = None,
-        settings: UpkeepSettings,
+        settings: UssdConfig,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.inventory = inventory
