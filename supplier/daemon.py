@@ -261,7 +261,7 @@ class Daemon:
                 status_listening,
             )
             undo.pop_all()  # started: `stop` undoes it from here on
-        matched = len(expand_ports(config.modems.ports))
+        matched = len(expand_ports(pool.patterns, pool.exclude))  # what the pool will open
         upkeep.start()
         await pool.start()
         if rotation is not None:
