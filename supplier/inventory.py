@@ -495,8 +495,8 @@ class Inventory:
 
     def owner_of(self, number: str, *, besides: str = "") -> SimState | None:
         """The SIM (other than `besides`) sold under this number, if any."""
-        others = sorted(self._by_number.get(number, set()) - {besides})
-        return self.sims.get(others[0]) if others else None
+        others = self._by_number.get(number, set()) - {besides}
+        return self.sims.get(min(others)) if others else None
 
     def learned_number(self, iccid: str, number: str) -> None:
         """The number the SIM's network told us (it never overrides another source)."""
@@ -508,10 +508,8 @@ class Inventory:
     def conflicting(self, iccid: str) -> str | None:
         """Another SIM sold under this SIM's number, if any: neither is sold until resolved."""
         sim = self.sims.get(iccid)
-        if sim is None or sim.number is None:
-            return None
-        others = self._by_number.get(sim.number, set()) - {iccid}
-        return min(others) if others else None
+        other = self.owner_of(sim.number, besides=iccid) if sim and sim.number else None
+        return other.iccid if other is not None else None
 
     async def set_enabled(self, iccid: str, enabled: bool) -> SimState | None:
         """Take a SIM out of sale (False) or put it back (True); activations are kept."""
