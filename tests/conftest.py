@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from modems.pool import ModemPool
 from supplier.daemon import Daemon
 
 from .hubkit import FakeHub, RunFactory, Running, make_config
+from .pg import Cluster, require_bin
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -57,6 +58,26 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
     for task in leaked:
         task.cancel()
     assert not leaked, f"tasks left running: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL server for the session (tests/pg.py), removed at its end."""
+    cluster = Cluster(require_bin())
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+async def pg_url(pg_cluster: Cluster) -> str:
+    """The URL of a fresh, empty database in the session's cluster."""
+    if not pg_cluster.running():
+        pg_cluster.start()  # a test that stopped the server and failed before starting it
+    return await pg_cluster.new_database()
 
 
 class Recorder:
