@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeAlias, TypeVar
 
@@ -502,6 +502,70 @@ class PgStore:
             "WHERE sms_id IS NULL AND part_key IS NOT NULL ORDER BY id"
         )
         return [StoredPart(*tuple(row)) for row in rows]
+
+    # -- delivery scheduling: plain translations of the SQLite store's; engineer C replaces
+    # them with leased ones (FOR UPDATE SKIP LOCKED) so that several hosts push at once.
+
+    async def due_deliveries(
+        self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
+    ) -> list[tuple[Delivery, Sms]]:
+        rows = await self._fetch(
+            f"SELECT {_prefixed(_DELIVERY_COLUMNS, 'd')}, {_prefixed(_SMS_COLUMNS, 's')} "
+            "FROM deliveries d JOIN sms s ON s.id = d.sms_id "
+            "WHERE d.hub = $1 AND d.done IS NULL AND d.next_attempt <= $2 "
+            "AND NOT d.id = ANY($3::bigint[]) ORDER BY d.next_attempt, d.id LIMIT $4",
+            hub,
+            now,
+            list(exclude),
+            limit,
+        )
+        return [
+            (_delivery(tuple(row)[:_DELIVERY_WIDTH]), _sms(tuple(row)[_DELIVERY_WIDTH:]))
+            for row in rows
+        ]
+
+    async def next_due(self, hub: str, exclude: Iterable[int] = ()) -> float | None:
+        rows = await self._fetch(
+            "SELECT MIN(next_attempt) FROM deliveries "
+            "WHERE hub = $1 AND done IS NULL AND NOT id = ANY($2::bigint[])",
+            hub,
+            list(exclude),
+        )
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    async def settle_delivery(
+        self, delivery_id: int, outcome: str, result: str, now: float
+    ) -> bool:
+        """Mark a delivery done (the hub's SUCCESS, or a final answer). False if it already was."""
+
+        async def op(db: Connection) -> bool:
+            status = await db.execute(
+                "UPDATE deliveries SET done = $1, outcome = $2, attempts = attempts + 1, "
+                "last_attempt = $1, last_result = $3 WHERE id = $4 AND done IS NULL",
+                now,
+                outcome,
+                result,
+                delivery_id,
+            )
+            return rows_changed(status) > 0
+
+        return await self._write(op, f"cannot settle delivery {delivery_id}")
+
+    async def retry_delivery(
+        self, delivery_id: int, result: str, now: float, next_attempt: float
+    ) -> None:
+        async def op(db: Connection) -> None:
+            await db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_attempt = $1, "
+                "last_result = $2, next_attempt = $3 WHERE id = $4 AND done IS NULL",
+                now,
+                result,
+                next_attempt,
+                delivery_id,
+            )
+
+        await self._write(op, f"cannot reschedule delivery {delivery_id}")
 
     async def deliveries_for(self, sms_id: int) -> list[Delivery]:
         rows = await self._fetch(
