@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import SupplierError
+from .pgstore import redact
 
 MIN_KEY = 8  # hub keys, and the least a status token should be
 # config.example.yaml's stand-ins: a file that still has them is not ready to run.
@@ -237,7 +238,23 @@ class UssdConfig(_Frozen):
 
 
 class StorageConfig(_Frozen):
+    """Where the store is: a SQLite file (`path`, one host) or PostgreSQL (`url`, shared)."""
+
     path: str = "/var/lib/supplier/supplier.db"
+    url: str | None = None  # postgresql://user[:password]@host[:port]/database
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"(postgresql|postgres)://", value):
+            raise ValueError("expected a postgresql:// URL, e.g. postgresql://supplier@db/supplier")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StorageConfig:
+        if self.url is not None and "path" in self.model_fields_set:
+            raise ValueError("give path (a SQLite file) or url (PostgreSQL), not both")
+        return self
 
 
 class ActivationConfig(_Frozen):
@@ -445,6 +462,8 @@ def _explain(error: ValidationError) -> str:
         secret = isinstance(value, SecretStr) or (loc and loc[-1] in ("key", "token", "pin"))
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        if isinstance(value, str):
+            value = redact(value)  # a URL's password (storage.url) is never printed
         # An empty secret is named as empty: the one thing worth saying about it.
         shown = ("empty" if value in ("", None) else _show("***")) if secret else _show(value)
         text = f"{_where(loc)}: {shown}: {message[0].lower() + message[1:]}"
@@ -503,7 +522,9 @@ def warnings(config: Config) -> list[str]:
             "(a long random string), as for hub keys"
         )
     folder = Path(config.storage.path).parent
-    if not folder.is_dir():
+    if config.storage.url is not None:
+        pass  # PostgreSQL: nothing on this host's disk to check (cli.py tries to connect)
+    elif not folder.is_dir():
         out.append(f"storage.path: the folder {str(folder)!r} does not exist")
     elif not os.access(folder, os.W_OK | os.X_OK):
         out.append(f"storage.path: the folder {str(folder)!r} is not writable by this user")
