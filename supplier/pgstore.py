@@ -45,7 +45,7 @@ from .store import (
     identifiers,
 )
 
-__all__ = ["PgStore", "pg_migrations", "redact"]
+__all__ = ["PgStore", "pg_migrations", "probe", "redact"]
 
 log = structlog.get_logger("supplier.pgstore")
 
@@ -139,6 +139,22 @@ def redact(url: str) -> str:
     userinfo, _, host = rest.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}@{host}"
+
+
+async def probe(url: str, timeout: float = 3.0) -> str | None:
+    """Why the database at `url` cannot be reached now, or None (check-config's look)."""
+    try:
+        async with asyncio.timeout(timeout):
+            connection = await asyncpg.connect(url)
+            try:
+                await connection.fetchval("SELECT 1")
+            finally:
+                await connection.close()
+    except DATABASE_ERRORS as exc:
+        return f"cannot connect to {redact(url)}: {describe(exc)}"
+    except ValueError as exc:  # a malformed URL
+        return f"{redact(url)}: {exc}"
+    return None
 
 
 class PgStore:

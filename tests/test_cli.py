@@ -129,7 +129,8 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
     assert "the daemon is not answering" in out.splitlines()[-1]
     await r.daemon.mark_seen(time.time())  # what the daemon does every minute
     code, out, err = await supplier("sims", "--config", str(config))
-    assert out.count("on sale, last seen 0 s ago") + out.count("last seen 1 s ago") == 3
+    # Seconds ago: the CLI's own start-up (under load, more than one) is all that passed.
+    assert len(re.findall(r"on sale, last seen \d s ago", out)) == 3, out
 
 
 def closed_port() -> int:
