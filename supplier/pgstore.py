@@ -19,8 +19,9 @@ store (a database restored from a backup starts above anything issued).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeAlias, TypeVar
 
@@ -169,6 +170,10 @@ class PgStore:
         self.timeout = timeout
         self._pool = pool
         self.lost: str | None = None  # never set: a lost connection is retried, not final
+        self._closing = False
+        self._calls = 0  # reads and writes under way: `close` lets them finish
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @classmethod
     async def open(
@@ -197,21 +202,43 @@ class PgStore:
         return None
 
     async def close(self) -> None:
-        """Close every connection (twice is harmless)."""
+        """Refuse new calls, let those under way finish, close every connection.
+
+        As the SQLite store's close commits what was queued before it: a write
+        started before `close` is committed (or fails on its own), never cut
+        off by the pool closing under it. Twice is harmless.
+        """
+        self._closing = True
         try:
             async with asyncio.timeout(self.timeout):
+                await self._idle.wait()
                 await self._pool.close()
         except DATABASE_ERRORS:
             self._pool.terminate()
 
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """Count one read or write under way (refused once `close` began)."""
+        if self._closing:
+            raise StoreError(f"{what}: {self.path} is closed")
+        self._calls += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if not self._calls:
+                self._idle.set()
+
     async def _prepare(self, now: float) -> None:
         async def op(db: Connection) -> None:
+            # Several hosts may start at once: one migrates, the others wait and see it
+            # done. The lock comes first: two CREATE TABLE IF NOT EXISTS at once collide.
+            await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 "version integer PRIMARY KEY, applied double precision NOT NULL)"
             )
-            # Several hosts may start at once: one migrates, the others wait and see it done.
-            await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             current = await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
             known = pg_migrations()
             newest = known[-1][0] if known else 0
@@ -255,12 +282,13 @@ class PgStore:
         (also nothing written: the transaction is rolled back).
         """
         try:
-            async with (
-                asyncio.timeout(self.timeout),
-                self._pool.acquire() as db,
-                db.transaction(),
-            ):
-                return await op(db)
+            with self._call(what):
+                async with (
+                    asyncio.timeout(self.timeout),
+                    self._pool.acquire() as db,
+                    db.transaction(),
+                ):
+                    return await op(db)
         except StoreError:
             raise
         except DATABASE_ERRORS as exc:
@@ -269,8 +297,9 @@ class PgStore:
     async def _fetch(self, sql: str, *params: object) -> list[Any]:
         """Rows of one read (asyncpg Records: indexable like tuples)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                return list(await self._pool.fetch(sql, *params))
+            with self._call(f"{self.path}: cannot read"):
+                async with asyncio.timeout(self.timeout):
+                    return list(await self._pool.fetch(sql, *params))
         except DATABASE_ERRORS as exc:
             raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from None
 
