@@ -241,7 +241,8 @@ class StorageConfig(_Frozen):
     """Where the store is: a SQLite file (`path`, one host) or PostgreSQL (`url`, shared)."""
 
     path: str = "/var/lib/supplier/supplier.db"
-    url: str | None = None  # postgresql://user[:password]@host[:port]/database
+    # postgresql://user[:password]@host[:port]/database; never in a repr (the password).
+    url: str | None = Field(default=None, repr=False)
 
     @field_validator("url")
     @classmethod
