@@ -19,7 +19,7 @@ from supplier.backend import StoreBackend, open_store
 from supplier.bankstore import BankStore, ModuleRow, SlotRow
 from supplier.config import StorageConfig
 from supplier.errors import StoreError, UnknownActivation
-from supplier.pgstore import MAX_JSON_ID, PgStore
+from supplier.pgstore import MAX_JSON_ID, Connection, PgStore
 from supplier.store import BalanceRow, Delivery, NewPart, NewSms, Sms, Usage
 
 from .pg import Cluster, Stores, set_read_only
@@ -334,3 +334,29 @@ async def test_a_newer_schema_is_refused_by_name(pg_url: str) -> None:
         await connection.close()
     with pytest.raises(StoreError, match="schema version 999 is newer than this program knows"):
         await PgStore.open(pg_url)
+
+
+async def test_a_failing_write_leaves_nothing_and_the_others_commit(pg_url: str) -> None:
+    store = await PgStore.open(pg_url)
+
+    async def half_then_fail(db: Connection) -> None:
+        insert = (
+            "INSERT INTO learned_numbers (iccid, number, source, learned) VALUES ($1, $2, $3, $4)"
+        )
+        await db.execute(insert, "half", "79000000000", "ussd", 1.0)
+        await db.execute(insert, "half", "79000000001", "ussd", 1.0)  # the same key: refused
+
+    try:
+        first, failing, last = await asyncio.gather(
+            store.learn_number("a", "79000000002", "ussd", 1.0),
+            store._write(half_then_fail, "cannot learn half"),
+            store.learn_number("b", "79000000003", "ussd", 1.0),
+            return_exceptions=True,
+        )
+        assert isinstance(failing, StoreError) and str(failing).startswith(
+            "cannot learn half: duplicate key value violates unique constraint"
+        )
+        assert first is None and last is None
+        assert await store.learned_numbers() == {"a": "79000000002", "b": "79000000003"}
+    finally:
+        await store.close()
