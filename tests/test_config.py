@@ -186,3 +186,14 @@ def test_check_config_on_postgresql_tries_one_connection(tmp_path: Path, pg_url:
     [warning] = [line for line in result.stderr.splitlines() if "storage.url" in line]
     assert "cannot connect to postgresql://supplier@/supplier" in warning
     assert "pw1" not in result.stdout + result.stderr
+
+
+def test_run_with_an_unreachable_database_is_one_line_without_the_password(
+    tmp_path: Path,
+) -> None:
+    nowhere = f"postgresql://supplier:pw1@/supplier?host={tmp_path}/no-server"
+    result = _cli("run", "--config", str(_storage_config(tmp_path, nowhere)))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "postgresql://supplier@/supplier" in line and "cannot connect" in line
+    assert "pw1" not in result.stdout + result.stderr
