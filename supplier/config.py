@@ -522,12 +522,11 @@ def warnings(config: Config) -> list[str]:
             f"status.token: {len(token)} characters; use at least {MIN_KEY} "
             "(a long random string), as for hub keys"
         )
+    # On PostgreSQL nothing of the store is on this host's disk (cli.py tries to connect).
     folder = Path(config.storage.path).parent
-    if config.storage.url is not None:
-        pass  # PostgreSQL: nothing on this host's disk to check (cli.py tries to connect)
-    elif not folder.is_dir():
+    if config.storage.url is None and not folder.is_dir():
         out.append(f"storage.path: the folder {str(folder)!r} does not exist")
-    elif not os.access(folder, os.W_OK | os.X_OK):
+    elif config.storage.url is None and not os.access(folder, os.W_OK | os.X_OK):
         out.append(f"storage.path: the folder {str(folder)!r} is not writable by this user")
     out.extend(
         f"modems.ports: {pattern!r} matches no port now"
