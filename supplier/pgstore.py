@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -92,44 +93,39 @@ def rows_changed(status: str) -> int:
     return int(count) if count.isdigit() else 0
 
 
-_ACTIVATION_COLUMNS = (
-    "id, hub, iccid, number, service, country, operator, sum, currency, "
-    "created, release_at, finished, status"
-)
-_SIM_COLUMNS = (
-    "iccid, imsi, number, number_manual, country, operator, port, enabled, "
-    "first_seen, last_seen, last_used"
-)
-_SMS_COLUMNS = "id, iccid, number, sender, text, kind, sent, received, complete"
-_DELIVERY_COLUMNS = (
-    "id, sms_id, hub, activation_id, created, attempts, next_attempt, last_attempt, "
-    "last_result, done, outcome"
-)
-_DELIVERY_WIDTH = len(_DELIVERY_COLUMNS.split(","))
+def _columns(kind: Any) -> tuple[str, ...]:
+    """A table's columns, named as its dataclass's fields (the same names by design)."""
+    return tuple(field.name for field in dataclasses.fields(kind))
 
 
-def _prefixed(columns: str, alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+_ACTIVATION = _columns(Activation)
+_SIM = _columns(SimRow)
+_SMS = _columns(Sms)
+_DELIVERY = _columns(Delivery)
+_ACTIVATION_COLUMNS = ", ".join(_ACTIVATION)
+_SIM_COLUMNS = ", ".join(_SIM)
+_SMS_COLUMNS = ", ".join(_SMS)
+_DELIVERY_COLUMNS = ", ".join(_DELIVERY)
+
+
+def _prefixed(columns: tuple[str, ...], alias: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns)
 
 
 def _activation(row: asyncpg.Record) -> Activation:
-    return Activation(*tuple(row))
+    return Activation(**dict(row.items()))
 
 
 def _sim(row: asyncpg.Record) -> SimRow:
-    return SimRow(*tuple(row))
+    return SimRow(**dict(row.items()))
 
 
-def _sms(row: asyncpg.Record | tuple[Any, ...]) -> Sms:
-    sms_id, iccid, number, sender, text, kind, sent, received, complete = tuple(row)
-    return Sms(
-        id=sms_id, iccid=iccid, number=number, sender=sender, text=text, kind=kind, sent=sent,
-        received=received, complete=complete,
-    )  # fmt: skip
+def _sms(values: Iterable[Any]) -> Sms:
+    return Sms(**dict(zip(_SMS, values, strict=True)))
 
 
-def _delivery(row: asyncpg.Record | tuple[Any, ...]) -> Delivery:
-    return Delivery(*tuple(row))
+def _delivery(values: Iterable[Any]) -> Delivery:
+    return Delivery(**dict(zip(_DELIVERY, values, strict=True)))
 
 
 def redact(url: str) -> str:
@@ -555,7 +551,7 @@ class PgStore:
         self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
     ) -> list[tuple[Delivery, Sms]]:
         rows = await self._fetch(
-            f"SELECT {_prefixed(_DELIVERY_COLUMNS, 'd')}, {_prefixed(_SMS_COLUMNS, 's')} "
+            f"SELECT {_prefixed(_DELIVERY, 'd')}, {_prefixed(_SMS, 's')} "
             "FROM deliveries d JOIN sms s ON s.id = d.sms_id "
             "WHERE d.hub = $1 AND d.done IS NULL AND d.next_attempt <= $2 "
             "AND NOT d.id = ANY($3::bigint[]) ORDER BY d.next_attempt, d.id LIMIT $4",
@@ -565,7 +561,7 @@ class PgStore:
             limit,
         )
         return [
-            (_delivery(tuple(row)[:_DELIVERY_WIDTH]), _sms(tuple(row)[_DELIVERY_WIDTH:]))
+            (_delivery(tuple(row)[: len(_DELIVERY)]), _sms(tuple(row)[len(_DELIVERY) :]))
             for row in rows
         ]
 
