@@ -7,6 +7,11 @@ and everything removed at the end. As root (CI) the server runs as the
 
 Without the binaries the tests that need them fail in CI (`.ci/run` installs
 `postgresql`) and skip elsewhere, saying what to install.
+
+`Stores` gives a test stores of its backend by name (conftest's `stores`
+fixture: a SQLite file, or a database of its own in the cluster);
+`set_read_only` makes a database refuse writes for real (PostgreSQL's
+counterpart of SQLite's `query_only` in the failing-store tests).
 """
 
 from __future__ import annotations
