@@ -133,6 +133,18 @@ class Cluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://supplier@/{database}?host={self.socket}"
 
+    async def drop_databases(self, urls: list[str]) -> None:
+        """Drop the databases of these URLs (from `new_database`), ending their sessions."""
+        import asyncpg
+
+        connection = await asyncpg.connect(self.url())
+        try:
+            for url in urls:
+                name = url.rsplit("/", 1)[1].split("?", 1)[0]
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
     async def new_database(self) -> str:
         """A fresh, empty database; its URL."""
         import asyncpg
@@ -173,8 +185,11 @@ class Stores:
         return store
 
     async def close(self) -> None:
+        """Close what the test left open and drop its databases (the cluster stays small)."""
         for store in self.opened:
             await store.close()
+        if self._cluster is not None and self._urls:
+            await self._cluster.drop_databases(list(self._urls.values()))
 
 
 async def set_read_only(url: str, read_only: bool, timeout: float = 10.0) -> None:
