@@ -82,10 +82,10 @@ async def pg_url(pg_cluster: Cluster) -> str:
 
 
 # -- both backends ---------------------------------------------------------------------
-# A test module marked `pytestmark = pytest.mark.backends` runs each of its tests that
-# use `backend` (directly, or through `stores`, `store` or `run`) once per backend; in
-# other modules those fixtures give SQLite, so the suite's time grows only where the
-# issue asks for both.
+# A test marked `backends` (or a module: `pytestmark = pytest.mark.backends`) runs once
+# per backend if it uses `backend` (directly, or through `stores`, `store` or `run`);
+# elsewhere those fixtures give SQLite, so the suite's time grows only where the issue
+# asks for both. `parametrize("backend", ["postgresql"], indirect=True)`: that one only.
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -103,7 +103,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
-    """ "sqlite" or "postgresql": the store the test runs on (SQLite unless parametrised)."""
+    """The store the test runs on, "sqlite" or "postgresql" (SQLite unless parametrised)."""
     return str(getattr(request, "param", "sqlite"))
 
 
