@@ -52,8 +52,7 @@ __all__ = ["PgStore", "pg_migrations", "probe", "redact"]
 log = structlog.get_logger("supplier.pgstore")
 
 T = TypeVar("T")
-# What `_write` hands an op (a string: asyncpg's classes are generic only in its stubs).
-Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what `_write` hands an op
 MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
 _SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
 _MIGRATION_LOCK = 0x5375_7070  # pg_advisory_xact_lock key: one host migrates at a time
