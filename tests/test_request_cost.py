@@ -22,6 +22,7 @@ import structlog
 from aiohttp import ClientSession
 
 from supplier.logs import Sampled
+from supplier.metrics import Metrics
 from supplier.protocol import SERVICE, ProtocolService
 
 from .test_protocol import SERVICES, SMSHUB, AgentFactory, agent  # noqa: F401 (the fixture)
@@ -166,3 +167,26 @@ async def test_a_large_answer_is_gzip_too(agent: AgentFactory) -> None:  # noqa:
     assert answer["status"] == "SUCCESS"
     russia = next(c for c in answer["countryList"] if c["country"] == "russia")
     assert all(len(counts) == 304 for counts in russia["operatorMap"].values())
+
+
+def test_request_counts_are_kept_per_hub_action_and_result() -> None:
+    metrics = Metrics()
+    for result in ("SUCCESS", "SUCCESS", "NO_NUMBERS"):
+        metrics.on_request("alpha", "GET_NUMBER", result, 0.001)
+    metrics.on_request("beta", "GET_NUMBER", "SUCCESS", 0.001)
+    counter = metrics.requests
+
+    def count(hub: str, result: str) -> float:
+        sample = next(
+            s
+            for s in next(iter(counter.collect())).samples
+            if s.name.endswith("_total")
+            and s.labels == {"hub": hub, "action": "GET_NUMBER", "result": result}
+        )
+        return sample.value
+
+    assert (count("alpha", "SUCCESS"), count("alpha", "NO_NUMBERS"), count("beta", "SUCCESS")) == (
+        2,
+        1,
+        1,
+    )
