@@ -182,6 +182,7 @@ app.router.add_post("/", answer)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
 
+GET_NUMBER_SECONDS = "supplier_get_number_seconds"
 OPEN_LOOP_ACTIONS = ("GET_SERVICES", "GET_NUMBER", "GET_SERVICES", "FINISH_ACTIVATION")
 
 
@@ -254,18 +255,28 @@ async def open_loop(url: str, rate: float, duration: float) -> dict[str, list[fl
     return latencies
 
 
-async def loop_lag(session: aiohttp.ClientSession, status: str) -> dict[str, float]:
-    """The daemon's supplier_event_loop_lag_seconds histogram, as bucket → count."""
+async def loop_lag(
+    session: aiohttp.ClientSession, status: str, metric: str = "supplier_event_loop_lag_seconds"
+) -> dict[str, float]:
+    """One of the daemon's histograms (the loop lag unless told), as bucket → count."""
     async with session.get(f"http://{status}/metrics") as response:
         text = await response.text()
     buckets: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("supplier_event_loop_lag_seconds_bucket"):
+        if line.startswith(f"{metric}_bucket"):
             le = line.split('le="')[1].split('"')[0]
             buckets[le] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("supplier_event_loop_lag_seconds_count"):
+        elif line.startswith(f"{metric}_count"):
             buckets["count"] = float(line.rsplit(" ", 1)[1])
     return buckets
+
+
+def within(before: dict[str, float], after: dict[str, float], limit: str) -> str:
+    """The share of a histogram's observations in the run that were at most `limit`."""
+    total = after.get("count", 0.0) - before.get("count", 0.0)
+    if not total:
+        return "-"
+    return f"{(after.get(limit, 0.0) - before.get(limit, 0.0)) / total * 100:.0f} %"
 
 
 def lag_over(before: dict[str, float], after: dict[str, float], limit: str) -> str:
@@ -353,6 +364,7 @@ storage: {{path: "{work}/supplier.db"}}
             floor = None
             async with aiohttp.ClientSession() as session:
                 lag0 = await loop_lag(session, f"127.0.0.1:{status_port}")
+                own0 = await loop_lag(session, f"127.0.0.1:{status_port}", GET_NUMBER_SECONDS)
                 cpu0 = me.cpu_times()
                 # What holds the daemon's event loop while it serves the open loop.
                 spy = py_spy(daemon.pid, profile, duration) if profile else None
@@ -361,12 +373,18 @@ storage: {{path: "{work}/supplier.db"}}
                 if spy is not None:
                     await stop_py_spy(spy)
                 lag1 = await loop_lag(session, f"127.0.0.1:{status_port}")
+                own1 = await loop_lag(session, f"127.0.0.1:{status_port}", GET_NUMBER_SECONDS)
             out["open_loop"] = "\n".join(open_loop_table(floor_latencies, daemon_latencies))
             out["open_loop_cpu"] = (
                 f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / duration * 100:.0f}"
             )
             out["open_loop_lag"] = (
                 f"{lag_over(lag0, lag1, '0.005')} over 5 ms, {lag_over(lag0, lag1, '0.025')} over 25 ms"
+            )
+            # The daemon's own time for a GET_NUMBER (its handler, the commit included):
+            # how much of the client's latency is inside the handler.
+            out["open_loop_own"] = ", ".join(
+                f"≤ {float(le) * 1000:g} ms {within(own0, own1, le)}" for le in ("0.001", "0.0025")
             )
             if phase == "open-loop":
                 logs.cancel()
@@ -618,7 +636,8 @@ def open_loop_report(r: dict[str, str], rate: float, duration: float) -> None:
         f"open loop, {r['modems']} modems: {rate:.0f} requests/s for {duration:.0f} s "
         "(GET_SERVICES, GET_NUMBER, GET_SERVICES, FINISH 4), ms from the scheduled start; "
         f"idle CPU {r['idle_cpu']} % of a core; daemon CPU under this load {r['open_loop_cpu']} %; "
-        f"daemon loop lag samples {r['open_loop_lag']}"
+        f"daemon loop lag samples {r['open_loop_lag']}; the daemon's own GET_NUMBER time "
+        f"(handler and commit): {r['open_loop_own']}"
     )
     print(r["open_loop"], flush=True)
 
