@@ -315,18 +315,27 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@lru_cache(maxsize=256)
-def _gzip(data: bytes) -> bytes:
-    """An answer gzip-compressed, for a hub that accepts it (the protocol asks for it).
+_SMALL_ANSWER = 4096
 
-    Answers are short JSON: a 512-byte window and the smallest memory level
-    compress them as well as the defaults, without allocating and clearing
-    zlib's 256 KiB state per answer (aiohttp's compression, ~5 % of the
-    loop under load). The same answer again (FINISH's SUCCESS, NO_NUMBERS,
-    GET_SERVICES while nothing changes) is compressed once.
+
+@lru_cache(maxsize=256)
+def _gzip_small(data: bytes) -> bytes:
+    """A short answer gzip-compressed, for a hub that accepts it (the protocol asks for it).
+
+    Short JSON needs no more than a 512-byte window and the smallest memory
+    level, which spares allocating and clearing zlib's default 256 KiB state
+    per answer (aiohttp's compression: ~5 % of the loop under load). The same
+    answer again (FINISH's SUCCESS, NO_NUMBERS, GET_SERVICES while nothing
+    changes) is compressed once.
     """
-    small = len(data) <= 4096
-    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + (9 if small else 15), 1 if small else 8)
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + 9, 1)
+    return packer.compress(data) + packer.flush()
+
+
+def _gzip(data: bytes) -> bytes:
+    if len(data) <= _SMALL_ANSWER:
+        return _gzip_small(data)
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + 15)  # a large GET_SERVICES: not kept
     return packer.compress(data) + packer.flush()
 
 
