@@ -380,7 +380,7 @@ class Daemon:
             await runner.cleanup()  # the hub endpoint first: no more hub requests
         running = self._running
         if running is not None:
-            running.protocol.unknown_key.close()
+            running.protocol.close()
             await running.upkeep.stop()
             if running.rotation is not None:
                 await running.rotation.stop()

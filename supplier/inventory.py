@@ -118,6 +118,10 @@ class _Stock:
         self.stock: dict[_Key, int] = {}  # (country, the SIM's operator, service) → sellable
         self.present: dict[tuple[str, str], int] = {}  # (country, operator) → present SIMs
         self._stamps: dict[str, int] = {}
+        # (present key, services) → (heap keys, stock keys): a few kinds of SIM, built once
+        self._keys: dict[
+            tuple[tuple[str, str], tuple[str, ...]], tuple[frozenset[_Key], tuple[_Key, ...]]
+        ] = {}
         # iccid → (present key, last used, heap keys, stock keys) as last entered
         self._entered: dict[
             str, tuple[tuple[str, str] | None, float, frozenset[_Key], tuple[_Key, ...]]
@@ -135,11 +139,17 @@ class _Stock:
         stock: tuple[_Key, ...] = ()
         keys: frozenset[_Key] = frozenset()
         if present is not None:
-            country, operator = present
-            stock = tuple((country, operator, service) for service in services)
-            keys = frozenset(
-                (country, op, service) for service in services for op in (operator, ANY)
-            )
+            kind = (present, tuple(services))
+            built = self._keys.get(kind)
+            if built is None:
+                country, operator = present
+                built = self._keys[kind] = (
+                    frozenset(
+                        (country, op, service) for service in services for op in (operator, ANY)
+                    ),
+                    tuple((country, operator, service) for service in services),
+                )
+            keys, stock = built
         entered = (present, last_used, keys, stock)
         before = self._entered.get(iccid)
         if before == entered:
@@ -339,7 +349,7 @@ class Inventory:
         self._restock(sim)
         self.version += 1
 
-    def _remember(self, activation: Activation) -> None:
+    def _remember(self, activation: Activation, *, restock: bool = True) -> None:
         self.version += 1
         self.activations[activation.id] = activation
         if activation.finished is None:
@@ -347,7 +357,7 @@ class Inventory:
             if current is None or current < activation.id:
                 self._holder[activation.iccid] = activation.id
                 sim = self.sims.get(activation.iccid)
-                if sim is not None:
+                if sim is not None and restock:
                     self._restock(sim)
 
     # -- the index of what is sellable ---------------------------------------------------
@@ -381,11 +391,17 @@ class Inventory:
         for sim in self.sims.values():
             self._restock(sim, now)
 
-    def _restock_number(self, number: str) -> None:
-        for iccid in self._by_number.get(number, ()):
+    def _restock_number(self, number: str, also: SimState | None = None) -> None:
+        """Re-index every SIM sold under `number`, and `also` if it is not one of them
+        (once each: a GET_NUMBER or FINISH re-indexes its SIM once, not twice)."""
+        now = self.clock()
+        iccids = self._by_number.get(number, ())
+        for iccid in iccids:
             sim = self.sims.get(iccid)  # None while a new SIM is being recorded
             if sim is not None:
-                self._restock(sim)
+                self._restock(sim, now)
+        if also is not None and also.iccid not in iccids:
+            self._restock(also, now)
 
     def _release_due(self, now: float) -> None:
         """Holds whose `release_after` has passed put their SIMs back on sale."""
@@ -658,8 +674,8 @@ class Inventory:
         self.usage[(number, service)] = Usage(
             usage.offers + 1, usage.sold, usage.cancelled, usage.returned, usage.blocked
         )
-        self._remember(activation)
-        self._restock_number(number)
+        self._remember(activation, restock=False)
+        self._restock_number(number, also=sim)  # held now; the number's history changed
         return activation
 
     async def finish(self, hub: str, activation_id: int, status: int) -> tuple[Activation, bool]:
@@ -682,10 +698,7 @@ class Inventory:
         self.activations[activation.id] = activation
         if self._holder.get(activation.iccid) == activation.id:
             del self._holder[activation.iccid]
-        self._restock_number(activation.number)
-        sim = self.sims.get(activation.iccid)
-        if sim is not None:
-            self._restock(sim)
+        self._restock_number(activation.number, also=self.sims.get(activation.iccid))
         self.version += 1
         return activation, changed
 
