@@ -20,22 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from . import shared
 from .errors import StoreError
+from .shared import LiveSim
+from .store import Activation
 
 __all__ = ["PgStore", "pg_migrations"]
 
 log = structlog.get_logger("supplier.pgstore")
 
 T = TypeVar("T")
-Connection = PoolConnectionProxy[asyncpg.Record]  # what `_write` hands an op
+# What `_write` hands an op (a string: asyncpg's class is generic only in its stubs).
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
 _SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
 _MIGRATION_LOCK = 0x5375_7070  # pg_advisory_xact_lock key: one host migrates at a time
@@ -195,3 +199,74 @@ class PgStore:
                 return list(await self._pool.fetch(sql, *params))
         except DATABASE_ERRORS as exc:
             raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from None
+
+    # -- several hosts: one inventory (supplier/shared.py) ---------------------------
+
+    async def publish(
+        self,
+        host: str,
+        lease: float,
+        sims: Sequence[LiveSim],
+        gone: Iterable[str] = (),
+        *,
+        whole: bool = False,
+    ) -> float:
+        """Renew this host's lease and write its SIMs' state (`shared.publish`)."""
+
+        async def op(db: Connection) -> float:
+            return await shared.publish(db, host, lease, sims, gone, whole=whole)
+
+        return await self._write(op, f"cannot publish the SIMs of host {host}")
+
+    async def leave(self, host: str) -> None:
+        """A clean stop: this host's SIMs leave every host's counts now, not after the lease."""
+
+        async def op(db: Connection) -> None:
+            await db.execute("DELETE FROM live_sims WHERE host = $1", host)
+            await db.execute(
+                f"UPDATE hosts SET lease_until = {shared.SERVER_NOW} WHERE name = $1",  # noqa: S608
+                host,
+            )
+
+        await self._write(op, f"cannot take host {host} out of the inventory")
+
+    async def allocate(
+        self,
+        *,
+        hub: str,
+        country: str,
+        operator: str,
+        service: str,
+        sum: str | None,
+        currency: int | None,
+        exclude: Sequence[str],
+        now: float,
+        release_after: float,
+    ) -> Activation | None:
+        """Open an activation on the least recently used SIM of any live host, or None."""
+
+        async def op(db: Connection) -> Activation | None:
+            return await shared.allocate(
+                db,
+                hub=hub,
+                country=country,
+                operator=operator,
+                service=service,
+                sum=sum,
+                currency=currency,
+                exclude=exclude,
+                now=now,
+                release_after=release_after,
+            )
+
+        return await self._write(op, "cannot open an activation")
+
+    async def counts(
+        self, services: Sequence[str], now: float
+    ) -> dict[str, dict[str, dict[str, int]]]:
+        """What every live host can sell now, as `Inventory.counts` shapes it."""
+
+        async def op(db: Connection) -> dict[str, dict[str, dict[str, int]]]:
+            return await shared.counts(db, services, now)
+
+        return await self._write(op, "cannot count the SIMs on sale")
