@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -30,7 +31,11 @@ from modems.events import NetworkInfo, SimIdentity
 from .config import Config, SimOverride
 from .errors import SupplierError
 from .networks import ANY, international_number, slugs_for
+from .shared import MAX_OFFERS, ROUTE_HORIZON
 from .store import Activation, FinishStatus, SimRow, Store, Usage
+
+if TYPE_CHECKING:
+    from .hosts import Hosts
 
 __all__ = [
     "MAX_OFFERS",
@@ -43,8 +48,6 @@ __all__ = [
 
 log = structlog.get_logger("supplier.inventory")
 
-MAX_OFFERS = 4  # FINISH 4: "may be offered for this service again, at most 4 times in total"
-ROUTE_HORIZON = 86400.0  # an unfinished activation gets its number's SMS for a day at most
 _KEEP_FINISHED = 7 * 86400.0  # recent activations kept in memory (status page, routing)
 
 
@@ -221,6 +224,9 @@ class Inventory:
         self._counts: dict[str, dict[str, dict[str, int]]] | None = None
         self._counts_key: tuple[int, float] = (-1, 0.0)
         self.on_sold: Callable[[str], None] | None = None  # FINISH 3 on this ICCID (upkeep)
+        # Several hosts on one PostgreSQL store (supplier/hosts.py): sales and counts come
+        # from the database over every live host's SIMs; None: this inventory is the truth.
+        self.hosts: Hosts | None = None
         # What is sellable, indexed (GET_NUMBER and GET_SERVICES without a scan);
         # holds that run out, by when (each SIM is restocked then).
         self._stock = _Stock()
@@ -571,6 +577,8 @@ class Inventory:
         """
         if self.store.lost is not None:
             return {}  # the database file is gone: nothing can be sold (the daemon is stopping)
+        if self.hosts is not None:
+            return self.hosts.counts()  # every live host's SIMs, read from the database
         now = self.clock()
         self._release_due(now)
         version, until = self._counts_key
@@ -622,6 +630,17 @@ class Inventory:
             return None
         if (country, operator) in self._markets:
             self.demand[(country, operator, service)] += 1
+        if self.hosts is not None:
+            return await self._allocate(
+                self.hosts,
+                hub=hub,
+                country=country,
+                operator=operator,
+                service=service,
+                sum=sum,
+                currency=currency,
+                exclude=tuple(exclude),
+            )
         sim = self.pick(country, operator, service, exclude)
         if sim is None:
             return None
@@ -661,6 +680,45 @@ class Inventory:
         self._restock_number(number)
         return activation
 
+    async def _allocate(
+        self,
+        hosts: Hosts,
+        *,
+        hub: str,
+        country: str,
+        operator: str,
+        service: str,
+        sum: Decimal | None,
+        currency: int | None,
+        exclude: tuple[str, ...],
+    ) -> Activation | None:
+        """GET_NUMBER with several hosts: one transaction in the database picks and holds
+        a SIM of any live host (supplier/shared.py `allocate`); here only what this host
+        shows of it (its own SIM's last use, the activation) follows."""
+        activation = await hosts.allocate(
+            hub=hub,
+            country=country,
+            operator=operator,
+            service=service,
+            sum=None if sum is None else format(sum, "f"),  # 10, not 1E+1
+            currency=currency,
+            exclude=exclude,
+            release_after=self.release_after,
+        )
+        if activation is None:
+            return None
+        sim = self.sims.get(activation.iccid)
+        if sim is not None:
+            sim.last_used = activation.created
+        key = (activation.number, service)
+        usage = self.usage.get(key, Usage())
+        self.usage[key] = Usage(
+            usage.offers + 1, usage.sold, usage.cancelled, usage.returned, usage.blocked
+        )
+        self._remember(activation)
+        self._restock_number(activation.number)
+        return activation
+
     async def finish(self, hub: str, activation_id: int, status: int) -> tuple[Activation, bool]:
         """Record FINISH_ACTIVATION (idempotent); raises UnknownActivation for a stranger's id."""
         activation, changed = await self.store.finish_activation(
@@ -686,6 +744,8 @@ class Inventory:
         if sim is not None:
             self._restock(sim)
         self.version += 1
+        if self.hosts is not None:
+            self.hosts.sold_or_finished()  # the SIM is free for every host: count again now
         return activation, changed
 
     def routes(self, number: str) -> list[Activation]:

@@ -1,0 +1,238 @@
+"""This host among several sharing one PostgreSQL store: its lease, its SIMs, the counts.
+
+`Hosts` is what the Inventory asks in the shared mode (`Inventory.hosts`):
+GET_NUMBER is one allocation transaction in the database (any live host's
+SIM), GET_SERVICES reads counts cached from the database (refreshed every
+second and right after this host's own GET_NUMBER/FINISH, so the hub's
+handler never waits for a round trip), and the publisher keeps this host's
+lease and SIMs in `live_sims` (supplier/shared.py).
+
+A host that cannot reach its database sells nothing: GET_NUMBER raises
+StoreError (the hub gets ERROR), and its counts are empty once the last
+good ones are older than the lease (by then the other hosts have stopped
+counting its SIMs too). Both resume by themselves when the database is back:
+the first publish after a failure sends every SIM again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .config import HostConfig
+from .errors import StoreError
+from .shared import LiveSim
+from .store import Activation
+
+if TYPE_CHECKING:
+    from .inventory import Inventory
+    from .pgstore import PgStore
+
+__all__ = ["Hosts"]
+
+log = structlog.get_logger("supplier.hosts")
+
+PUBLISH_POLL = 0.2  # seconds between two looks for SIM changes to publish (they batch)
+COUNTS_INTERVAL = 1.0  # GET_SERVICES' counts are at most this old while the database answers
+COUNTS_GAP = 0.05  # refreshes asked for right after a sale are at least this far apart
+Counts = dict[str, dict[str, dict[str, int]]]
+
+
+class Hosts:
+    def __init__(
+        self,
+        store: PgStore,
+        inventory: Inventory,
+        config: HostConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.inventory = inventory
+        self.name = config.name
+        self.lease = config.lease
+        self.renew = config.renew
+        self.clock = clock
+        self.log = log.bind(host=self.name)
+        self._published: dict[str, LiveSim] = {}
+        self._version = -1  # the inventory's version when its SIMs were last published
+        self._whole = True  # the next publish sends every SIM (at start, after a failure)
+        self._renewed = float("-inf")  # loop time of the last lease renewal
+        self._publishing = asyncio.Lock()
+        self._counts: Counts = {}
+        self._counted = float("-inf")  # loop time of the last counts read
+        self._recount = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.publish_failing: str | None = None  # the last publish error, until one succeeds
+
+    # -- running ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._publisher(), name=f"publisher {self.name}"),
+            asyncio.create_task(self._counter(), name=f"shared counts {self.name}"),
+        ]
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop publishing; `leave`: take this host's SIMs out of every count now (a clean
+        stop) rather than when the lease runs out."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if leave:
+            try:
+                await self.store.leave(self.name)
+            except StoreError as exc:
+                self.log.warning("cannot withdraw this host's SIMs; they go with its lease",
+                                 error=str(exc))  # fmt: skip
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, LiveSim]:
+        """This host's SIMs (those in its modems) as the other hosts should see them."""
+        inventory = self.inventory
+        return {
+            sim.iccid: LiveSim(
+                sim.iccid,
+                sim.number,
+                sim.country,
+                sim.operator,
+                sim.port,
+                inventory.present(sim),
+            )
+            for sim in inventory.sims.values()
+            if sim.online
+        }
+
+    async def publish(self, *, renew: bool = False) -> None:
+        """Publish what changed since the last publish (everything after a failure); renew the
+        lease with it. Without `renew`, nothing is written when nothing changed."""
+        async with self._publishing:
+            version = self.inventory.version
+            if not renew and not self._whole and version == self._version:
+                return
+            current = self.snapshot()
+            gone: Sequence[str] = ()
+            if self._whole:
+                changed = list(current.values())
+            else:
+                changed = [s for i, s in current.items() if self._published.get(i) != s]
+                gone = [i for i in self._published if i not in current]
+                if not renew and not changed and not gone:
+                    self._version = version
+                    return
+            try:
+                await self.store.publish(self.name, self.lease, changed, gone, whole=self._whole)
+            except StoreError:
+                self._whole = True  # whatever got through, the next publish says it all
+                raise
+            self._published = current
+            self._version = version
+            self._whole = False
+            self._renewed = asyncio.get_running_loop().time()
+        self._recount.set()
+
+    async def _publisher(self) -> None:
+        """Renew the lease every `renew` seconds; publish SIM changes within PUBLISH_POLL."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.publish(renew=loop.time() >= self._renewed + self.renew)
+            except StoreError as exc:
+                if self.publish_failing is None:
+                    self.log.error(
+                        "cannot publish this host's SIMs; the other hosts stop counting them "
+                        "when the lease runs out",
+                        error=str(exc),
+                        lease=self.lease,
+                    )
+                self.publish_failing = str(exc)
+                await asyncio.sleep(min(1.0, self.renew))  # retry: never a hot loop
+                continue
+            if self.publish_failing is not None:
+                self.log.info("publishing this host's SIMs again", sims=len(self._published))
+                self.publish_failing = None
+            await asyncio.sleep(
+                min(PUBLISH_POLL, max(0.0, self._renewed + self.renew - loop.time()))
+            )
+
+    # -- selling --------------------------------------------------------------------------
+
+    async def allocate(
+        self,
+        *,
+        hub: str,
+        country: str,
+        operator: str,
+        service: str,
+        sum: str | None,
+        currency: int | None,
+        exclude: Sequence[str],
+        release_after: float,
+    ) -> Activation | None:
+        """One allocation transaction over every live host's SIMs (raises StoreError).
+
+        This host's own changes are published first: a SIM it lost a moment
+        ago is not sold, one that just came is.
+        """
+        await self.publish()
+        activation = await self.store.allocate(
+            hub=hub,
+            country=country,
+            operator=operator,
+            service=service,
+            sum=sum,
+            currency=currency,
+            exclude=exclude,
+            now=self.clock(),
+            release_after=release_after,
+        )
+        if activation is not None:
+            self._recount.set()
+        return activation
+
+    def sold_or_finished(self) -> None:
+        """This host changed what can be sold (a FINISH): count again now."""
+        self._recount.set()
+
+    def counts(self) -> Counts:
+        """The last counts read, or nothing once they are older than the lease."""
+        if asyncio.get_running_loop().time() - self._counted > self.lease:
+            return {}
+        return self._counts
+
+    async def recount(self) -> Counts:
+        counts = await self.store.counts(self.inventory.services, self.clock())
+        self._counts = counts
+        self._counted = asyncio.get_running_loop().time()
+        return counts
+
+    async def _counter(self) -> None:
+        failing = False
+        while True:
+            self._recount.clear()
+            try:
+                await self.recount()
+            except StoreError as exc:
+                if not failing:
+                    self.log.error("cannot count the SIMs on sale", error=str(exc))
+                failing = True
+            else:
+                if failing:
+                    self.log.info("counting the SIMs on sale again")
+                failing = False
+            await asyncio.sleep(COUNTS_GAP)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(COUNTS_INTERVAL - COUNTS_GAP):
+                    await self._recount.wait()
+
+    async def caught_up(self) -> None:
+        """Until this host's SIMs as they are now are published and counted (tests, start-up)."""
+        await self.publish()
+        await self.recount()
