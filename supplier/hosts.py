@@ -39,7 +39,6 @@ log = structlog.get_logger("supplier.hosts")
 
 PUBLISH_POLL = 0.2  # seconds between two looks for SIM changes to publish (they batch)
 COUNTS_INTERVAL = 1.0  # GET_SERVICES' counts are at most this old while the database answers
-COUNTS_GAP = 0.05  # refreshes asked for right after a sale are at least this far apart
 Counts = dict[str, dict[str, dict[str, int]]]
 
 
@@ -65,8 +64,13 @@ class Hosts:
         self._renewed = float("-inf")  # loop time of the last lease renewal
         self._publishing = asyncio.Lock()
         self._counts: Counts = {}
-        self._counted = float("-inf")  # loop time of the last counts read
-        self._recount = asyncio.Event()
+        self._counted_at = float("-inf")  # loop time of the last counts read
+        self._recount = asyncio.Event()  # count again now (a publish, a sale, a FINISH)
+        # Recounts asked for by sales and FINISHes, and the newest ask a finished recount
+        # covers: one recount answers every ask made before it started.
+        self._asked = 0
+        self._answered = 0
+        self._counted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.publish_failing: str | None = None  # the last publish error, until one succeeds
 
@@ -194,29 +198,39 @@ class Hosts:
             release_after=release_after,
         )
         if activation is not None:
-            self._recount.set()
+            await self.recounted()
         return activation
 
-    def sold_or_finished(self) -> None:
-        """This host changed what can be sold (a FINISH): count again now."""
+    async def recounted(self) -> None:
+        """Until a recount started after this call is over: this host's own sale or FINISH
+        shows in the next GET_SERVICES it answers. Concurrent asks share one recount; a
+        failed one ends the wait too (the sale stands; the counts catch up later)."""
+        self._asked += 1
+        wanted = self._asked
         self._recount.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.store.timeout):
+                while self._answered < wanted:
+                    self._counted.clear()
+                    await self._counted.wait()
 
     def counts(self) -> Counts:
         """The last counts read, or nothing once they are older than the lease."""
-        if asyncio.get_running_loop().time() - self._counted > self.lease:
+        if asyncio.get_running_loop().time() - self._counted_at > self.lease:
             return {}
         return self._counts
 
     async def recount(self) -> Counts:
         counts = await self.store.counts(self.inventory.services, self.clock())
         self._counts = counts
-        self._counted = asyncio.get_running_loop().time()
+        self._counted_at = asyncio.get_running_loop().time()
         return counts
 
     async def _counter(self) -> None:
         failing = False
         while True:
             self._recount.clear()
+            asked = self._asked
             try:
                 await self.recount()
             except StoreError as exc:
@@ -227,9 +241,13 @@ class Hosts:
                 if failing:
                     self.log.info("counting the SIMs on sale again")
                 failing = False
-            await asyncio.sleep(COUNTS_GAP)
+            finally:
+                self._answered = asked
+                self._counted.set()
+            if failing:
+                await asyncio.sleep(min(1.0, self.renew))  # asked again or not: never a hot loop
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(COUNTS_INTERVAL - COUNTS_GAP):
+                async with asyncio.timeout(COUNTS_INTERVAL):
                     await self._recount.wait()
 
     async def caught_up(self) -> None:

@@ -745,7 +745,7 @@ class Inventory:
             self._restock(sim)
         self.version += 1
         if self.hosts is not None:
-            self.hosts.sold_or_finished()  # the SIM is free for every host: count again now
+            await self.hosts.recounted()  # the SIM is free for every host: counted so at once
         return activation, changed
 
     def routes(self, number: str) -> list[Activation]:
