@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -48,15 +47,12 @@ class Hosts:
         store: PgStore,
         inventory: Inventory,
         config: HostConfig,
-        *,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.inventory = inventory
         self.name = config.name
         self.lease = config.lease
         self.renew = config.renew
-        self.clock = clock
         self.log = log.bind(host=self.name)
         self._published: dict[str, LiveSim] = {}
         self._version = -1  # the inventory's version when its SIMs were last published
@@ -194,7 +190,7 @@ class Hosts:
             sum=sum,
             currency=currency,
             exclude=exclude,
-            now=self.clock(),
+            now=self.inventory.clock(),  # activation times: the inventory's clock, as on SQLite
             release_after=release_after,
         )
         if activation is not None:
@@ -221,7 +217,7 @@ class Hosts:
         return self._counts
 
     async def recount(self) -> Counts:
-        counts = await self.store.counts(self.inventory.services, self.clock())
+        counts = await self.store.counts(self.inventory.services, self.inventory.clock())
         self._counts = counts
         self._counted_at = asyncio.get_running_loop().time()
         return counts
