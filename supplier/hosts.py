@@ -222,6 +222,17 @@ class Hosts:
         self._counted_at = asyncio.get_running_loop().time()
         return counts
 
+    async def learn(self) -> None:
+        """Bring in what other hosts did to this host's SIMs (`Inventory.learn`)."""
+        inventory = self.inventory
+        mine = self._published
+        known_open = [
+            a.id for a in inventory.activations.values() if a.finished is None and a.iccid in mine
+        ]
+        numbers = sorted({s.number for s in mine.values() if s.number is not None})
+        activations, usage = await self.store.held_here(self.name, known_open, numbers)
+        inventory.learn(activations, usage)
+
     async def _counter(self) -> None:
         failing = False
         while True:
@@ -240,6 +251,11 @@ class Hosts:
             finally:
                 self._answered = asked
                 self._counted.set()
+            if not failing:
+                try:
+                    await self.learn()
+                except StoreError as exc:
+                    self.log.warning("cannot read what other hosts sold here", error=str(exc))
             if failing:
                 await asyncio.sleep(min(1.0, self.renew))  # asked again or not: never a hot loop
             with contextlib.suppress(TimeoutError):

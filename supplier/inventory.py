@@ -710,12 +710,7 @@ class Inventory:
         sim = self.sims.get(activation.iccid)
         if sim is not None:
             sim.last_used = activation.created
-        key = (activation.number, service)
-        usage = self.usage.get(key, Usage())
-        self.usage[key] = Usage(
-            usage.offers + 1, usage.sold, usage.cancelled, usage.returned, usage.blocked
-        )
-        self._remember(activation)
+        self._remember(activation)  # the number's history follows from the database (`learn`)
         self._restock_number(activation.number)
         return activation
 
@@ -724,7 +719,7 @@ class Inventory:
         activation, changed = await self.store.finish_activation(
             activation_id, status, self.clock(), hub=hub
         )
-        if changed:
+        if changed and self.hosts is None:  # several hosts: from the database (`learn`)
             key = (activation.number, activation.service)
             usage = self.usage.get(key, Usage())
             self.usage[key] = Usage(
@@ -747,6 +742,37 @@ class Inventory:
         if self.hosts is not None:
             await self.hosts.recounted()  # the SIM is free for every host: counted so at once
         return activation, changed
+
+    def learn(
+        self, activations: Iterable[Activation], usage: Mapping[tuple[str, str], Usage]
+    ) -> None:
+        """What other hosts did to this host's SIMs (several hosts): activations opened or
+        finished through them, and the history of the numbers. The rotation keeps a SIM
+        another host sold; the status page shows its buyer."""
+        for activation in activations:
+            known = self.activations.get(activation.id)
+            if known == activation:
+                continue
+            if known is None:
+                self._remember(activation)
+            else:
+                self.activations[activation.id] = activation
+                if (
+                    activation.finished is not None
+                    and self._holder.get(activation.iccid) == activation.id
+                ):
+                    del self._holder[activation.iccid]
+                self.version += 1
+            sim = self.sims.get(activation.iccid)
+            if sim is not None:
+                if activation.created > (sim.last_used or 0.0):
+                    sim.last_used = activation.created
+                self._restock(sim)
+        for key, history in usage.items():
+            if self.usage.get(key) != history:
+                self.usage[key] = history
+                self._restock_number(key[0])
+                self.version += 1
 
     def routes(self, number: str) -> list[Activation]:
         """The activation an SMS arriving on `number` now goes to: none, or one.

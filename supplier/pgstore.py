@@ -31,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 from . import shared
 from .errors import StoreError
 from .shared import LiveSim
-from .store import Activation
+from .store import Activation, Usage
 
 __all__ = ["PgStore", "pg_migrations"]
 
@@ -270,3 +270,13 @@ class PgStore:
             return await shared.counts(db, services, now)
 
         return await self._write(op, "cannot count the SIMs on sale")
+
+    async def held_here(
+        self, host: str, known_open: Sequence[int], numbers: Sequence[str]
+    ) -> tuple[list[Activation], dict[tuple[str, str], Usage]]:
+        """Activations holding this host's SIMs (or once open here) and its numbers' history."""
+
+        async def op(db: Connection) -> tuple[list[Activation], dict[tuple[str, str], Usage]]:
+            return await shared.held_here(db, host, known_open, numbers)
+
+        return await self._write(op, f"cannot read what holds the SIMs of host {host}")

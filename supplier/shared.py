@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .store import Activation
+from .store import Activation, Usage
 
 if TYPE_CHECKING:
     from .pgstore import Connection
@@ -40,6 +40,7 @@ __all__ = [
     "LiveSim",
     "allocate",
     "counts",
+    "held_here",
     "publish",
     "routes",
 ]
@@ -120,9 +121,9 @@ async def publish(
             "ON CONFLICT (iccid) DO UPDATE SET host = excluded.host, number = excluded.number, "
             "country = excluded.country, operator = excluded.operator, port = excluded.port, "
             "present = excluded.present, published = excluded.published",
-            [
+            [  # in ICCID order: two hosts writing the same rows lock them in one order
                 (s.iccid, host, s.number, s.country, s.operator, s.port, s.present, now)
-                for s in sims
+                for s in sorted(sims, key=lambda s: s.iccid)
             ],
         )
     if whole:
@@ -266,3 +267,31 @@ async def routes(
     if finished is not None or created < now - ROUTE_HORIZON or holder_iccid != iccid:
         return ()
     return ((hub, activation_id),)
+
+
+async def held_here(
+    db: Connection, host: str, known_open: Sequence[int], numbers: Sequence[str]
+) -> tuple[list[Activation], dict[tuple[str, str], Usage]]:
+    """What other hosts did to this host's SIMs: the activations holding them now, those
+    of `known_open` (this host's open ones) as they are now (finished elsewhere?), and
+    the history of its numbers. The rotation must not switch out a SIM another host
+    sold, and the status page shows its buyer."""
+    activations = [
+        Activation(*row)
+        for row in await db.fetch(
+            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id IN "
+            "(SELECT holder FROM live_sims WHERE host = $1 AND holder IS NOT NULL) "
+            "OR id = ANY($2::bigint[])",
+            host,
+            list(known_open),
+        )
+    ]
+    usage = {
+        (number, service): Usage(offers, sold, cancelled, returned, blocked)
+        for number, service, offers, sold, cancelled, returned, blocked in await db.fetch(
+            "SELECT number, service, offers, sold, cancelled, returned, blocked FROM usage "
+            "WHERE number = ANY($1::text[])",
+            list(numbers),
+        )
+    }
+    return activations, usage

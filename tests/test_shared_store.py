@@ -338,3 +338,29 @@ async def test_routes_from_the_shared_activations(store: PgStore) -> None:
     second = await allocate(store)
     assert second is not None and second[0] == "A1"
     assert await route("79000000001", "A1") == (("smshub", second[1]),)
+
+
+async def test_what_other_hosts_did_to_a_hosts_sims(store: PgStore) -> None:
+    """A host learns the activations holding its SIMs, however opened, and its numbers'
+    history: its rotation must not switch out a SIM another host sold."""
+    await seed(store, "A1", "79000000001")
+    await seed(store, "A2", "79000000002")
+    await store.publish("a", 15, [live("A1", "79000000001"), live("A2", "79000000002")])
+    first = await allocate(store)  # through any host: the database is the same
+    second = await allocate(store)
+    assert first is not None and second is not None
+    held, usage = await store.held_here("a", [], ["79000000001", "79000000002"])
+    assert sorted(a.id for a in held) == sorted([first[1], second[1]])
+    assert all(a.finished is None for a in held)
+    assert {k: u.offers for k, u in usage.items()} == {
+        ("79000000001", "vk"): 1,
+        ("79000000002", "vk"): 1,
+    }
+    await finish(store, first[1], 3)
+    # The finished one is no longer a holder; asked for by id (this host had it open),
+    # it comes back finished.
+    held, usage = await store.held_here("a", [first[1]], ["79000000001"])
+    by_id = {a.id: a for a in held}
+    assert by_id[first[1]].status == 3 and by_id[second[1]].finished is None
+    assert usage[("79000000001", "vk")].blocked
+    assert await store.held_here("b", [], []) == ([], {})

@@ -41,7 +41,7 @@ CREATE INDEX live_sims_by_host ON live_sims (host);
 -- Routing an SMS reads the newest activation of its number.
 CREATE INDEX activations_by_number_id ON activations (number, id);
 
-CREATE FUNCTION activation_released() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION activation_ends_hold() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE live_sims SET held_until = NULL, holder = NULL
         WHERE iccid = NEW.iccid AND holder = NEW.id;
@@ -50,6 +50,9 @@ END;
 $$;
 
 -- FINISH frees the SIM for every host at once, in the FINISH's own transaction.
-CREATE TRIGGER activation_released AFTER UPDATE OF finished ON activations
+-- Triggers on one event fire in name order: this one before `activation_finished`
+-- (migration 3), so a FINISH locks the SIM's row before its number's `usage` row,
+-- the order an allocation takes them in (no deadlock when the two meet).
+CREATE TRIGGER activation_ends_hold AFTER UPDATE OF finished ON activations
     FOR EACH ROW WHEN (OLD.finished IS NULL AND NEW.finished IS NOT NULL)
-    EXECUTE FUNCTION activation_released();
+    EXECUTE FUNCTION activation_ends_hold();
