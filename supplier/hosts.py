@@ -89,8 +89,9 @@ class Hosts:
             try:
                 await self.store.leave(self.name)
             except StoreError as exc:
-                self.log.warning("cannot withdraw this host's SIMs; they go with its lease",
-                                 error=str(exc))  # fmt: skip
+                self.log.warning(
+                    "cannot withdraw this host's SIMs; they go with its lease", error=str(exc)
+                )
 
     # -- publishing -----------------------------------------------------------------------
 

@@ -106,7 +106,9 @@ async def publish(
     now = float(await db.fetchval(f"SELECT {SERVER_NOW}"))
     await db.execute(
         "INSERT INTO hosts (name, lease_until, started) VALUES ($1, $2, $3) "
-        "ON CONFLICT (name) DO UPDATE SET lease_until = excluded.lease_until",
+        "ON CONFLICT (name) DO UPDATE SET lease_until = excluded.lease_until, "
+        "started = CASE WHEN hosts.lease_until < excluded.started "
+        "THEN excluded.started ELSE hosts.started END",
         host,
         now + lease,
         now,

@@ -364,3 +364,14 @@ async def test_what_other_hosts_did_to_a_hosts_sims(store: PgStore) -> None:
     assert by_id[first[1]].status == 3 and by_id[second[1]].finished is None
     assert usage[("79000000001", "vk")].blocked
     assert await store.held_here("b", [], []) == ([], {})
+
+
+async def test_a_host_is_alive_since_its_lease_last_began(store: PgStore) -> None:
+    async def started() -> float:
+        return float((await store._fetch("SELECT started FROM hosts WHERE name = 'a'"))[0][0])
+
+    first = await store.publish("a", 15, [])
+    assert await store.publish("a", 0, []) > first  # renewed in time, with no lease left
+    assert await started() == first  # still the same run
+    again = await store.publish("a", 15, [])  # after its lease ran out: alive since now
+    assert await started() == again > first

@@ -18,7 +18,7 @@
 CREATE TABLE hosts (
     name        text PRIMARY KEY,
     lease_until double precision NOT NULL,  -- server clock, epoch seconds
-    started     double precision NOT NULL   -- server clock: when this run first published
+    started     double precision NOT NULL   -- server clock: alive since (its lease last began)
 );
 
 CREATE TABLE live_sims (
