@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,8 @@ class Hosts:
         self._counted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.publish_failing: str | None = None  # the last publish error, until one succeeds
+        self.instance = uuid.uuid4().hex  # this process, among any renewing this name
+        self.rival: str | None = None  # another process renewing this name's lease
 
     # -- running ----------------------------------------------------------------------
 
@@ -128,11 +131,23 @@ class Hosts:
                 if not renew and not changed and not gone:
                     self._version = version
                     return
+            first = self._renewed == float("-inf")
             try:
-                await self.store.publish(self.name, self.lease, changed, gone, whole=self._whole)
+                published = await self.store.publish(
+                    self.name, self.lease, changed, gone, whole=self._whole, instance=self.instance
+                )
             except StoreError:
                 self._whole = True  # whatever got through, the next publish says it all
                 raise
+            if published.rival is not None and not first and published.rival != self.rival:
+                # Not this host's previous run (that one is seen only at the first publish):
+                # another process renews this name, and each one's SIMs replace the other's.
+                self.log.error(
+                    "another process publishes SIMs under this host name; give each host its "
+                    "own host.name",
+                    other=published.rival,
+                )
+            self.rival = published.rival if not first else None
             self._published = current
             self._version = version
             self._whole = False

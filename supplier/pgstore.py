@@ -30,7 +30,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from . import shared
 from .errors import StoreError
-from .shared import LiveSim
+from .shared import LiveSim, Published
 from .store import Activation, Usage
 
 __all__ = ["PgStore", "pg_migrations"]
@@ -210,11 +210,12 @@ class PgStore:
         gone: Iterable[str] = (),
         *,
         whole: bool = False,
-    ) -> float:
+        instance: str = "",
+    ) -> Published:
         """Renew this host's lease and write its SIMs' state (`shared.publish`)."""
 
-        async def op(db: Connection) -> float:
-            return await shared.publish(db, host, lease, sims, gone, whole=whole)
+        async def op(db: Connection) -> Published:
+            return await shared.publish(db, host, lease, sims, gone, whole=whole, instance=instance)
 
         return await self._write(op, f"cannot publish the SIMs of host {host}")
 

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_OFFERS",
     "ROUTE_HORIZON",
     "LiveSim",
+    "Published",
     "allocate",
     "counts",
     "held_here",
@@ -85,6 +86,12 @@ class LiveSim:
     present: bool  # ready, registered, enabled, a number, a country, not withheld
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    now: float  # the server's clock when it was written
+    rival: str | None  # another process that held this host name's live lease until now
+
+
 async def publish(
     db: Connection,
     host: str,
@@ -93,8 +100,9 @@ async def publish(
     gone: Iterable[str] = (),
     *,
     whole: bool = False,
-) -> float:
-    """Renew `host`'s lease and write its SIMs; returns the server's time of it.
+    instance: str = "",
+) -> Published:
+    """Renew `host`'s lease and write its SIMs.
 
     `sims` are upserted (a SIM that moved here from another host becomes
     this host's); `gone` (ICCIDs no longer in this host's modems) are
@@ -102,16 +110,27 @@ async def publish(
     host has; every other row of it is deleted (at start, after an outage).
     A new row takes the hold of its SIM's newest open activation, so a SIM
     carried to another host is not sold twice; an existing row keeps its hold.
+    `instance` names the process: a live lease of this name renewed by another
+    one comes back as `rival` (two hosts given one name, or this one's previous
+    run just killed).
     """
     now = float(await db.fetchval(f"SELECT {SERVER_NOW}"))
+    before = await db.fetchrow(
+        "SELECT instance, lease_until FROM hosts WHERE name = $1 FOR UPDATE", host
+    )
+    rival = None
+    if before is not None and before[0] != instance and before[1] > now:
+        rival = str(before[0])
     await db.execute(
-        "INSERT INTO hosts (name, lease_until, started) VALUES ($1, $2, $3) "
+        "INSERT INTO hosts (name, lease_until, started, instance) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT (name) DO UPDATE SET lease_until = excluded.lease_until, "
+        "instance = excluded.instance, "
         "started = CASE WHEN hosts.lease_until < excluded.started "
         "THEN excluded.started ELSE hosts.started END",
         host,
         now + lease,
         now,
+        instance,
     )
     if sims:
         await db.executemany(
@@ -140,7 +159,7 @@ async def publish(
             await db.execute(
                 "DELETE FROM live_sims WHERE host = $1 AND iccid = ANY($2::text[])", host, gone
             )
-    return now
+    return Published(now, rival)
 
 
 async def allocate(

@@ -370,8 +370,17 @@ async def test_a_host_is_alive_since_its_lease_last_began(store: PgStore) -> Non
     async def started() -> float:
         return float((await store._fetch("SELECT started FROM hosts WHERE name = 'a'"))[0][0])
 
-    first = await store.publish("a", 15, [])
-    assert await store.publish("a", 0, []) > first  # renewed in time, with no lease left
+    first = (await store.publish("a", 15, [])).now
+    assert (await store.publish("a", 0, [])).now > first  # renewed in time, no lease left
     assert await started() == first  # still the same run
-    again = await store.publish("a", 15, [])  # after its lease ran out: alive since now
+    again = (await store.publish("a", 15, [])).now  # after its lease ran out: alive since now
     assert await started() == again > first
+
+
+async def test_two_processes_renewing_one_host_name_are_found(store: PgStore) -> None:
+    assert (await store.publish("a", 15, [], instance="one")).rival is None
+    assert (await store.publish("a", 15, [], instance="one")).rival is None
+    assert (await store.publish("a", 15, [], instance="two")).rival == "one"
+    assert (await store.publish("a", 15, [], instance="one")).rival == "two"
+    await store.publish("a", 0, [], instance="one")  # one's lease runs out
+    assert (await store.publish("a", 15, [], instance="two")).rival is None
