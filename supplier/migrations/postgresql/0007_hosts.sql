@@ -19,7 +19,7 @@ CREATE TABLE hosts (
     name        text PRIMARY KEY,
     lease_until double precision NOT NULL,  -- server clock, epoch seconds
     started     double precision NOT NULL,  -- server clock: alive since (its lease last began)
-    instance    text NOT NULL               -- the process renewing it: two with one name are found
+    instance    text NOT NULL DEFAULT ''    -- the process renewing it: two with one name are found
 );
 
 CREATE TABLE live_sims (
