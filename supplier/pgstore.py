@@ -524,7 +524,11 @@ class PgStore:
             list(sms.digests),
         )
         deliveries = []
-        for hub, activation_id in sms.routes:
+        routes = sms.routes
+        if routes is None:  # several hosts: from every host's activations, as of its arrival
+            at = sms.received if sms.route_at is None else sms.route_at
+            routes = await shared.routes(db, sms.number, sms.iccid, at)
+        for hub, activation_id in routes:
             row = await db.fetchrow(
                 "INSERT INTO deliveries (sms_id, hub, activation_id, created, next_attempt) "
                 "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sms_id, hub) DO NOTHING "
