@@ -11,6 +11,7 @@ with a timeout.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,9 +30,10 @@ from supplier.pgstore import PgStore
 from supplier.protocol import ProtocolService, create_protocol_app
 from supplier.store import Store
 
+from . import test_protocol as protocol_suite
 from .conftest import BankFactory
-from .hubkit import KEYS, FakeHub, Running, make_config, sim_ready
-from .pg import Cluster
+from .hubkit import KEYS, Clock, FakeHub, Running, make_config, sim_ready
+from .pg import Cluster, Stores
 from .test_run_e2e import Process
 
 SMSHUB = HubConfig(name="smshub", key="key-smshub-1", push_url="http://127.0.0.1:9/push")
@@ -461,3 +463,111 @@ host: {{name: b, lease: 1s, renew: 300ms}}
     finally:
         if b.proc is not None and b.proc.returncode is None:
             await b.stop(signal.SIGKILL)
+
+
+# -- test_protocol's suite, SIMs on one host and every request through the other ------------
+
+
+class CrossAgent(protocol_suite.Agent):
+    """test_protocol's Agent with its SIMs on host a and every hub request through host b.
+
+    Around each request a publishes, learns and recounts and b recounts: what the
+    hosts see of each other within a second, without the wait."""
+
+    def __init__(self, client: TestClient, a: Inventory, b: Inventory, clock: Clock) -> None:
+        super().__init__(client, a, a.store, clock)
+        self.a = a.hosts
+        self.b = b.hosts
+
+    async def sync(self) -> None:
+        assert self.a is not None and self.b is not None
+        await self.a.caught_up()
+        await self.a.learn()
+        await self.b.recount()
+
+    async def add_sims(self, *slots: int, **kwargs: Any) -> None:
+        await super().add_sims(*slots, **kwargs)
+        await self.sync()  # some tests post through the client itself
+
+    async def call(
+        self, body: dict[str, Any], key: str | None = SMSHUB.key.get_secret_value(), **kw: Any
+    ) -> dict[str, Any]:
+        await self.sync()
+        answer = await super().call(body, key, **kw)
+        await self.sync()  # what b did, in a's memory and counts, as a test reads them next
+        return answer
+
+
+def _protocol_cases() -> list[Any]:
+    """Every test of test_protocol that takes an agent (with its own cases, if any), but
+    the parsing of malformed bodies and bad fields, which no store or host takes part in."""
+    cases = []
+    for name in sorted(dir(protocol_suite)):
+        test = getattr(protocol_suite, name)
+        if not name.startswith("test_") or name in _PARSING:
+            continue
+        parameters = list(inspect.signature(test).parameters)
+        if parameters == ["agent"]:
+            cases.append(pytest.param(name, {}, id=name))
+        elif parameters[0] == "agent":
+            [mark] = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
+            names, values = mark.args
+            for i, value in enumerate(values):
+                cases.append(
+                    pytest.param(name, dict(zip(names, value, strict=True)), id=f"{name}-{i}")
+                )
+    return cases
+
+
+_PARSING = {
+    "test_bad_requests_get_an_error_and_change_nothing",
+    "test_malformed_bodies_get_an_error",
+}
+
+
+@pytest.fixture
+async def cross_agent(
+    pg_cluster: Cluster, tmp_path: Path, aiohttp_client: Any
+) -> AsyncIterator[Callable[..., Awaitable[CrossAgent]]]:
+    stores = Stores("postgresql", tmp_path, pg_cluster)
+    running: list[Hosts] = []
+    runs = 0
+
+    async def factory(
+        release_after: float = 1200.0, db: str = "agent", clock: Clock | None = None
+    ) -> CrossAgent:
+        nonlocal runs
+        for hosts in running:  # a second agent on one database: the first one's run is over
+            await hosts.stop(leave=False)
+        running.clear()
+        runs += 1
+        clock = clock or Clock()
+        pair = []
+        for name in ("a", "b"):
+            inventory = Inventory(
+                await stores.open(db),
+                services=protocol_suite.SERVICES,
+                release_after=release_after,
+                clock=clock,
+            )
+            await inventory.load()
+            assert isinstance(inventory.store, PgStore)
+            hosts = inventory.hosts = Hosts(inventory.store, inventory, lease(f"{name}{runs}"))
+            hosts.start()
+            running.append(hosts)
+            pair.append(inventory)
+        service = ProtocolService(pair[1], [SMSHUB, protocol_suite.ONLINESIM])
+        client = await aiohttp_client(create_protocol_app(service, max_body=4096))
+        return CrossAgent(client, pair[0], pair[1], clock)
+
+    yield factory
+    for hosts in running:
+        await hosts.stop(leave=False)
+    await stores.close()
+
+
+@pytest.mark.parametrize(("name", "arguments"), _protocol_cases())
+async def test_the_protocol_suite_through_the_other_host(
+    name: str, arguments: dict[str, Any], cross_agent: Callable[..., Awaitable[CrossAgent]]
+) -> None:
+    await getattr(protocol_suite, name)(cross_agent, **arguments)
