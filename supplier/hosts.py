@@ -26,7 +26,7 @@ import structlog
 
 from .config import HostConfig
 from .errors import StoreError
-from .shared import LiveSim
+from .shared import Counted, LiveSim
 from .store import Activation
 
 if TYPE_CHECKING:
@@ -60,8 +60,10 @@ class Hosts:
         self._whole = True  # the next publish sends every SIM (at start, after a failure)
         self._renewed = float("-inf")  # loop time of the last lease renewal
         self._publishing = asyncio.Lock()
-        self._counts: Counts = {}
+        self._counted_sims = Counted({}, {})
         self._counted_at = float("-inf")  # loop time of the last counts read
+        self._counts: Counts = {}  # the last answer: reused until the inventory changes
+        self._counts_key: tuple[int, float] = (-1, 0.0)
         self._recount = asyncio.Event()  # count again now (a publish, a sale, a FINISH)
         # Recounts asked for by sales and FINISHes, and the newest ask a finished recount
         # covers: one recount answers every ask made before it started.
@@ -227,16 +229,37 @@ class Hosts:
                     await self._counted.wait()
 
     def counts(self) -> Counts:
-        """The last counts read, or nothing once they are older than the lease."""
+        """Every live host's sellable SIMs as last read, without this host's own that left
+        sale since (withheld for a switch, lost, no signal, sold): those never show a
+        moment longer than here. Nothing once the last read is older than the lease."""
         if asyncio.get_running_loop().time() - self._counted_at > self.lease:
             return {}
-        return self._counts
+        inventory = self.inventory
+        key = (inventory.version, self._counted_at)
+        if key == self._counts_key:
+            return self._counts
+        now = inventory.clock()
+        counted = self._counted_sims
+        out = {c: {o: dict(s) for o, s in ops.items()} for c, ops in counted.others.items()}
+        for iccid, (country, operator, services) in counted.mine.items():
+            sim = inventory.sims.get(iccid)
+            if sim is None or not inventory.present(sim) or sim.country != country:
+                continue
+            entry = out.setdefault(country, {}).setdefault(
+                operator, dict.fromkeys(inventory.services, 0)
+            )
+            if inventory.holder(iccid, now) is None:
+                for service in services:
+                    if service in entry:
+                        entry[service] += 1
+        self._counts, self._counts_key = out, key
+        return out
 
-    async def recount(self) -> Counts:
-        counts = await self.store.counts(self.inventory.services, self.inventory.clock())
-        self._counts = counts
+    async def recount(self) -> None:
+        self._counted_sims = await self.store.counts(
+            self.inventory.services, self.inventory.clock(), self.name
+        )
         self._counted_at = asyncio.get_running_loop().time()
-        return counts
 
     async def learn(self) -> None:
         """Bring in what other hosts did to this host's SIMs (`Inventory.learn`)."""

@@ -32,7 +32,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from . import shared
 from .errors import StoreError, UnknownActivation
-from .shared import LiveSim, Published
+from .shared import Counted, LiveSim, Published
 from .store import (
     FINISH_STATUSES,
     Activation,
@@ -783,13 +783,11 @@ class PgStore:
 
         return await self._write(op, "cannot open an activation")
 
-    async def counts(
-        self, services: Sequence[str], now: float
-    ) -> dict[str, dict[str, dict[str, int]]]:
-        """What every live host can sell now, as `Inventory.counts` shapes it."""
+    async def counts(self, services: Sequence[str], now: float, host: str) -> Counted:
+        """What every live host can sell now; `host`'s own SIMs one by one."""
 
-        async def op(db: Connection) -> dict[str, dict[str, dict[str, int]]]:
-            return await shared.counts(db, services, now)
+        async def op(db: Connection) -> Counted:
+            return await shared.counts(db, services, now, host)
 
         return await self._write(op, "cannot count the SIMs on sale")
 

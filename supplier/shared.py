@@ -37,6 +37,7 @@ __all__ = [
     "ANY_OPERATOR",
     "MAX_OFFERS",
     "ROUTE_HORIZON",
+    "Counted",
     "LiveSim",
     "Published",
     "allocate",
@@ -236,34 +237,53 @@ async def allocate(
     return activation
 
 
-async def counts(
-    db: Connection, services: Sequence[str], now: float
-) -> dict[str, dict[str, dict[str, int]]]:
-    """country → operator → service → sellable SIMs of every live host (`Inventory.counts`).
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What can be sold now, as one host reads it: the other live hosts' SIMs counted,
+    and its own SIMs one by one (their market and the services each may be sold for),
+    so that the host leaves out at once any of its own that left sale since."""
+
+    others: dict[str, dict[str, dict[str, int]]]  # country → operator → service → SIMs
+    mine: dict[str, tuple[str, str, tuple[str, ...]]]  # ICCID → (country, operator, services)
+
+
+async def counts(db: Connection, services: Sequence[str], now: float, host: str) -> Counted:
+    """Every live host's sellable SIMs (`Inventory.counts`), `host`'s own one by one.
 
     A present SIM appears with zeros for the services it cannot be sold for;
     a held one counts for none.
     """
-    sql = (
-        "SELECT ls.country, ls.operator, svc.service, count(*) FILTER (WHERE "
-        "  (ls.held_until IS NULL OR ls.held_until <= $2) "
-        "  AND svc.service IS NOT NULL "
-        "  AND NOT COALESCE(u.blocked OR u.offers >= $3, false)) "
-        + _SELLABLE.format(
-            server=SERVER_NOW,
-            joins="\n    LEFT JOIN unnest($1::text[]) svc(service) ON true"
-            "\n    LEFT JOIN usage u ON u.number = ls.number AND u.service = svc.service",
-        )
-        + " GROUP BY 1, 2, 3"
+    sellable = (
+        "(ls.held_until IS NULL OR ls.held_until <= $2) AND svc.service IS NOT NULL "
+        "AND NOT COALESCE(u.blocked OR u.offers >= $3, false)"
     )
-    out: dict[str, dict[str, dict[str, int]]] = {}
-    for country, operator, service, count in await db.fetch(sql, list(services), now, MAX_OFFERS):
-        by_service = out.setdefault(country, {}).setdefault(
+    rows = _SELLABLE.format(
+        server=SERVER_NOW,
+        joins="\n    LEFT JOIN unnest($1::text[]) svc(service) ON true"
+        "\n    LEFT JOIN usage u ON u.number = ls.number AND u.service = svc.service",
+    )
+    params = (list(services), now, MAX_OFFERS, host)
+    others: dict[str, dict[str, dict[str, int]]] = {}
+    for country, operator, service, count in await db.fetch(
+        f"SELECT ls.country, ls.operator, svc.service, count(*) FILTER (WHERE {sellable}) "
+        f"{rows} AND ls.host <> $4 GROUP BY 1, 2, 3",
+        *params,
+    ):
+        by_service = others.setdefault(country, {}).setdefault(
             operator or ANY_OPERATOR, dict.fromkeys(services, 0)
         )
         if service is not None and count:
             by_service[service] = int(count)
-    return out
+    mine = {
+        iccid: (country, operator or ANY_OPERATOR, tuple(sold or ()))
+        for iccid, country, operator, sold in await db.fetch(
+            f"SELECT ls.iccid, ls.country, ls.operator, "
+            f"array_agg(svc.service ORDER BY svc.service) FILTER (WHERE {sellable}) "
+            f"{rows} AND ls.host = $4 GROUP BY 1, 2, 3",
+            *params,
+        )
+    }
+    return Counted(others, mine)
 
 
 async def routes(

@@ -110,6 +110,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
             await asyncio.sleep(0.05)
 
 
+async def counts(store: PgStore, now: float) -> dict[str, dict[str, dict[str, int]]]:
+    """Every live host's SIMs as a host with none of its own counts them."""
+    return (await store.counts(SERVICES, now, "elsewhere")).others
+
+
 # -- config ------------------------------------------------------------------------------
 
 
@@ -141,15 +146,28 @@ async def test_counts_are_every_live_hosts_sims(store: PgStore) -> None:
     await store.publish("a", 15, [live("A1", "79000000001"), live("A2", "79000000002")])
     await store.publish("b", 15, [live("B1", "79000000003", operator="beeline")])
     now = time.time()
-    assert await store.counts(SERVICES, now) == {
+    assert await counts(store, now) == {
         "russia": {"mts": {"vk": 2, "tg": 2}, "beeline": {"vk": 1, "tg": 1}}
     }
     # Not present (no signal, withheld…): not counted at all; a SIM gone from a host: gone.
     await store.publish("a", 15, [live("A2", "79000000002", present=False)], gone=["A1"])
-    assert await store.counts(SERVICES, now) == {"russia": {"beeline": {"vk": 1, "tg": 1}}}
+    assert await counts(store, now) == {"russia": {"beeline": {"vk": 1, "tg": 1}}}
     # `whole`: the host's list is complete; whatever else it had is deleted.
     await store.publish("b", 15, [], whole=True)
-    assert await store.counts(SERVICES, now) == {}
+    assert await counts(store, now) == {}
+
+
+async def test_a_host_gets_its_own_sims_one_by_one(store: PgStore) -> None:
+    """So that it can leave out at once one of its own that left sale since."""
+    for iccid, number in [("A1", "79000000001"), ("A2", "79000000002"), ("B1", "79000000003")]:
+        await seed(store, iccid, number)
+    await store.publish("a", 15, [live("A1", "79000000001"), live("A2", "79000000002")])
+    await store.publish("b", 15, [live("B1", "79000000003", operator="beeline")])
+    got = await allocate(store, operator="mts")
+    assert got is not None and got[0] == "A1"
+    counted = await store.counts(SERVICES, time.time(), "a")
+    assert counted.others == {"russia": {"beeline": {"vk": 1, "tg": 1}}}
+    assert counted.mine == {"A1": ("russia", "mts", ()), "A2": ("russia", "mts", ("tg", "vk"))}
 
 
 async def test_counts_follow_holds_usage_and_the_operators_switch(store: PgStore) -> None:
@@ -166,9 +184,9 @@ async def test_counts_follow_holds_usage_and_the_operators_switch(store: PgStore
     iccid, activation_id = got
     now = time.time()
     # The held SIM counts for nothing; the disabled one is not on sale at all.
-    assert await store.counts(SERVICES, now) == {"russia": {"mts": {"vk": 1, "tg": 1}}}
+    assert await counts(store, now) == {"russia": {"mts": {"vk": 1, "tg": 1}}}
     await finish(store, activation_id, 3)  # sold: this number never again for vk
-    assert await store.counts(SERVICES, now) == {"russia": {"mts": {"vk": 1, "tg": 2}}}
+    assert await counts(store, now) == {"russia": {"mts": {"vk": 1, "tg": 2}}}
 
 
 async def test_a_host_whose_lease_runs_out_leaves_the_counts_and_rejoins(store: PgStore) -> None:
@@ -176,10 +194,10 @@ async def test_a_host_whose_lease_runs_out_leaves_the_counts_and_rejoins(store: 
     await seed(store, "B1", "79000000002")
     await store.publish("a", 30, [live("A1", "79000000001")])
     await store.publish("b", 0.5, [live("B1", "79000000002")])
-    assert (await store.counts(SERVICES, time.time()))["russia"]["mts"]["vk"] == 2
+    assert (await counts(store, time.time()))["russia"]["mts"]["vk"] == 2
 
     async def only_a() -> bool:
-        return (await store.counts(SERVICES, time.time()))["russia"]["mts"]["vk"] == 1
+        return (await counts(store, time.time()))["russia"]["mts"]["vk"] == 1
 
     await eventually(only_a)  # b stops renewing: its SIM goes when the lease ends
     got = await allocate(store)
@@ -267,7 +285,7 @@ async def test_two_live_sims_with_one_number_are_neither_sold(store: PgStore) ->
     await store.publish("a", 15, [live("A1", "79000000001")])
     await store.publish("b", 0.3, [live("B1", "79000000001")])
     assert await allocate(store) is None
-    assert await store.counts(SERVICES, time.time()) == {}
+    assert await counts(store, time.time()) == {}
 
     async def sold() -> bool:
         return await allocate(store) is not None
@@ -303,7 +321,7 @@ async def test_a_clean_stop_takes_the_hosts_sims_out_at_once(store: PgStore) -> 
     await seed(store, "A1", "79000000001")
     await store.publish("a", 15, [live("A1", "79000000001")])
     await store.leave("a")
-    assert await store.counts(SERVICES, time.time()) == {}
+    assert await counts(store, time.time()) == {}
     assert await allocate(store) is None
 
 
