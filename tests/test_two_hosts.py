@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from modems.emulator import make_sim
 from supplier.config import HostConfig, HubConfig
 from supplier.daemon import Daemon
-from supplier.hosts import COUNTS_INTERVAL, Hosts
+from supplier.hosts import COUNTS_INTERVAL, PUBLISH_POLL, Hosts
 from supplier.inventory import Inventory
 from supplier.pgstore import PgStore
 from supplier.protocol import ProtocolService, create_protocol_app
@@ -243,6 +243,32 @@ async def test_concurrent_get_number_across_hosts_never_sells_a_sim_twice(
     assert len(set(ids)) == 8
     await a.hosts.recount()
     assert total(await a.services()) == total(await b.services()) == 0
+
+
+async def test_a_sim_change_is_published_within_half_a_second(host: HostFactory) -> None:
+    """The publisher's own pace: no hub request, no helper pushing it along."""
+    a, b = await host("a"), await host("b")
+    await b.add_sims(8, 9)
+    iccid = make_sim(8).iccid
+
+    async def present() -> bool:
+        rows = await a.store._fetch("SELECT present FROM live_sims WHERE iccid = $1", iccid)
+        return bool(rows and rows[0][0])
+
+    assert await present()
+    changed = time.monotonic()
+    b.inventory.sim_lost(iccid)  # its modem lost it: out of sale on every host
+
+    async def withdrawn() -> bool:
+        return not await present()
+
+    await eventually(withdrawn)
+    assert time.monotonic() - changed < PUBLISH_POLL + 0.3 + 0.5  # a poll, a write, the load
+
+    async def counted_out() -> bool:
+        return total(await a.services()) == 1
+
+    await eventually(counted_out)  # and a's counts follow within a refresh
 
 
 async def test_a_dead_host_leaves_the_counts_within_the_lease_and_rejoins(
