@@ -1,10 +1,11 @@
 """The daemon: store, inventory, inbox and pusher, the modem pool, the hub endpoint.
 
 Start order: store → inventory and inbox rebuilt from it → pusher (sends
-what was left undelivered) → hub endpoint → status route → modem pool.
+what was left undelivered) → hub endpoint → status route → (on a shared
+store: this host's lease and published SIMs, supplier/hosts.py) → modem pool.
 Stop order is the reverse of what matters: stop taking hub requests (those
-in flight finish), stop the modems (no new SMS), stop the pusher, close the
-store.
+in flight finish; this host's SIMs leave every host's counts), stop the
+modems (no new SMS), stop the pusher, close the store.
 
 One daemon per SQLite database: `start` first takes the lock beside the
 database file and refuses to start, naming the holder's pid, when another

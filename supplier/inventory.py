@@ -12,6 +12,11 @@ What is sellable is kept indexed (`_Stock`), updated by every change of a
 SIM's state (`_restock`), so GET_NUMBER finds the least recently used SIM
 and GET_SERVICES its counts without looking at every SIM: at 512 SIMs and
 hundreds of requests a second, those scans held the event loop.
+
+Several hosts on one PostgreSQL store (`hosts`, supplier/hosts.py): this
+host's SIMs' states are still kept here, and published for the others; a
+sale is one transaction in the database over every live host's SIMs with
+the same rules (supplier/shared.py), and GET_SERVICES counts them all.
 """
 
 from __future__ import annotations
