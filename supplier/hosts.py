@@ -26,7 +26,7 @@ import structlog
 
 from .config import HostConfig
 from .errors import StoreError
-from .shared import Counted, LiveSim
+from .shared import ROUTE_HORIZON, Counted, LiveSim
 from .store import Activation
 
 if TYPE_CHECKING:
@@ -243,8 +243,10 @@ class Hosts:
         out = {c: {o: dict(s) for o, s in ops.items()} for c, ops in counted.others.items()}
         for iccid, (country, operator, services) in counted.mine.items():
             sim = inventory.sims.get(iccid)
-            if sim is None or not inventory.present(sim) or sim.country != country:
-                continue
+            if sim is None or not inventory.present(sim):
+                continue  # left sale since it was counted
+            if (sim.country, sim.operator) != (country, operator):
+                continue  # its market changed (SIGHUP): counted again within a second
             entry = out.setdefault(country, {}).setdefault(
                 operator, dict.fromkeys(inventory.services, 0)
             )
@@ -265,8 +267,11 @@ class Hosts:
         """Bring in what other hosts did to this host's SIMs (`Inventory.learn`)."""
         inventory = self.inventory
         mine = self._published
+        recent = inventory.clock() - ROUTE_HORIZON  # older ones hold nothing and route nothing
         known_open = [
-            a.id for a in inventory.activations.values() if a.finished is None and a.iccid in mine
+            a.id
+            for a in inventory.activations.values()
+            if a.finished is None and a.iccid in mine and a.created > recent
         ]
         numbers = sorted({s.number for s in mine.values() if s.number is not None})
         activations, usage = await self.store.held_here(self.name, known_open, numbers)

@@ -3,7 +3,7 @@
 A real PostgreSQL server (tests/pg.py). First each host is its protocol
 stack on loopback HTTP (Inventory + Hosts + ProtocolService, its own
 connection pool), fed SIMs as pool events; then whole daemons (`Daemon`),
-each with its own emulated modem bank. Leases are short (1 s, renewed every
+each with its own emulated modem bank. Leases are short (3 s, renewed every
 0.3 s) so that a host's death is seen in a test's time; every wait polls
 with a timeout.
 """
@@ -39,9 +39,11 @@ from .test_run_e2e import Process
 SMSHUB = HubConfig(name="smshub", key="key-smshub-1", push_url="http://127.0.0.1:9/push")
 OTHER = HubConfig(name="other", key="key-other-22", push_url="http://127.0.0.1:9/push")
 SERVICES = ("vk", "ok", "wa", "tg")
-LEASE = HostConfig(name="x", lease=1.0, renew=0.3)
+# Short leases so that a death is seen in a test's time, yet a live host renewing every
+# 0.3 s keeps its lease through a stall of 2.7 s on a loaded machine (default: 15 s).
+LEASE = HostConfig(name="x", lease=3.0, renew=0.3)
 # A dead host's SIMs are out of GET_SERVICES after its lease and one refresh of the
-# counts, plus a margin for a machine under load (the default lease is 15 s).
+# counts, plus a margin for the load.
 GONE_WITHIN = LEASE.lease + COUNTS_INTERVAL + 2.5
 
 
@@ -357,7 +359,7 @@ async def daemons(
             bank,
             {"alpha": hub},
             storage={"url": pg_url},
-            host={"name": name, "lease": "1s", "renew": "300ms"},
+            host={"name": name, "lease": f"{LEASE.lease}s", "renew": f"{LEASE.renew}s"},
         )
         daemon = Daemon(config)
         await daemon.start()
@@ -467,7 +469,7 @@ hubs:
 modems: {{ports: ["{bank.pattern}"], health_interval: 1s}}
 services: [vk, tg, wa]
 storage: {{url: "{pg_url}"}}
-host: {{name: b, lease: 1s, renew: 300ms}}
+host: {{name: b, lease: {LEASE.lease}s, renew: {LEASE.renew}s}}
 """
     )
     b = Process(config)
