@@ -1,10 +1,11 @@
 """The daemon: store, inventory, inbox and pusher, the modem pool, the hub endpoint.
 
 Start order: store → inventory and inbox rebuilt from it → pusher (sends
-what was left undelivered) → hub endpoint → status route → modem pool.
+what was left undelivered) → hub endpoint → status route → (on a shared
+store: this host's lease and published SIMs, supplier/hosts.py) → modem pool.
 Stop order is the reverse of what matters: stop taking hub requests (those
-in flight finish), stop the modems (no new SMS), stop the pusher, close the
-store.
+in flight finish; this host's SIMs leave every host's counts), stop the
+modems (no new SMS), stop the pusher, close the store.
 
 One daemon per SQLite database: `start` first takes the lock beside the
 database file and refuses to start, naming the holder's pid, when another
@@ -45,9 +46,11 @@ from .backend import StoreBackend, open_store
 from .banks_status import BankCollector
 from .config import Config
 from .errors import StoreError, SupplierError
+from .hosts import Hosts
 from .inbox import Inbox
 from .inventory import Inventory
 from .metrics import Metrics, watch_loop_lag
+from .pgstore import PgStore
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .rotation import Rotation
@@ -136,6 +139,7 @@ class Running:
     view: StatusView
     listening: tuple[str, int]  # the hub endpoint's address (port 0 in the config: the real one)
     status_listening: tuple[str, int]
+    hosts: Hosts | None = None  # several hosts on one PostgreSQL store: this host's part
 
 
 class Daemon:
@@ -186,6 +190,8 @@ class Daemon:
             undo.push_async_callback(store.close)
             inventory = Inventory.from_config(store, config, clock=self.clock)
             await inventory.load()
+            if isinstance(store, PgStore):  # shared: sell and count over every live host
+                inventory.hosts = Hosts(store, inventory, config.host)
             pusher = Pusher(store, config.hubs, clock=self.clock, on_result=self.metrics.on_push)
             inbox = Inbox(
                 store,
@@ -262,10 +268,13 @@ class Daemon:
                 view,
                 listening,
                 status_listening,
+                inventory.hosts,
             )
             undo.pop_all()  # started: `stop` undoes it from here on
         matched = len(expand_ports(pool.patterns, pool.exclude))  # what the pool will open
         upkeep.start()
+        if inventory.hosts is not None:
+            inventory.hosts.start()  # the lease first: this host's SIMs are published as they come
         await pool.start()
         if rotation is not None:
             await rotation.start()
@@ -381,6 +390,8 @@ class Daemon:
         running = self._running
         if running is not None:
             running.protocol.close()
+            if running.hosts is not None:
+                await running.hosts.stop()  # its SIMs leave every host's counts now
             await running.upkeep.stop()
             if running.rotation is not None:
                 await running.rotation.stop()

@@ -178,9 +178,11 @@ class Inbox:
 
     # -- building messages ------------------------------------------------------------------
 
-    def _routes(self, number: str | None, iccid: str) -> tuple[tuple[str, int | None], ...]:
+    def _routes(self, number: str | None, iccid: str) -> tuple[tuple[str, int | None], ...] | None:
         if number is None:
             return ()
+        if self.inventory.hosts is not None:
+            return None  # several hosts: the store routes it, from every host's activations
         routes: dict[str, int | None] = {}
         for activation in sorted(self.inventory.routes(number), key=lambda a: a.id):
             if activation.iccid != iccid:
@@ -217,6 +219,7 @@ class Inbox:
             received=event.received_at,
             complete=True,
             routes=self._routes(number, event.iccid) if kind == "text" else (),
+            route_at=self.inventory.clock(),
         )
 
     def _assembled(self, assembled: Assembled, last: SmsDeliver) -> NewSms:
@@ -242,4 +245,5 @@ class Inbox:
             received=max(part.received_at for part in assembled.parts),
             complete=assembled.complete,
             routes=self._routes(number, first.sim),
+            route_at=self.inventory.clock(),
         )

@@ -30,7 +30,9 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from . import shared
 from .errors import StoreError, UnknownActivation
+from .shared import Counted, LiveSim, Published
 from .store import (
     FINISH_STATUSES,
     Activation,
@@ -522,7 +524,11 @@ class PgStore:
             list(sms.digests),
         )
         deliveries = []
-        for hub, activation_id in sms.routes:
+        routes = sms.routes
+        if routes is None:  # several hosts: from every host's activations, as of its arrival
+            at = sms.received if sms.route_at is None else sms.route_at
+            routes = await shared.routes(db, sms.number, sms.iccid, at)
+        for hub, activation_id in routes:
             row = await db.fetchrow(
                 "INSERT INTO deliveries (sms_id, hub, activation_id, created, next_attempt) "
                 "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sms_id, hub) DO NOTHING "
@@ -715,3 +721,82 @@ class PgStore:
             )
 
         await self._write(op, f"cannot record the balance of SIM {iccid}")
+
+    # -- several hosts: one inventory (supplier/shared.py) ---------------------------
+
+    async def publish(
+        self,
+        host: str,
+        lease: float,
+        sims: Sequence[LiveSim],
+        gone: Iterable[str] = (),
+        *,
+        whole: bool = False,
+        instance: str = "",
+    ) -> Published:
+        """Renew this host's lease and write its SIMs' state (`shared.publish`)."""
+
+        async def op(db: Connection) -> Published:
+            return await shared.publish(db, host, lease, sims, gone, whole=whole, instance=instance)
+
+        return await self._write(op, f"cannot publish the SIMs of host {host}")
+
+    async def leave(self, host: str) -> None:
+        """A clean stop: this host's SIMs leave every host's counts now, not after the lease."""
+
+        async def op(db: Connection) -> None:
+            await db.execute("DELETE FROM live_sims WHERE host = $1", host)
+            await db.execute(
+                f"UPDATE hosts SET lease_until = {shared.SERVER_NOW} WHERE name = $1", host
+            )
+
+        await self._write(op, f"cannot take host {host} out of the inventory")
+
+    async def allocate(
+        self,
+        *,
+        hub: str,
+        country: str,
+        operator: str,
+        service: str,
+        sum: str | None,
+        currency: int | None,
+        exclude: Sequence[str],
+        now: float,
+        release_after: float,
+    ) -> Activation | None:
+        """Open an activation on the least recently used SIM of any live host, or None."""
+
+        async def op(db: Connection) -> Activation | None:
+            return await shared.allocate(
+                db,
+                hub=hub,
+                country=country,
+                operator=operator,
+                service=service,
+                sum=sum,
+                currency=currency,
+                exclude=exclude,
+                now=now,
+                release_after=release_after,
+            )
+
+        return await self._write(op, "cannot open an activation")
+
+    async def counts(self, services: Sequence[str], now: float, host: str) -> Counted:
+        """What every live host can sell now; `host`'s own SIMs one by one."""
+
+        async def op(db: Connection) -> Counted:
+            return await shared.counts(db, services, now, host)
+
+        return await self._write(op, "cannot count the SIMs on sale")
+
+    async def held_here(
+        self, host: str, known_open: Sequence[int], numbers: Sequence[str]
+    ) -> tuple[list[Activation], dict[tuple[str, str], Usage]]:
+        """Activations holding this host's SIMs (or once open here) and its numbers' history."""
+
+        async def op(db: Connection) -> tuple[list[Activation], dict[tuple[str, str], Usage]]:
+            return await shared.held_here(db, host, known_open, numbers)
+
+        return await self._write(op, f"cannot read what holds the SIMs of host {host}")
