@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
@@ -35,7 +35,7 @@ __all__ = ["PgStore", "pg_migrations"]
 log = structlog.get_logger("supplier.pgstore")
 
 T = TypeVar("T")
-Connection = PoolConnectionProxy[asyncpg.Record]  # what `_write` hands an op
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what `_write` hands an op
 MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
 _SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
 _MIGRATION_LOCK = 0x5375_7070  # pg_advisory_xact_lock key: one host migrates at a time
