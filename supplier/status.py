@@ -40,7 +40,7 @@ from . import __version__
 from .banks_status import add_bank_routes
 from .config import phone_digits
 from .errors import StoreError
-from .hosts import Hosts, RemoteSim, remote_state
+from .hosts_status import HostsView, RemoteSim, remote_state
 from .inventory import NumberTaken
 from .metrics import CONTENT_TYPE, Live, Metrics
 from .store import Activation, Delivery, Sms, Store
@@ -223,7 +223,7 @@ class StatusView:
         *,
         hubs: list[str],
         clock: Callable[[], float],
-        hosts: Hosts | None = None,
+        hosts: HostsView | None = None,
     ) -> None:
         self.inventory = inventory
         self.store = store
@@ -232,7 +232,7 @@ class StatusView:
         self.rotation = rotation  # None without SIM banks
         self.hubs = hubs  # the configured hubs' names (a reload replaces them)
         self.clock = clock
-        self.hosts = hosts  # a shared store: the other hosts (supplier/hosts.py); else None
+        self.hosts = hosts  # a shared store: the other hosts (supplier/hosts_status.py); else None
 
     def here(self, iccid: str) -> bool:
         """In one of this host's modems now."""
@@ -893,14 +893,14 @@ async def _change_sim(
     request: web.Request,
     change: Callable[[Inventory, str], Awaitable[SimState | None]],
     answer: Callable[[SimState], dict[str, Any]],
-    remote: Callable[[Hosts, str], Awaitable[bool]],
+    remote: Callable[[HostsView, str], Awaitable[bool]],
     remote_answer: dict[str, Any],
 ) -> web.Response:
     """One operator change to the SIM named in the path: 404, or SUCCESS with `answer`.
 
     A SIM this host does not know (another host's, with a shared store) is
     changed in the shared `sims` row (`remote`); its host applies it at its
-    next look (supplier/hosts.py). A SIM this host knows is changed through
+    next look (supplier/hosts_status.py). A SIM this host knows is changed through
     its inventory, which writes the same shared row.
     """
     iccid = request.match_info["iccid"]

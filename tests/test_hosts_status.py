@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from supplier.config import ConfigError, parse_config
-from supplier.hosts import Hosts, remote_state
+from supplier.hosts_status import HostsView, remote_state
 from supplier.pgstore import PgStore
 
 # The layout of migration 7 (hosts, live_sims), for a branch where it is not there yet.
@@ -74,7 +74,7 @@ async def two_hosts(store: PgStore) -> None:
 
 async def test_liveness_is_the_lease_on_the_servers_clock(store: PgStore) -> None:
     await two_hosts(store)
-    hosts = {h.name: h for h in await Hosts(store, "a", None).hosts()}
+    hosts = {h.name: h for h in await HostsView(store, "a", None).hosts()}
     assert hosts["a"].alive and 8 < hosts["a"].lease_left <= 10
     assert not hosts["b"].alive and -31 < hosts["b"].lease_left <= -30
     assert (hosts["a"].sims, hosts["a"].present) == (2, 1)
@@ -83,7 +83,7 @@ async def test_liveness_is_the_lease_on_the_servers_clock(store: PgStore) -> Non
 
 async def test_every_hosts_sims_with_their_state(store: PgStore) -> None:
     await two_hosts(store)
-    hosts = Hosts(store, "c", None)
+    hosts = HostsView(store, "c", None)
     sims = await hosts.live_sims()
     assert {i: s.host for i, s in sims.items()} == {"8970001": "a", "8970002": "a", "8970003": "b"}
     assert [remote_state(sims[i], 100.0) for i in sorted(sims)] == [
@@ -103,8 +103,8 @@ async def test_every_hosts_sims_with_their_state(store: PgStore) -> None:
 
 async def test_operator_changes_are_stored_for_the_owning_host(store: PgStore) -> None:
     await two_hosts(store)
-    page = Hosts(store, "c", None)  # the host whose page the operator uses
-    owner = Hosts(store, "a", None)
+    page = HostsView(store, "c", None)  # the host whose page the operator uses
+    owner = HostsView(store, "a", None)
     assert await page.set_enabled("8970002", False)
     assert await page.set_number("8970002", "79005550000")
     assert not await page.set_enabled("0000000", False)  # no such SIM
@@ -116,7 +116,7 @@ async def test_operator_changes_are_stored_for_the_owning_host(store: PgStore) -
 
 async def test_a_number_is_taken_only_by_a_live_hosts_sim(store: PgStore) -> None:
     await two_hosts(store)
-    hosts = Hosts(store, "c", None)
+    hosts = HostsView(store, "c", None)
     taken = await hosts.number_taken("8970003", "79000000000")
     assert taken is not None and (taken.iccid, taken.host) == ("8970001", "a")
     assert await hosts.number_taken("8970001", "79000000000") is None  # its own
@@ -125,10 +125,10 @@ async def test_a_number_is_taken_only_by_a_live_hosts_sim(store: PgStore) -> Non
 
 async def test_status_urls_are_published_and_withdrawn(store: PgStore) -> None:
     await two_hosts(store)
-    a = Hosts(store, "a", "http://10.0.0.11:8001")
+    a = HostsView(store, "a", "http://10.0.0.11:8001")
     await a.advertise(1.0)
     await a.advertise(2.0)  # unchanged: once is enough
-    assert await Hosts(store, "b", None).status_url_of("a") == "http://10.0.0.11:8001"
+    assert await HostsView(store, "b", None).status_url_of("a") == "http://10.0.0.11:8001"
     assert {h.name: h.status_url for h in await a.hosts()} == {
         "a": "http://10.0.0.11:8001",
         "b": None,

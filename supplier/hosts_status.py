@@ -39,9 +39,9 @@ from .store import Activation
 if TYPE_CHECKING:
     from .inventory import Inventory
 
-__all__ = ["HostInfo", "Hosts", "RemoteSim", "follow_operators", "remote_state"]
+__all__ = ["HostInfo", "HostsView", "RemoteSim", "follow_operators", "remote_state"]
 
-log = structlog.get_logger("supplier.hosts")
+log = structlog.get_logger("supplier.hosts_status")
 
 # The database server's clock in epoch seconds: leases are written and compared with it.
 SERVER_NOW = "extract(epoch FROM clock_timestamp())::double precision"
@@ -106,7 +106,7 @@ def remote_state(sim: RemoteSim, now: float) -> str:
     return "not_ready"  # its host says why on its own page (no signal, no number, …)
 
 
-class Hosts:
+class HostsView:
     """This host's view of the others through the shared store."""
 
     def __init__(self, store: SharedStore, name: str, status_url: str | None) -> None:
@@ -239,7 +239,7 @@ class Hosts:
         return {str(iccid): (bool(enabled), manual) for iccid, enabled, manual in rows}
 
 
-async def apply_operator_settings(inventory: Inventory, hosts: Hosts) -> int:
+async def apply_operator_settings(inventory: Inventory, hosts: HostsView) -> int:
     """Make this host's inventory follow what operators stored on any host; how many changed.
 
     Only this host's SIMs in a modem: the others' are their hosts' to follow.
@@ -269,7 +269,7 @@ async def apply_operator_settings(inventory: Inventory, hosts: Hosts) -> int:
 
 
 async def follow_operators(
-    inventory: Inventory, hosts: Hosts, interval: float, clock: Callable[[], float] = time.time
+    inventory: Inventory, hosts: HostsView, interval: float, clock: Callable[[], float] = time.time
 ) -> None:
     """Every `interval`: publish this host's status URL and apply operators' changes.
 
