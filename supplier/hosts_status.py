@@ -271,17 +271,28 @@ async def apply_operator_settings(inventory: Inventory, hosts: HostsView) -> int
 async def follow_operators(
     inventory: Inventory, hosts: HostsView, interval: float, clock: Callable[[], float] = time.time
 ) -> None:
-    """Every `interval`: publish this host's status URL and apply operators' changes.
+    """Every `interval`: apply operators' changes; this host's status URL published first.
 
     Runs until cancelled; a database that does not answer is retried at the
-    next interval (the changes wait in `sims`, nothing is lost).
+    next interval (the changes wait in `sims`, nothing is lost), and the URL
+    is published again once it answers.
     """
+    advertised = False
+    failing = False
     while True:
         try:
-            await hosts.advertise(clock())
+            if not advertised:
+                await hosts.advertise(clock())
+                advertised = True
             changed = await apply_operator_settings(inventory, hosts)
             if changed:
                 log.info("operator changes from another host applied", sims=changed)
+            if failing:
+                log.info("operators' changes read again")
+                failing = False
         except StoreError as exc:
-            log.warning("cannot read operators' changes; retrying", error=str(exc))
+            advertised = False
+            if not failing:  # one line per outage, not one per interval
+                log.warning("cannot read operators' changes; retrying", error=str(exc))
+                failing = True
         await asyncio.sleep(interval)
