@@ -113,6 +113,16 @@ class HostsView:
         self.store = store
         self.name = name  # host.name
         self.status_url = status_url  # host.status_url: where the others reach this host
+        self._looked = asyncio.Event()  # set (and replaced) after each look at `sims`
+
+    def looked(self) -> None:
+        """A look at operators' changes is complete (`follow_operators`)."""
+        self._looked.set()
+        self._looked = asyncio.Event()
+
+    async def next_look(self) -> None:
+        """Wait for the next complete look at operators' changes (no timeout: the caller's)."""
+        await self._looked.wait()
 
     async def advertise(self, now: float) -> None:
         """Publish (or withdraw) this host's status URL for forwarded actions."""
@@ -285,6 +295,7 @@ async def follow_operators(
                 await hosts.advertise(clock())
                 advertised = True
             changed = await apply_operator_settings(inventory, hosts)
+            hosts.looked()
             if changed:
                 log.info("operator changes from another host applied", sims=changed)
             if failing:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
+import aiohttp
+import asyncpg
 import pytest
 
-from supplier.config import ConfigError, parse_config
+from modems.emulator import VirtualModemBank
+from supplier.config import Config, ConfigError, parse_config
+from supplier.daemon import Daemon
 from supplier.hosts_status import HostsView, remote_state
 from supplier.pgstore import PgStore
+
+from .conftest import BankFactory
+from .hubkit import FakeHub, Running, make_config
 
 # The layout of migration 7 (hosts, live_sims), for a branch where it is not there yet.
 HOSTS_DDL = """
@@ -156,3 +167,166 @@ def test_host_status_url_is_a_base_url(value: str, ok: str | None) -> None:
     else:
         with pytest.raises(ConfigError, match=r"host\.status_url: .*expected the status route"):
             parse_config(raw)
+
+
+# -- two real daemons on one database ----------------------------------------------------
+
+TOKEN = "status-token-123"
+
+
+def host_config(
+    tmp_path: Path, bank: VirtualModemBank, hub: FakeHub, url: str, name: str
+) -> Config:
+    return make_config(
+        tmp_path,
+        bank,
+        {"alpha": hub},
+        storage_url=url,
+        host={"name": name, "lease": "2s", "renew": "0.5s"},
+        status={"listen": "127.0.0.1:0", "token": TOKEN},
+    )
+
+
+def status_base(daemon: Daemon) -> str:
+    assert daemon.running.status_listening is not None
+    return f"http://127.0.0.1:{daemon.running.status_listening[1]}"
+
+
+async def call(
+    daemon: Daemon, method: str, path: str, body: Any = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, status_base(daemon) + path, headers=headers,
+            **({"json": body} if body is not None else {}),
+        ) as response,
+    ):  # fmt: skip
+        return response.status, dict(await response.json(content_type=None))
+
+
+async def applied(daemon: Daemon, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until a host's own view shows what an operator stored on another host's page."""
+    hosts = daemon.running.view.hosts
+    assert hosts is not None
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await hosts.next_look()
+
+
+async def publish_as(url: str, host: str, bank: VirtualModemBank, lease: float) -> None:
+    """A host's lease and SIMs as its publisher writes them (left alone where it already
+    has: with migration 7's publisher the daemons publish themselves)."""
+    db = await asyncpg.connect(url)
+    try:
+        await db.execute(
+            f"INSERT INTO hosts (name, lease_until, started) VALUES ($1, {NOW} + $2, {NOW}) "
+            f"ON CONFLICT (name) DO UPDATE SET lease_until = {NOW} + $2",
+            host,
+            lease,
+        )
+        for modem in bank:
+            assert modem.sim is not None
+            await db.execute(
+                "INSERT INTO live_sims (iccid, host, number, country, operator, port, present, "
+                f"published) VALUES ($1, $2, $3, 'russia', $4, $5, true, {NOW}) "
+                "ON CONFLICT (iccid) DO NOTHING",
+                modem.sim.iccid,
+                host,
+                modem.sim.number,
+                "mts",
+                modem.link,
+            )
+    finally:
+        await db.close()
+
+
+async def test_every_hosts_page_shows_and_reaches_every_host(
+    tmp_path: Path, make_bank: BankFactory, pg_url: str
+) -> None:
+    bank_a = await make_bank(2)
+    bank_b = await make_bank(2, first_index=100)
+    hub = FakeHub()
+    await hub.start()
+    a = Daemon(host_config(tmp_path / "a", bank_a, hub, pg_url, "a"))
+    b = Daemon(host_config(tmp_path / "b", bank_b, hub, pg_url, "b"))
+    try:
+        await a.start()
+        await b.start()
+        await Running(a, bank_a, {"alpha": hub}).ready(2)
+        await Running(b, bank_b, {"alpha": hub}).ready(2)
+        db = await asyncpg.connect(pg_url)
+        try:
+            await db.execute(HOSTS_DDL)
+        finally:
+            await db.close()
+        await publish_as(pg_url, "a", bank_a, 3600)
+        await publish_as(pg_url, "b", bank_b, 3600)
+        await publish_as(pg_url, "c", await make_bank(1, first_index=200), -30)  # down
+        b_view = b.running.view.hosts
+        assert b_view is not None
+        b_view.status_url = status_base(b)
+        await b_view.advertise(time.time())
+
+        # A's page: every host's SIMs with their host, and each host's liveness.
+        code, sims = await call(a, "GET", "/api/sims")
+        assert code == 200
+        hosts_of = {row["iccid"]: (row["host"], row["state"]) for row in sims["sims"]}
+        for bank, host in ((bank_a, "a"), (bank_b, "b")):
+            for modem in bank:
+                assert modem.sim is not None
+                assert hosts_of[modem.sim.iccid] == (host, "ready")
+        c_iccid = next(i for i, (h, _) in hosts_of.items() if h == "c")
+        assert hosts_of[c_iccid] == ("c", "host_down")
+        code, status = await call(a, "GET", "/api/status")
+        assert status["host"] == "a"
+        alive = {h["name"]: h["alive"] for h in status["hosts"]}
+        assert alive == {"a": True, "b": True, "c": False}
+        assert status["totals"]["host_down"] == 1 and status["totals"]["ready"] == 4
+        b_sim = bank_b[0].sim
+        assert b_sim is not None and b_sim.number is not None
+        code, page = await call(a, "GET", f"/api/sims/{b_sim.iccid}")
+        assert code == 200 and page["sim"]["host"] == "b" and page["host"] == "a"
+
+        # Out of sale on A's page: stored at once, and B's own view follows.
+        code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/sale", {"enabled": False})
+        assert (code, answer) == (200, {"status": "SUCCESS", "enabled": False, "host": "b"})
+        b_inventory = b.running.inventory
+        await applied(b, lambda: not b_inventory.sims[b_sim.iccid].enabled)
+        await call(a, "POST", f"/api/sims/{b_sim.iccid}/sale", {"enabled": True})
+        await applied(b, lambda: b_inventory.sims[b_sim.iccid].enabled)
+
+        # The number: one another host's SIM is sold under is refused; another is B's.
+        a_sim = bank_a[0].sim
+        assert a_sim is not None and a_sim.number is not None
+        code, answer = await call(
+            a, "POST", f"/api/sims/{b_sim.iccid}/number", {"number": a_sim.number}
+        )
+        assert code == 409 and "in host a" in answer["error"]
+        code, answer = await call(
+            a, "POST", f"/api/sims/{b_sim.iccid}/number", {"number": "79990001122"}
+        )
+        assert code == 200 and answer["host"] == "b"
+        await applied(b, lambda: b_inventory.sims[b_sim.iccid].manual_number == "79990001122")
+
+        # USSD on B's SIM from A's page: B's modem answers, through B's status route.
+        code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
+        assert code == 200, answer
+        assert answer["text"] == "Balans: 100.00 rub." and answer["host"] == "b"
+        code, answer = await call(
+            a, "POST", "/api/modems/reset", {"port": bank_b[1].link, "host": "b"}
+        )
+        assert (code, answer) == (200, {"status": "SUCCESS", "host": "b"})
+
+        # Where it cannot go: a host that is down, a host without a status URL.
+        code, answer = await call(a, "POST", f"/api/sims/{c_iccid}/ussd", {"code": "*100#"})
+        assert code == 503 and "host c is down" in answer["error"]
+        b_view.status_url = None
+        await b_view.advertise(time.time())
+        code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
+        assert code == 409 and "host b has no host.status_url" in answer["error"]
+    finally:
+        await a.stop()
+        await b.stop()
+        await hub.stop()
