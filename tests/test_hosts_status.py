@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from supplier.pgstore import PgStore
 
 from .conftest import BankFactory
 from .hubkit import FakeHub, Running, make_config
+from .test_status_browser import browser, expect  # noqa: F401 - the browser fixture
 
 # The layout of migration 7 (hosts, live_sims), for a branch where it is not there yet.
 HOSTS_DDL = """
@@ -55,7 +57,7 @@ async def sql(store: PgStore, statement: str, *params: object) -> None:
     await store._write(op, "test setup")
 
 
-async def two_hosts(store: PgStore) -> None:
+async def some_hosts(store: PgStore) -> None:
     """Host `a` alive (its lease 10 s ahead of the server's clock), `b` down 30 s ago."""
     await sql(
         store,
@@ -84,7 +86,7 @@ async def two_hosts(store: PgStore) -> None:
 
 
 async def test_liveness_is_the_lease_on_the_servers_clock(store: PgStore) -> None:
-    await two_hosts(store)
+    await some_hosts(store)
     hosts = {h.name: h for h in await HostsView(store, "a", None).hosts()}
     assert hosts["a"].alive and 8 < hosts["a"].lease_left <= 10
     assert not hosts["b"].alive and -31 < hosts["b"].lease_left <= -30
@@ -93,7 +95,7 @@ async def test_liveness_is_the_lease_on_the_servers_clock(store: PgStore) -> Non
 
 
 async def test_every_hosts_sims_with_their_state(store: PgStore) -> None:
-    await two_hosts(store)
+    await some_hosts(store)
     hosts = HostsView(store, "c", None)
     sims = await hosts.live_sims()
     assert {i: s.host for i, s in sims.items()} == {"8970001": "a", "8970002": "a", "8970003": "b"}
@@ -113,7 +115,7 @@ async def test_every_hosts_sims_with_their_state(store: PgStore) -> None:
 
 
 async def test_operator_changes_are_stored_for_the_owning_host(store: PgStore) -> None:
-    await two_hosts(store)
+    await some_hosts(store)
     page = HostsView(store, "c", None)  # the host whose page the operator uses
     owner = HostsView(store, "a", None)
     assert await page.set_enabled("8970002", False)
@@ -126,7 +128,7 @@ async def test_operator_changes_are_stored_for_the_owning_host(store: PgStore) -
 
 
 async def test_a_number_is_taken_only_by_a_live_hosts_sim(store: PgStore) -> None:
-    await two_hosts(store)
+    await some_hosts(store)
     hosts = HostsView(store, "c", None)
     taken = await hosts.number_taken("8970003", "79000000000")
     assert taken is not None and (taken.iccid, taken.host) == ("8970001", "a")
@@ -135,7 +137,7 @@ async def test_a_number_is_taken_only_by_a_live_hosts_sim(store: PgStore) -> Non
 
 
 async def test_status_urls_are_published_and_withdrawn(store: PgStore) -> None:
-    await two_hosts(store)
+    await some_hosts(store)
     a = HostsView(store, "a", "http://10.0.0.11:8001")
     await a.advertise(1.0)
     await a.advertise(2.0)  # unchanged: once is enough
@@ -242,9 +244,18 @@ async def publish_as(url: str, host: str, bank: VirtualModemBank, lease: float) 
         await db.close()
 
 
-async def test_every_hosts_page_shows_and_reaches_every_host(
-    tmp_path: Path, make_bank: BankFactory, pg_url: str
-) -> None:
+@dataclass
+class TwoHosts:
+    a: Daemon
+    b: Daemon
+    bank_a: VirtualModemBank
+    bank_b: VirtualModemBank
+
+
+@pytest.fixture
+async def two_hosts(tmp_path: Path, make_bank: BankFactory, pg_url: str) -> AsyncIterator[TwoHosts]:
+    """Hosts `a` and `b` (real daemons, banks of 2) on one database, `b` reachable by its
+    status URL; a third host `c` whose lease ran out 30 s ago, with one SIM."""
     bank_a = await make_bank(2)
     bank_b = await make_bank(2, first_index=100)
     hub = FakeHub()
@@ -268,65 +279,94 @@ async def test_every_hosts_page_shows_and_reaches_every_host(
         assert b_view is not None
         b_view.status_url = status_base(b)
         await b_view.advertise(time.time())
-
-        # A's page: every host's SIMs with their host, and each host's liveness.
-        code, sims = await call(a, "GET", "/api/sims")
-        assert code == 200
-        hosts_of = {row["iccid"]: (row["host"], row["state"]) for row in sims["sims"]}
-        for bank, host in ((bank_a, "a"), (bank_b, "b")):
-            for modem in bank:
-                assert modem.sim is not None
-                assert hosts_of[modem.sim.iccid] == (host, "ready")
-        c_iccid = next(i for i, (h, _) in hosts_of.items() if h == "c")
-        assert hosts_of[c_iccid] == ("c", "host_down")
-        code, status = await call(a, "GET", "/api/status")
-        assert status["host"] == "a"
-        alive = {h["name"]: h["alive"] for h in status["hosts"]}
-        assert alive == {"a": True, "b": True, "c": False}
-        assert status["totals"]["host_down"] == 1 and status["totals"]["ready"] == 4
-        b_sim = bank_b[0].sim
-        assert b_sim is not None and b_sim.number is not None
-        code, page = await call(a, "GET", f"/api/sims/{b_sim.iccid}")
-        assert code == 200 and page["sim"]["host"] == "b" and page["host"] == "a"
-
-        # Out of sale on A's page: stored at once, and B's own view follows.
-        code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/sale", {"enabled": False})
-        assert (code, answer) == (200, {"status": "SUCCESS", "enabled": False, "host": "b"})
-        b_inventory = b.running.inventory
-        await applied(b, lambda: not b_inventory.sims[b_sim.iccid].enabled)
-        await call(a, "POST", f"/api/sims/{b_sim.iccid}/sale", {"enabled": True})
-        await applied(b, lambda: b_inventory.sims[b_sim.iccid].enabled)
-
-        # The number: one another host's SIM is sold under is refused; another is B's.
-        a_sim = bank_a[0].sim
-        assert a_sim is not None and a_sim.number is not None
-        code, answer = await call(
-            a, "POST", f"/api/sims/{b_sim.iccid}/number", {"number": a_sim.number}
-        )
-        assert code == 409 and "in host a" in answer["error"]
-        code, answer = await call(
-            a, "POST", f"/api/sims/{b_sim.iccid}/number", {"number": "79990001122"}
-        )
-        assert code == 200 and answer["host"] == "b"
-        await applied(b, lambda: b_inventory.sims[b_sim.iccid].manual_number == "79990001122")
-
-        # USSD on B's SIM from A's page: B's modem answers, through B's status route.
-        code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
-        assert code == 200, answer
-        assert answer["text"] == "Balans: 100.00 rub." and answer["host"] == "b"
-        code, answer = await call(
-            a, "POST", "/api/modems/reset", {"port": bank_b[1].link, "host": "b"}
-        )
-        assert (code, answer) == (200, {"status": "SUCCESS", "host": "b"})
-
-        # Where it cannot go: a host that is down, a host without a status URL.
-        code, answer = await call(a, "POST", f"/api/sims/{c_iccid}/ussd", {"code": "*100#"})
-        assert code == 503 and "host c is down" in answer["error"]
-        b_view.status_url = None
-        await b_view.advertise(time.time())
-        code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
-        assert code == 409 and "host b has no host.status_url" in answer["error"]
+        yield TwoHosts(a, b, bank_a, bank_b)
     finally:
         await a.stop()
         await b.stop()
         await hub.stop()
+
+
+async def test_every_hosts_page_shows_and_reaches_every_host(two_hosts: TwoHosts) -> None:
+    a, b, bank_a, bank_b = two_hosts.a, two_hosts.b, two_hosts.bank_a, two_hosts.bank_b
+    b_view = b.running.view.hosts
+    assert b_view is not None
+    # A's page: every host's SIMs with their host, and each host's liveness.
+    code, sims = await call(a, "GET", "/api/sims")
+    assert code == 200
+    hosts_of = {row["iccid"]: (row["host"], row["state"]) for row in sims["sims"]}
+    for bank, host in ((bank_a, "a"), (bank_b, "b")):
+        for modem in bank:
+            assert modem.sim is not None
+            assert hosts_of[modem.sim.iccid] == (host, "ready")
+    c_iccid = next(i for i, (h, _) in hosts_of.items() if h == "c")
+    assert hosts_of[c_iccid] == ("c", "host_down")
+    code, status = await call(a, "GET", "/api/status")
+    assert status["host"] == "a"
+    alive = {h["name"]: h["alive"] for h in status["hosts"]}
+    assert alive == {"a": True, "b": True, "c": False}
+    assert status["totals"]["host_down"] == 1 and status["totals"]["ready"] == 4
+    b_sim = bank_b[0].sim
+    assert b_sim is not None and b_sim.number is not None
+    code, page = await call(a, "GET", f"/api/sims/{b_sim.iccid}")
+    assert code == 200 and page["sim"]["host"] == "b" and page["host"] == "a"
+
+    # Out of sale on A's page: stored at once, and B's own view follows.
+    code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/sale", {"enabled": False})
+    assert (code, answer) == (200, {"status": "SUCCESS", "enabled": False, "host": "b"})
+    b_inventory = b.running.inventory
+    await applied(b, lambda: not b_inventory.sims[b_sim.iccid].enabled)
+    await call(a, "POST", f"/api/sims/{b_sim.iccid}/sale", {"enabled": True})
+    await applied(b, lambda: b_inventory.sims[b_sim.iccid].enabled)
+
+    # The number: one another host's SIM is sold under is refused; another is B's.
+    a_sim = bank_a[0].sim
+    assert a_sim is not None and a_sim.number is not None
+    code, answer = await call(
+        a, "POST", f"/api/sims/{b_sim.iccid}/number", {"number": a_sim.number}
+    )
+    assert code == 409 and "in host a" in answer["error"]
+    code, answer = await call(
+        a, "POST", f"/api/sims/{b_sim.iccid}/number", {"number": "79990001122"}
+    )
+    assert code == 200 and answer["host"] == "b"
+    await applied(b, lambda: b_inventory.sims[b_sim.iccid].manual_number == "79990001122")
+
+    # USSD on B's SIM from A's page: B's modem answers, through B's status route.
+    code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
+    assert code == 200, answer
+    assert answer["text"] == "Balans: 100.00 rub." and answer["host"] == "b"
+    code, answer = await call(a, "POST", "/api/modems/reset", {"port": bank_b[1].link, "host": "b"})
+    assert (code, answer) == (200, {"status": "SUCCESS", "host": "b"})
+
+    # Where it cannot go: a host that is down, a host without a status URL.
+    code, answer = await call(a, "POST", f"/api/sims/{c_iccid}/ussd", {"code": "*100#"})
+    assert code == 503 and "host c is down" in answer["error"]
+    b_view.status_url = None
+    await b_view.advertise(time.time())
+    code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
+    assert code == 409 and "host b has no host.status_url" in answer["error"]
+
+
+async def test_the_page_shows_every_host_and_its_sims(
+    two_hosts: TwoHosts,
+    browser: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    page = await browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(15_000)
+    await page.goto(status_base(two_hosts.a) + "/login")
+    await page.fill("input[name=token]", TOKEN)
+    await page.click("button[type=submit]")
+    hosts = page.locator('[data-testid="hosts"] tbody tr')
+    await expect(hosts).to_have_count(3)
+    await expect(page.locator('tr[data-host="b"]')).to_contain_text("alive")
+    await expect(page.locator('tr[data-host="c"]')).to_contain_text("down")
+    await expect(page.locator('tr[data-host="a"]')).to_contain_text("(this host)")
+    b_sim = two_hosts.bank_b[0].sim
+    assert b_sim is not None
+    row = page.locator(f'#sims tr[data-iccid="{b_sim.iccid}"]')
+    await expect(row.locator("td.hostcol")).to_have_text("b")
+    await expect(row.locator("td.hostcol")).to_be_visible()  # shown with several hosts
+    await expect(page.locator('[data-testid="total-host_down"] .n')).to_have_text("1")
+    await page.select_option('[data-testid="state"]', "host_down")
+    await expect(page.locator("#sims tbody tr")).to_have_count(1)
+    await page.close()
