@@ -901,8 +901,9 @@ async def _change_sim(
 
     A SIM this host does not know (another host's, with a shared store) is
     changed in the shared `sims` row (`remote`); its host applies it at its
-    next look (supplier/hosts_status.py). A SIM this host knows is changed through
-    its inventory, which writes the same shared row.
+    next look (supplier/hosts_status.py); the answer names that host. A SIM
+    this host knows is changed through its inventory, which writes the same
+    shared row.
     """
     iccid = request.match_info["iccid"]
     view = request.app[_VIEW]
@@ -916,8 +917,7 @@ async def _change_sim(
     sim = await change(view.inventory, iccid)
     if sim is None:
         return _error(404, f"no SIM with ICCID {iccid}")
-    here = {"host": view.hosts.name} if view.hosts is not None else {}
-    return web.json_response({"status": "SUCCESS", **answer(sim), **here})
+    return web.json_response({"status": "SUCCESS", **answer(sim)})
 
 
 async def set_number(request: web.Request) -> web.Response:
