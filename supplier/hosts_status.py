@@ -159,20 +159,22 @@ class HostsView:
             for name, alive, left, started, sims, present, url in rows
         ]
 
-    async def live_sims(self) -> dict[str, RemoteSim]:
-        """ICCID → every SIM some host published (this host's included)."""
+    async def live_sims(self, where: str = "", *params: object) -> dict[str, RemoteSim]:
+        """ICCID → every SIM some host published (this host's included), or those `where`
+        picks (a condition on `ls`, the live_sims row, with its parameters)."""
         rows = await self.store._fetch(
             f"SELECT ls.iccid, ls.host, h.lease_until > {SERVER_NOW}, ls.number, ls.country, "
             "ls.operator, ls.port, ls.present, ls.published, ls.held_until, ls.holder, "
             "COALESCE(s.enabled, true), s.imsi, s.first_seen, s.last_seen "
             "FROM live_sims ls JOIN hosts h ON h.name = ls.host "
-            "LEFT JOIN sims s ON s.iccid = ls.iccid"
+            f"LEFT JOIN sims s ON s.iccid = ls.iccid {where}",
+            *params,
         )
         return {str(row[0]): RemoteSim(*row) for row in rows}
 
     async def owner(self, iccid: str) -> RemoteSim | None:
         """The host that has this SIM in a modem, as published, or None."""
-        return (await self.live_sims()).get(iccid)
+        return (await self.live_sims("WHERE ls.iccid = $1", iccid)).get(iccid)
 
     async def status_url_of(self, host: str) -> str | None:
         rows = await self.store._fetch("SELECT url FROM host_status_urls WHERE host = $1", host)
@@ -222,10 +224,8 @@ class HostsView:
 
     async def number_taken(self, iccid: str, number: str) -> RemoteSim | None:
         """Another live host's SIM sold under this number, if any (two SIMs, one number)."""
-        for sim in (await self.live_sims()).values():
-            if sim.iccid != iccid and sim.host_alive and sim.number == number:
-                return sim
-        return None
+        found = await self.live_sims("WHERE ls.number = $1 AND ls.iccid <> $2", number, iccid)
+        return next((sim for sim in found.values() if sim.host_alive), None)
 
     async def set_number(self, iccid: str, number: str | None) -> bool:
         """The operator's number for a SIM another host has; its host applies it."""
