@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -348,3 +349,27 @@ async def test_cli_missing_store_is_one_line(tmp_path: Path) -> None:
     )
     assert code == 1 and err.count("\n") == 1 and "no such file" in err
     assert not missing.exists()
+
+
+async def test_a_store_left_by_a_killed_daemon_is_copied_with_its_wal(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """kill -9 leaves committed transactions in the -wal file, not yet in the database
+    file: the copy reads them too (the read-only connection reads the WAL)."""
+    live = tmp_path / "live" / "supplier.db"
+    await make_store(live, time.time())
+    store = await Store.open(live)  # a running daemon: its last writes are in the WAL
+    try:
+        await store.learn_number("8970100000000000001", "79001110002", "SMS from MTS", 5.0)
+        killed = tmp_path / "killed"
+        killed.mkdir()
+        for suffix in ("", "-wal", "-shm"):  # the files as a kill -9 leaves them
+            shutil.copyfile(f"{live}{suffix}", killed / f"supplier.db{suffix}")
+    finally:
+        await store.close()
+    source = killed / "supplier.db"
+    assert (killed / "supplier.db-wal").stat().st_size > 0
+    await migrate_store(source, pg_url)
+    learned = {row["iccid"]: row["source"] for row in await pg_rows(pg_url, "learned_numbers")}
+    assert learned["8970100000000000001"] == "SMS from MTS"
+    assert len(await pg_rows(pg_url, "activations")) == 4
