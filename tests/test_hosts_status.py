@@ -341,6 +341,10 @@ async def test_every_hosts_page_shows_and_reaches_every_host(two_hosts: TwoHosts
     # Where it cannot go: a host that is down, a host without a status URL.
     code, answer = await call(a, "POST", f"/api/sims/{c_iccid}/ussd", {"code": "*100#"})
     assert code == 503 and "host c is down" in answer["error"]
+    b_view.status_url = status_base(a)  # a wrong URL (A's own): never forwarded twice
+    await b_view.advertise(time.time())
+    code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
+    assert code == 409 and "not in this host's (a) modems (forwarded from a)" in answer["error"]
     b_view.status_url = "http://127.0.0.1:1"  # nothing listens there
     await b_view.advertise(time.time())
     code, answer = await call(a, "POST", f"/api/sims/{b_sim.iccid}/ussd", {"code": "*100#"})
