@@ -272,6 +272,16 @@ def _host_name(value: str) -> str:
     return value
 
 
+def _status_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    url = value.rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+        raise ValueError("expected the status route's base URL, e.g. http://10.0.0.11:8001")
+    return url
+
+
 class HostConfig(_Frozen):
     """This host among several sharing one PostgreSQL store (issue 16).
 
@@ -283,6 +293,10 @@ class HostConfig(_Frozen):
     name: Annotated[str, AfterValidator(_host_name)] = Field(default_factory=socket.gethostname)
     lease: Duration = 15.0
     renew: Duration = 5.0
+    # How the other hosts reach this host's status route (e.g. http://10.0.0.11:8001):
+    # an operator action on one of this host's SIMs that needs its modem (USSD, a
+    # reset) is forwarded there from whichever host's page it was made on.
+    status_url: Annotated[str | None, AfterValidator(_status_url)] = None
 
     @field_validator("renew")
     @classmethod

@@ -47,6 +47,7 @@ from .banks_status import BankCollector
 from .config import Config
 from .errors import StoreError, SupplierError
 from .hosts import Hosts
+from .hosts_status import HostsView, follow_operators
 from .inbox import Inbox
 from .inventory import Inventory
 from .metrics import Metrics, watch_loop_lag
@@ -236,6 +237,12 @@ class Daemon:
             )
             await upkeep.load()
             inventory.on_sold = upkeep.sold
+            # Several hosts on one database: the status page shows and reaches them all.
+            hosts_view = (
+                HostsView(store, config.host.name, config.host.status_url)
+                if isinstance(store, PgStore)
+                else None
+            )
             view = StatusView(
                 inventory,
                 store,
@@ -244,6 +251,7 @@ class Daemon:
                 rotation,
                 hubs=[hub.name for hub in config.hubs],
                 clock=self.clock,
+                hosts=hosts_view,
             )
             app = create_protocol_app(
                 protocol, path=config.server.path, max_body=config.server.max_body
@@ -284,6 +292,9 @@ class Daemon:
         ]
         if not store.shared:  # a file of ours to lose; a database server has none
             self._tasks.append(asyncio.create_task(self._watch_database(), name="database watch"))
+        if view.hosts is not None:  # operators' changes made on other hosts' pages
+            follow = follow_operators(inventory, view.hosts, config.host.renew, self.clock)
+            self._tasks.append(asyncio.create_task(follow, name="operators' changes"))
         log.info(
             "daemon started",
             listen=_address(listening),
