@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -129,14 +130,19 @@ def _delivery(values: Iterable[Any]) -> Delivery:
     return Delivery(**dict(zip(_DELIVERY, values, strict=True)))
 
 
+# A password given as a query parameter (`?password=…`, which asyncpg and libpq accept).
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
+    """The URL without its password (in the user part or the query), for logs and errors."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        rest = userinfo.split(":", 1)[0] + "@" + host
+    return scheme + "://" + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 async def probe(url: str, timeout: float = 3.0) -> str | None:
