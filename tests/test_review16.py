@@ -4,10 +4,14 @@ operator meet it. A real PostgreSQL server (tests/pg.py), real HTTP on loopback.
 from __future__ import annotations
 
 import pytest
+import structlog
 
 from supplier.errors import StoreError
 from supplier.migrate import MigrateError, migrate_store
 from supplier.pgstore import PgStore, probe
+
+from .hubkit import RunFactory
+from .pg import Stores, set_read_only
 
 SECRET = "s3cret-in-the-query"
 
@@ -30,3 +34,45 @@ async def test_a_password_in_the_urls_query_is_never_printed(pg_url: str) -> Non
     with pytest.raises(MigrateError) as copied:
         await migrate_store("/nonexistent/store.db", url.replace("postgresql", "mysql"))
     assert SECRET not in str(copied.value)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_database_down_is_not_one_error_line_per_hub_request(
+    run: RunFactory, stores: Stores
+) -> None:
+    """Every GET_NUMBER fails while the database refuses writes: the hub gets ERROR each time,
+    the log gets the first failure and then a count, not a line per request."""
+    r = await run(modems=1)
+    url = (await stores.storage()).url
+    assert url is not None
+    await set_read_only(url, True)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(12):
+                answer = await r.call(
+                    "alpha",
+                    {
+                        "action": "GET_NUMBER",
+                        "country": "russia",
+                        "operator": "any",
+                        "service": "vk",
+                        "sum": 5,
+                    },
+                )
+                assert answer == {
+                    "status": "ERROR",
+                    "error": "temporarily unable to record the request",
+                }
+            failures = [e for e in logs if e["event"] == "store failed during a hub request"]
+        assert len(failures) == 1, failures
+        assert failures[0]["log_level"] == "error" and failures[0]["action"] == "GET_NUMBER"
+    finally:
+        await set_read_only(url, False)
+    assert (await r.number("alpha", "any"))["status"] == "SUCCESS"  # back by itself
+    protocol = r.daemon.running.protocol
+    assert protocol is not None
+    with structlog.testing.capture_logs() as logs:
+        protocol.close()  # at the stop: the count of the lines held back
+    assert [(e["event"], e["count"]) for e in logs] == [
+        ("store failed during a hub request (repeated)", 11)
+    ]
