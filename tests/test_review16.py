@@ -3,15 +3,23 @@ operator meet it. A real PostgreSQL server (tests/pg.py), real HTTP on loopback.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import structlog
 
 from supplier.errors import StoreError
+from supplier.hosts import Hosts
+from supplier.inventory import Inventory
 from supplier.migrate import MigrateError, migrate_store
 from supplier.pgstore import PgStore, probe
+from supplier.protocol import ProtocolService, create_protocol_app
 
 from .hubkit import RunFactory
 from .pg import Stores, set_read_only
+from .test_two_hosts import SERVICES, SMSHUB, Host, eventually, lease
 
 SECRET = "s3cret-in-the-query"
 
@@ -76,3 +84,53 @@ async def test_a_database_down_is_not_one_error_line_per_hub_request(
     assert [(e["event"], e["count"]) for e in logs] == [
         ("store failed during a hub request (repeated)", 11)
     ]
+
+
+async def test_a_host_whose_clock_is_ahead_does_not_sell_a_sim_another_host_holds(
+    pg_url: str, aiohttp_client: Any
+) -> None:
+    """Holds end at `release_at`, the selling host's clock; another host compares it with
+    its own. Host b's clock is 700 s ahead (no NTP): to b, the 600 s hold a's sale put on
+    the one SIM has ended, and b would sell it again while a's buyer still waits for the
+    code. b refuses to sell until its clock agrees with the database server's."""
+    offset = [700.0]
+
+    def skewed() -> float:
+        return time.time() + offset[0]
+
+    started: list[Host] = []
+
+    async def host(name: str, clock: Callable[[], float]) -> Host:
+        store = await PgStore.open(pg_url)
+        inventory = Inventory(store, services=SERVICES, release_after=600.0, clock=clock)
+        await inventory.load()
+        hosts = inventory.hosts = Hosts(store, inventory, lease(name), wall=clock)
+        hosts.start()
+        client = await aiohttp_client(create_protocol_app(ProtocolService(inventory, [SMSHUB])))
+        started.append(Host(name, client, inventory, hosts, store))
+        return started[-1]
+
+    try:
+        a = await host("a", time.time)
+        await a.add_sims(0)
+        given = await a.number()
+        assert given["status"] == "SUCCESS"
+        with structlog.testing.capture_logs() as logs:
+            b = await host("b", skewed)
+            await b.hosts.caught_up()
+            again = await b.number()
+        assert again["status"] == "ERROR", again  # not the SIM a sold a moment ago
+        assert b.hosts.clock_skew is not None and 690 < b.hosts.clock_skew < 710
+        [said] = [e for e in logs if "clock is off" in e["event"]]
+        assert said["log_level"] == "error"
+        offset[0] = 0.0  # the clock set right: b sells again at its next renewal
+        await eventually(lambda: _agrees(b))
+        assert (await b.number())["status"] == "NO_NUMBERS"  # the one SIM is a's buyer's
+    finally:
+        for each in started:
+            await each.hosts.stop(leave=False)
+            await each.store.close()
+
+
+async def _agrees(host: Host) -> bool:
+    return host.hosts.clock_skew is None
