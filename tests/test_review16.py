@@ -134,3 +134,19 @@ async def test_a_host_whose_clock_is_ahead_does_not_sell_a_sim_another_host_hold
 
 async def _agrees(host: Host) -> bool:
     return host.hosts.clock_skew is None
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_an_sms_with_a_nul_character_is_stored_and_pushed(run: RunFactory) -> None:
+    """Anyone can send a UCS-2 SMS holding U+0000, which PostgreSQL's text refuses: the SMS
+    must still be stored and pushed (the PDU keeps it exactly), not retried from the SIM
+    for ever and never delivered."""
+    r = await run(1)
+    hub = r.hubs["alpha"]
+    await r.number("alpha", "any")
+    r.bank[0].deliver("code\x004711", ucs2=True)
+    await hub.wait_for(1, timeout=15)
+    assert hub.received[0]["text"] == "code\ufffd4711"
+    r.bank[0].deliver("code 2222")  # and the next one after it
+    await hub.wait_for(2, timeout=15)
+    assert hub.received[1]["text"] == "code 2222"
