@@ -3,10 +3,13 @@ operator meet it. A real PostgreSQL server (tests/pg.py), real HTTP on loopback.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import structlog
 
@@ -19,6 +22,7 @@ from supplier.protocol import ProtocolService, create_protocol_app
 
 from .hubkit import RunFactory
 from .pg import Stores, set_read_only
+from .test_migrate_store import make_store
 from .test_two_hosts import SERVICES, SMSHUB, Host, eventually, lease
 
 SECRET = "s3cret-in-the-query"
@@ -150,3 +154,24 @@ async def test_an_sms_with_a_nul_character_is_stored_and_pushed(run: RunFactory)
     r.bank[0].deliver("code 2222")  # and the next one after it
     await hub.wait_for(2, timeout=15)
     assert hub.received[1]["text"] == "code 2222"
+
+
+async def test_a_store_holding_an_sms_with_a_nul_character_is_copied(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SQLite keeps U+0000 in an SMS's text; the copy into PostgreSQL must not be refused
+    for it (a supplier could never move in)."""
+    source = tmp_path / "supplier.db"
+    await make_store(source, time.time())
+    with sqlite3.connect(source) as db:
+        db.execute(
+            "UPDATE sms SET text = 'code' || char(0) || '4711' WHERE id = (SELECT MIN(id) FROM sms)"
+        )
+    copied = {c.table: c.rows for c in await migrate_store(source, pg_url)}
+    assert copied["sms"] == 2
+    db2 = await asyncpg.connect(pg_url)
+    try:
+        texts = await db2.fetch("SELECT text FROM sms ORDER BY id")
+    finally:
+        await db2.close()
+    assert texts[0][0] == "code\ufffd4711"
