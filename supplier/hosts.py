@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -39,6 +40,11 @@ log = structlog.get_logger("supplier.hosts")
 
 PUBLISH_POLL = 0.2  # seconds between two looks for SIM changes to publish (they batch)
 COUNTS_INTERVAL = 1.0  # GET_SERVICES' counts are at most this old while the database answers
+# Activation times (`created`, `release_at`: when a SIM's hold ends) are each host's own
+# clock, compared by every other host's: a host whose clock is this far off the database
+# server's sells nothing (it would sell SIMs another host still holds, or hold its own
+# for too long) and says why, until its clock is set right (NTP).
+MAX_CLOCK_SKEW = 5.0
 Counts = dict[str, dict[str, dict[str, int]]]
 
 
@@ -48,8 +54,11 @@ class Hosts:
         store: PgStore,
         inventory: Inventory,
         config: HostConfig,
+        *,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.wall = wall  # this host's clock, as the inventory's activations take it
         self.inventory = inventory
         self.name = config.name
         self.lease = config.lease
@@ -74,6 +83,7 @@ class Hosts:
         self.publish_failing: str | None = None  # the last publish error, until one succeeds
         self.instance = uuid.uuid4().hex  # this process, among any renewing this name
         self.rival: str | None = None  # another process renewing this name's lease
+        self.clock_skew: float | None = None  # seconds this host's clock is off, when too far
 
     # -- running ----------------------------------------------------------------------
 
@@ -134,6 +144,7 @@ class Hosts:
                     self._version = version
                     return
             first = self._renewed == float("-inf")
+            sent = self.wall()
             try:
                 published = await self.store.publish(
                     self.name, self.lease, changed, gone, whole=self._whole, instance=self.instance
@@ -141,6 +152,7 @@ class Hosts:
             except StoreError:
                 self._whole = True  # whatever got through, the next publish says it all
                 raise
+            self._check_clock(sent, self.wall(), published.now)
             if published.rival is not None and not first and published.rival != self.rival:
                 # Not this host's previous run (that one is seen only at the first publish):
                 # another process renews this name, and each one's SIMs replace the other's.
@@ -155,6 +167,22 @@ class Hosts:
             self._whole = False
             self._renewed = asyncio.get_running_loop().time()
         self._recount.set()
+
+    def _check_clock(self, sent: float, answered: float, server: float) -> None:
+        """Compare this host's clock with the server's, read between `sent` and `answered`."""
+        off = server - (sent + answered) / 2
+        if abs(off) - (answered - sent) / 2 <= MAX_CLOCK_SKEW:
+            if self.clock_skew is not None:
+                self.log.info("this host's clock agrees with the database server's again")
+            self.clock_skew = None
+            return
+        if self.clock_skew is None:
+            self.log.error(
+                "this host's clock is off the database server's; it sells nothing until "
+                "they agree (set the time right, e.g. NTP)",
+                seconds=round(-off, 1),
+            )
+        self.clock_skew = -off
 
     async def _publisher(self) -> None:
         """Renew the lease every `renew` seconds; publish SIM changes within PUBLISH_POLL."""
@@ -200,6 +228,13 @@ class Hosts:
         ago is not sold, one that just came is.
         """
         await self.publish()
+        if self.clock_skew is not None:
+            # Its `now` decides whether other hosts' holds have ended: a clock ahead sells
+            # SIMs they still hold (sold twice), one behind holds its own sales too long.
+            raise StoreError(
+                f"host {self.name}: this host's clock is {self.clock_skew:+.0f} s off the "
+                "database server's; no sale until they agree"
+            )
         activation = await self.store.allocate(
             hub=hub,
             country=country,

@@ -66,8 +66,11 @@ class Throttled:
     the next one is logged as it comes again.
     """
 
-    def __init__(self, logger: Any, event: str, *, interval: float = 60.0) -> None:
+    def __init__(
+        self, logger: Any, event: str, *, interval: float = 60.0, level: str = "warning"
+    ) -> None:
         self.logger = logger
+        self._log = getattr(logger, level)  # "error" for a failure that comes with every request
         self.event = event
         self.repeated = event + " (repeated)"
         self.interval = interval
@@ -77,7 +80,7 @@ class Throttled:
 
     def __call__(self, **fields: Any) -> None:
         if self._timer is None:
-            self.logger.warning(self.event, **fields)
+            self._log(self.event, **fields)
             self._start()
             return
         self._count += 1
@@ -93,7 +96,7 @@ class Throttled:
             self._timer.cancel()
             self._timer = None
         if self._count:
-            self.logger.warning(
+            self._log(
                 self.repeated,
                 count=self._count,
                 seconds=self.interval,
@@ -107,7 +110,7 @@ class Throttled:
             self._timer.cancel()
             self._timer = None
         if self._count:
-            self.logger.warning(self.repeated, count=self._count, seconds=self.interval)
+            self._log(self.repeated, count=self._count, seconds=self.interval)
         self._count = 0
 
 

@@ -44,6 +44,7 @@ import asyncpg
 
 from .errors import SupplierError
 from .pgstore import _SEQUENCES, DATABASE_ERRORS, MAX_JSON_ID, PgStore, describe, redact
+from .pgstore import text as pgstore_text
 from .store import DatabaseLock, migrations
 
 __all__ = ["Copied", "MigrateError", "migrate_store"]
@@ -96,8 +97,10 @@ def _real(value: object) -> object:
 
 
 def _text(value: object) -> object:
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
+    if isinstance(value, str):
+        return pgstore_text(value)  # U+0000 (an SMS may hold it): PostgreSQL's text refuses it
     raise ValueError(f"expected text, found {value!r}")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -88,6 +89,12 @@ def describe(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def text(value: str) -> str:
+    """Text PostgreSQL can hold: its `text` refuses U+0000, which anyone can put in a UCS-2
+    SMS; it becomes U+FFFD (the PDU, stored as it came, keeps the original)."""
+    return value.replace("\x00", "\ufffd")
+
+
 def rows_changed(status: str) -> int:
     """The row count at the end of asyncpg's command status ("UPDATE 3", "INSERT 0 1")."""
     count = status.rsplit(" ", 1)[-1]
@@ -129,14 +136,19 @@ def _delivery(values: Iterable[Any]) -> Delivery:
     return Delivery(**dict(zip(_DELIVERY, values, strict=True)))
 
 
+# A password given as a query parameter (`?password=…`, which asyncpg and libpq accept).
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
+    """The URL without its password (in the user part or the query), for logs and errors."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        rest = userinfo.split(":", 1)[0] + "@" + host
+    return scheme + "://" + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 async def probe(url: str, timeout: float = 3.0) -> str | None:
@@ -490,7 +502,8 @@ class PgStore:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
                 "ON CONFLICT (digest) DO NOTHING",
                 part.digest, part.iccid, part.port, part.storage, part.slot, part.pdu,
-                part.received, part.sender, part.part_key, part.part_total, part.part_seq,
+                part.received, part.sender and text(part.sender), part.part_key,
+                part.part_total, part.part_seq,
             )  # fmt: skip
             if rows_changed(status) == 0:
                 return True, None, []
@@ -514,8 +527,8 @@ class PgStore:
             await db.fetchval(
                 "INSERT INTO sms (iccid, number, sender, text, kind, sent, received, complete) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                sms.iccid, sms.number, sms.sender, sms.text, sms.kind, sms.sent, sms.received,
-                sms.complete,
+                sms.iccid, sms.number, text(sms.sender), text(sms.text), sms.kind, sms.sent,
+                sms.received, sms.complete,
             )
         )  # fmt: skip
         await db.execute(
@@ -540,7 +553,10 @@ class PgStore:
             )
             if row is not None:
                 deliveries.append(_delivery(row))
-        return sms.stored(sms_id), deliveries
+        stored = sms.stored(sms_id)
+        return dataclasses.replace(
+            stored, sender=text(stored.sender), text=text(stored.text)
+        ), deliveries
 
     async def pending_parts(self) -> list[StoredPart]:
         rows = await self._fetch(

@@ -68,6 +68,9 @@ class ProtocolService:
         self.set_hubs(hubs)
         self._on_request = on_request
         self.unknown_key = Throttled(log, "hub request with an unknown key")  # first, then a count
+        # A store that does not answer (a database down) fails every hub request: the first
+        # line as it comes, then a count a minute, not one line per request.
+        self.store_failed = Throttled(log, "store failed during a hub request", level="error")
         # One info line per number given and per FINISH while they are few a second;
         # under a hub's full load, the first ones and a count each second.
         self.handed = Sampled(log)
@@ -94,6 +97,7 @@ class ProtocolService:
     def close(self) -> None:
         """At a stop: the counts of lines held back so far, and no timer left behind."""
         self.unknown_key.close()
+        self.store_failed.close()
         self.handed.close()
 
     def observe(self, hub: str, action: str, result: str, seconds: float) -> None:
@@ -388,7 +392,7 @@ async def handle(request: web.Request) -> web.Response:
         answer = {"status": "ERROR", "error": str(exc)}
         status = 405 if isinstance(exc, _WrongMethod) else 200
     except StoreError as exc:
-        log.error("store failed during a hub request", error=str(exc), **seen)
+        service.store_failed(error=str(exc), **seen)
         answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
     except Exception as exc:  # the one place every failure becomes an answer
         log.exception("hub request failed", error=repr(exc), **seen)
