@@ -312,6 +312,21 @@ class Hosts:
         activations, usage = await self.store.held_here(self.name, known_open, numbers)
         inventory.learn(activations, usage)
 
+    async def confirm_withheld(self, iccid: str) -> None:
+        """Before a withheld SIM leaves its module (rotation.py): make every host see it
+        withheld, then bring in every host's hold on it.
+
+        Publishing updates the SIM's `live_sims` row, so it waits for an allocation
+        on another host that has locked the row, whose hold `learn` then reads; an
+        allocation that locks the row after it sees the SIM not present. Without
+        this, this host would learn of another host's sale up to a second late and
+        could switch a just-sold SIM out of its module (the buyer's SMS would wait
+        until the SIM came back). Raises StoreError when the database cannot say.
+        """
+        if iccid in self.inventory.sims:
+            await self.publish()
+            await self.learn()
+
     async def _counter(self) -> None:
         failing = False
         while True:

@@ -602,3 +602,26 @@ async def test_the_protocol_suite_through_the_other_host(
     name: str, arguments: dict[str, Any], cross_agent: Callable[..., Awaitable[CrossAgent]]
 ) -> None:
     await getattr(protocol_suite, name)(cross_agent, **arguments)
+
+
+async def test_a_sim_withheld_for_a_switch_learns_a_sale_made_on_another_host(
+    host: HostFactory,
+) -> None:
+    """The rotation withholds a SIM, then checks it is free before switching it out: with
+    several hosts that check must include a sale another host has just made (its own
+    view learns other hosts' sales only every second), and from then on no host sells it."""
+    a, b = await host("a"), await host("b")
+    await b.add_sims(9)  # MegaFon: only b has one
+    iccid = make_sim(9).iccid
+    given = await a.number(operator="megafon")  # sold through a, a moment before b's switch
+    assert given["status"] == "SUCCESS"
+    b.inventory.withhold(iccid)
+    await b.hosts.confirm_withheld(iccid)
+    holder = b.inventory.holder(iccid)
+    assert holder is not None
+    assert holder.id == given["activationId"]  # b's rotation keeps the SIM in its module
+    assert (await a.finish(given["activationId"], 4))["status"] == "SUCCESS"
+    await b.hosts.confirm_withheld(iccid)
+    assert b.inventory.holder(iccid) is None  # free now, but withheld: nobody sells it
+    assert (await a.number(operator="megafon"))["status"] == "NO_NUMBERS"
+    assert (await b.number(operator="megafon"))["status"] == "NO_NUMBERS"
