@@ -525,6 +525,9 @@ class _Database:
 class Store:
     """One SQLite database; one connection, in a thread of its own (`_Database`)."""
 
+    backend = "sqlite"
+    shared = False  # one daemon per file (DatabaseLock)
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._db = _Database(path, lambda: self.lost)
