@@ -19,6 +19,7 @@ store (a database restored from a backup starts above anything issued).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -99,8 +100,11 @@ class PgStore:
         self.url = url
         self.path = redact(url)  # what errors and logs name
         self.timeout = timeout
-        # This host's name (config `host.name`): who holds a push lease. One process per name.
+        # This host's name (config `host.name`) and a token of this run: who holds a push
+        # lease. The token makes a lease this run's own, not its name's: two daemons
+        # given one name by mistake never take each other's pushes as their own.
         self.host = host or socket.gethostname()
+        self.holder = f"{self.host}#{secrets.token_hex(4)}"
         self.lease_slack = LEASE_SLACK
         self._pool = pool
         self.lost: str | None = None  # never set: a lost connection is retried, not final
@@ -224,9 +228,11 @@ class PgStore:
     # that died leaves its leases to run out, and another host takes its deliveries.
     # `next_attempt` stays on the hosts' clocks, as in the SQLite store.
     #
-    # A delivery leased by this host and not in flight here (`exclude`) is this
-    # host's own: an attempt whose answer the store could not record, or one cut
-    # by a restart. It is taken again at once, not after its lease.
+    # A delivery leased by this store (`holder`: this run of this host) and not in
+    # flight here (`exclude`) is an attempt of ours whose answer could not be
+    # recorded (the database was down): it is taken again at once, not after its
+    # lease, so the answer is recorded by the host that has it. A restarted host
+    # is a new holder: it waits for its old leases like any other host.
 
     def lease_seconds(self, push_timeout: float) -> float:
         """How long a push is leased: the POST, recording its answer, and slack."""
@@ -271,7 +277,7 @@ class PgStore:
 
         async def op(db: Connection) -> list[tuple[Delivery, Sms]]:
             rows = await db.fetch(
-                sql, hub, now, self.host, skip, limit, self.lease_seconds(push_timeout)
+                sql, hub, now, self.holder, skip, limit, self.lease_seconds(push_timeout)
             )
             taken = [(_delivery(row[:width]), _sms(row[width:])) for row in rows]
             return sorted(taken, key=lambda pair: (pair[0].next_attempt, pair[0].id))
@@ -288,7 +294,7 @@ class PgStore:
             "OR lease_until <= extract(epoch FROM clock_timestamp()))",
             hub,
             list(exclude),
-            self.host,
+            self.holder,
         )
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
@@ -307,7 +313,7 @@ class PgStore:
                 now,
                 outcome,
                 result,
-                self.host,
+                self.holder,
                 delivery_id,
             )
             return status != "UPDATE 0"
@@ -330,7 +336,7 @@ class PgStore:
                 result,
                 next_attempt,
                 delivery_id,
-                self.host,
+                self.holder,
             )
 
         await self._write(op, f"{self.path}: cannot reschedule delivery {delivery_id}")

@@ -113,7 +113,7 @@ async def test_each_due_delivery_is_taken_by_one_host_only(host: Hosts, pg_url: 
     taken: dict[str, list[int]] = {"a": [], "b": []}
 
     async def drain(store: PgStore) -> None:
-        # As a pusher does: what this host has in flight is excluded (its own lease).
+        # As a pusher does: what this store has in flight is excluded (its own lease).
         mine = taken[store.host]
         while batch := await store.due_deliveries(HUB, time.time(), 7, exclude=mine):
             mine.extend(d.id for d, _ in batch)
@@ -123,7 +123,7 @@ async def test_each_due_delivery_is_taken_by_one_host_only(host: Hosts, pg_url: 
     assert sorted(both) == sorted(ids)  # every one taken, none twice
     assert taken["a"] and taken["b"]  # both hosts took a share
     first = await row(pg_url, taken["a"][0])
-    assert first["leased_by"] == "a"
+    assert first["leased_by"] == a.holder and a.holder.startswith("a#")
     # The lease is on the server's clock: push timeout + store timeout + slack from now.
     assert first["lease_until"] - first["server_now"] == pytest.approx(10.0 + 5.0 + 5.0, abs=2)
 
@@ -157,11 +157,11 @@ async def test_a_lease_that_runs_out_is_taken_over_by_another_host(
     await asyncio.sleep(lease["lease_until"] - lease["server_now"] + 0.05)
     over = await b.due_deliveries(HUB, time.time(), 10)
     assert [d.id for d, _ in over] == [delivery_id]
-    assert (await row(pg_url, delivery_id))["leased_by"] == "b"
+    assert (await row(pg_url, delivery_id))["leased_by"] == b.holder
     # a comes back late with a failed attempt: b's lease is left alone.
     await a.retry_delivery(delivery_id, "timeout", time.time(), time.time() + 60)
     after = await row(pg_url, delivery_id)
-    assert (after["leased_by"], after["attempts"]) == ("b", 0)
+    assert (after["leased_by"], after["attempts"]) == (b.holder, 0)
     assert after["lease_until"] > after["server_now"]
     # b's attempt fails: its lease ends and the delivery waits for its next attempt.
     await b.retry_delivery(delivery_id, "HTTP 500", 100.0, 200.0)
@@ -190,9 +190,9 @@ async def test_a_success_is_settled_once_whichever_host_answers(host: Hosts, pg_
     assert await b.next_due(HUB) is None
 
 
-async def test_a_hosts_own_lease_is_taken_again_unless_in_flight(host: Hosts, pg_url: str) -> None:
-    """A lease of this host's name not in flight here: an attempt whose answer the store
-    could not record, or one cut by a restart. Taken again at once, not after the lease."""
+async def test_a_stores_own_lease_is_taken_again_unless_in_flight(host: Hosts, pg_url: str) -> None:
+    """A lease of this store's not in flight here: an attempt whose answer the store
+    could not record. Taken again at once, not after the lease; by no one else."""
     a = await host("a")
     first, second = await seed(pg_url, 2)
     taken = await a.due_deliveries(HUB, time.time(), 10)
@@ -204,9 +204,12 @@ async def test_a_hosts_own_lease_is_taken_again_unless_in_flight(host: Hosts, pg
     assert await a.next_due(HUB, exclude={first}) == 0.0
     b = await host("b")
     assert await b.due_deliveries(HUB, time.time(), 10) == []
-    # "a" restarted: the same name takes both at once.
+    # A second daemon given the same name (a mistake), or "a" restarted: another run,
+    # so it waits for the leases like any other host instead of pushing them twice.
     a2 = await host("a")
-    assert {d.id for d, _ in await a2.due_deliveries(HUB, time.time(), 10)} == {first, second}
+    assert a2.holder != a.holder
+    assert await a2.due_deliveries(HUB, time.time(), 10) == []
+    assert await a2.next_due(HUB) is None
 
 
 async def test_taking_is_per_hub_and_bounded(host: Hosts, pg_url: str) -> None:

@@ -5,4 +5,4 @@
 -- are kept so both schemas hold the same data (migrate-store), and stay NULL.
 
 ALTER TABLE deliveries ADD COLUMN lease_until REAL;  -- the database server's clock
-ALTER TABLE deliveries ADD COLUMN leased_by TEXT;    -- the host that took it last
+ALTER TABLE deliveries ADD COLUMN leased_by TEXT;    -- who took it last: "host#run"

@@ -5,7 +5,7 @@
 -- deliveries of a host that died are taken by another once its leases run out.
 
 ALTER TABLE deliveries ADD COLUMN lease_until double precision;  -- epoch s, the server's clock
-ALTER TABLE deliveries ADD COLUMN leased_by text;                -- the host that took it last
+ALTER TABLE deliveries ADD COLUMN leased_by text;                -- who took it last: "host#run"
 
 -- Taking due work: a hub's undelivered deliveries in the order they are taken
 -- (next_attempt, id), so the `LIMIT n FOR UPDATE SKIP LOCKED` scan stops after n
