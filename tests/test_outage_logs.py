@@ -9,6 +9,7 @@ when it ends, never a line per request; and that nothing spins meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -80,3 +81,36 @@ async def test_a_number_answer_the_store_cannot_keep_is_asked_again_later(
     assert len(refused) == 1 and refused[0]["log_level"] == "error"
     assert sum(e["event"] == "cannot store a USSD answer" for e in logs) >= 1  # at debug
     assert [e["log_level"] for e in logs if e["event"] == "USSD answers stored again"] == ["info"]
+
+
+async def test_sms_the_store_refuses_stay_on_the_sim_and_are_logged_once_per_episode(
+    run: RunFactory,
+) -> None:
+    with captured_logs() as logs:  # before the modems bind their loggers
+        r = await run(1)
+        store, hub, vm = r.daemon.running.store, r.hubs["alpha"], r.bank[0]
+        await r.number("alpha", "mts")
+        start = len(logs)
+        await set_writable(store, False)  # type: ignore[arg-type]
+        texts = [f"code {n}" for n in range(3)]
+        for text in texts:
+            vm.deliver(text)
+        quiet = "cannot store SMS"  # the inbox's later refusals, at debug
+        # Every sweep (each health check here) tries them again: many refusals.
+        async with asyncio.timeout(15):
+            while sum(e["event"] == quiet for e in logs) < 6:
+                logs.changed.clear()
+                await logs.changed.wait()
+        assert len(vm.stored()) == 3 and hub.received == []
+        await set_writable(store, True)  # type: ignore[arg-type]
+        await hub.wait_for(3)
+        await vm.wait_until(lambda: not vm.stored(), timeout=5)  # deleted once stored
+    assert sorted(p["text"] for p in hub.received) == texts
+    episode = logs[start:]
+    errors = [e["event"] for e in episode if e["log_level"] == "error"]
+    assert errors == [
+        "cannot store SMS; they stay on their SIMs until the store takes them",
+        "SMS not accepted; kept on the SIM",
+    ]
+    infos = [e["event"] for e in episode if e["log_level"] == "info"]
+    assert infos.count("SMS stored again") == 1 and infos.count("SMS accepted again") == 1
