@@ -1,15 +1,18 @@
 """The SIM banks' records in the store (schema version 6): slots and modules.
 
-Kept apart from store.py so the bank tables have one owner; it writes
-through the store's group-commit writer like every other table.
+Kept apart from store.py so the bank tables have one owner: the column
+lists and their types live here, and the store (either backend) only reads
+whole rows and upserts them (`table_rows`, `upsert_row`) through its own
+writer, so the same code serves SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
+from typing import TYPE_CHECKING
 
-from .store import Store
+if TYPE_CHECKING:
+    from .backend import StoreBackend
 
 __all__ = ["BankStore", "ModuleRow", "SlotRow"]
 
@@ -38,86 +41,42 @@ class ModuleRow:
     held: bool = False
 
 
+_SLOT_COLUMNS = tuple(f.name for f in fields(SlotRow))
+_MODULE_COLUMNS = tuple(f.name for f in fields(ModuleRow))
+
+
 class BankStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreBackend) -> None:
         self.store = store
 
     async def load_slots(self) -> list[SlotRow]:
-        rows = await self.store._fetchall(
-            "SELECT bank, module, slot, iccid, imsi, number, state, last_in, failures,"
-            " retry_at, in_rotation FROM bank_slots"
-        )
+        rows = await self.store.table_rows("bank_slots", _SLOT_COLUMNS)
         return [
             SlotRow(
-                str(bank),
-                int(module),
-                int(slot),
-                iccid,
-                imsi,
-                number,
-                str(state),
-                last_in,
-                int(failures),
-                retry_at,
-                bool(in_rotation),
+                str(bank), int(module), int(slot), iccid, imsi, number, str(state), last_in,
+                int(failures), retry_at, bool(in_rotation),  # SQLite gives booleans as 0/1
             )
             for (
-                bank,
-                module,
-                slot,
-                iccid,
-                imsi,
-                number,
-                state,
-                last_in,
-                failures,
-                retry_at,
+                bank, module, slot, iccid, imsi, number, state, last_in, failures, retry_at,
                 in_rotation,
             ) in rows
-        ]
+        ]  # fmt: skip
 
     async def load_modules(self) -> list[ModuleRow]:
-        rows = await self.store._fetchall(
-            "SELECT bank, module, slot, switching, held FROM bank_modules"
-        )
+        rows = await self.store.table_rows("bank_modules", _MODULE_COLUMNS)
         return [
             ModuleRow(str(bank), int(module), slot, bool(switching), bool(held))
             for bank, module, slot, switching, held in rows
         ]
 
     async def save_slot(self, row: SlotRow) -> None:
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO bank_slots (bank, module, slot, iccid, imsi, number, state, last_in,"
-                " failures, retry_at, in_rotation) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (bank, module, slot) DO UPDATE SET iccid = excluded.iccid,"
-                " imsi = excluded.imsi, number = excluded.number, state = excluded.state,"
-                " last_in = excluded.last_in, failures = excluded.failures,"
-                " retry_at = excluded.retry_at, in_rotation = excluded.in_rotation",
-                (
-                    row.bank,
-                    row.module,
-                    row.slot,
-                    row.iccid,
-                    row.imsi,
-                    row.number,
-                    row.state,
-                    row.last_in,
-                    row.failures,
-                    row.retry_at,
-                    int(row.in_rotation),
-                ),
-            )
-
-        await self.store._write(op, "save a bank slot")
+        values = dict(zip(_SLOT_COLUMNS, astuple(row), strict=True))
+        await self.store.upsert_row(
+            "bank_slots", values, ("bank", "module", "slot"), "cannot save a bank slot"
+        )
 
     async def save_module(self, row: ModuleRow) -> None:
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO bank_modules (bank, module, slot, switching, held) VALUES (?,?,?,?,?)"
-                " ON CONFLICT (bank, module) DO UPDATE SET slot = excluded.slot,"
-                " switching = excluded.switching, held = excluded.held",
-                (row.bank, row.module, row.slot, int(row.switching), int(row.held)),
-            )
-
-        await self.store._write(op, "save a bank module")
+        values = dict(zip(_MODULE_COLUMNS, astuple(row), strict=True))
+        await self.store.upsert_row(
+            "bank_modules", values, ("bank", "module"), "cannot save a bank module"
+        )

@@ -35,6 +35,7 @@ from .daemon import Daemon, modem_settings
 from .demo import run_demo
 from .errors import SupplierError
 from .inspection import daemon_sims, held_ports, live_view, scan, sims_report
+from .pgstore import probe, redact
 from .systemd import Notifier
 
 __all__ = ["main"]
@@ -293,8 +294,17 @@ def _check_config(config: Config) -> int:
     token = config.status.token
     resolved["status"]["token"] = _mask(token.get_secret_value() if token is not None else None)
     resolved["modems"]["pin"] = _mask(config.modems.pin)
+    url = config.storage.url
+    if url is not None:
+        resolved["storage"] = {"url": redact(url)}  # `path` does not apply; no password shown
     print(json.dumps(resolved, indent=2, ensure_ascii=False))
-    for warning in config_warnings(config):
+    found = config_warnings(config)
+    if url is not None:
+        # One short connection: a wrong host, role or password shows here, not at 3 a.m.
+        problem = asyncio.run(probe(url))
+        if problem is not None:
+            found.append(f"storage.url: {problem}")
+    for warning in found:
         print(f"supplier: warning: {warning}", file=sys.stderr)
     return 0
 

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import SupplierError
+from .pgstore import redact
 
 MIN_KEY = 8  # hub keys, and the least a status token should be
 # config.example.yaml's stand-ins: a file that still has them is not ready to run.
@@ -237,7 +238,24 @@ class UssdConfig(_Frozen):
 
 
 class StorageConfig(_Frozen):
+    """Where the store is: a SQLite file (`path`, one host) or PostgreSQL (`url`, shared)."""
+
     path: str = "/var/lib/supplier/supplier.db"
+    # postgresql://user[:password]@host[:port]/database; never in a repr (the password).
+    url: str | None = Field(default=None, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"(postgresql|postgres)://", value):
+            raise ValueError("expected a postgresql:// URL, e.g. postgresql://supplier@db/supplier")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StorageConfig:
+        if self.url is not None and "path" in self.model_fields_set:
+            raise ValueError("give path (a SQLite file) or url (PostgreSQL), not both")
+        return self
 
 
 class ActivationConfig(_Frozen):
@@ -445,6 +463,8 @@ def _explain(error: ValidationError) -> str:
         secret = isinstance(value, SecretStr) or (loc and loc[-1] in ("key", "token", "pin"))
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        if isinstance(value, str):
+            value = redact(value)  # a URL's password (storage.url) is never printed
         # An empty secret is named as empty: the one thing worth saying about it.
         shown = ("empty" if value in ("", None) else _show("***")) if secret else _show(value)
         text = f"{_where(loc)}: {shown}: {message[0].lower() + message[1:]}"
@@ -502,10 +522,11 @@ def warnings(config: Config) -> list[str]:
             f"status.token: {len(token)} characters; use at least {MIN_KEY} "
             "(a long random string), as for hub keys"
         )
+    # On PostgreSQL nothing of the store is on this host's disk (cli.py tries to connect).
     folder = Path(config.storage.path).parent
-    if not folder.is_dir():
+    if config.storage.url is None and not folder.is_dir():
         out.append(f"storage.path: the folder {str(folder)!r} does not exist")
-    elif not os.access(folder, os.W_OK | os.X_OK):
+    elif config.storage.url is None and not os.access(folder, os.W_OK | os.X_OK):
         out.append(f"storage.path: the folder {str(folder)!r} is not writable by this user")
     out.extend(
         f"modems.ports: {pattern!r} matches no port now"

@@ -6,9 +6,11 @@ Stop order is the reverse of what matters: stop taking hub requests (those
 in flight finish), stop the modems (no new SMS), stop the pusher, close the
 store.
 
-One daemon per database: `start` first takes the lock beside the database
-file and refuses to start, naming the holder's pid, when another daemon
-has it. Every `FILE_CHECK_INTERVAL` seconds the daemon checks that its
+One daemon per SQLite database: `start` first takes the lock beside the
+database file and refuses to start, naming the holder's pid, when another
+daemon has it. On PostgreSQL (`storage.url`) several daemons sharing the
+database is the point, so neither the lock nor the file watch applies.
+Every `FILE_CHECK_INTERVAL` seconds the daemon checks that its SQLite
 database file is still the one it opened; if it was deleted or replaced,
 the store refuses every write (GET_SERVICES offers nothing, GET_NUMBER
 answers ERROR, no SMS leaves its SIM), the daemon logs
@@ -39,6 +41,7 @@ from modems.events import (
 from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
+from .backend import StoreBackend, open_store
 from .banks_status import BankCollector
 from .config import Config
 from .errors import StoreError, SupplierError
@@ -49,7 +52,7 @@ from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .rotation import Rotation
 from .status import StatusView, create_status_app
-from .store import DatabaseLock, Store
+from .store import DatabaseLock
 from .upkeep import Upkeep
 
 __all__ = ["Daemon", "Running"]
@@ -122,7 +125,7 @@ def _address(address: tuple[str, int] | None) -> str:
 class Running:
     """The parts of a started daemon: built once by `Daemon.start`, gone at `stop`."""
 
-    store: Store
+    store: StoreBackend
     inventory: Inventory
     inbox: Inbox
     pusher: Pusher
@@ -175,12 +178,12 @@ class Daemon:
         """
         config = self.config
         async with contextlib.AsyncExitStack() as undo:
-            if config.storage.path != ":memory:":
+            if config.storage.url is None and config.storage.path != ":memory:":
                 lock = DatabaseLock(config.storage.path)
                 lock.acquire()  # raises StoreError naming the holder's pid
                 undo.callback(lock.release)
                 self._db_lock = lock
-            store = await Store.open(config.storage.path)
+            store = await open_store(config.storage)
             undo.push_async_callback(store.close)
             inventory = Inventory.from_config(store, config, clock=self.clock)
             await inventory.load()
@@ -269,9 +272,10 @@ class Daemon:
             await rotation.start()
         self._tasks = [
             asyncio.create_task(self._housekeep(), name="housekeeping"),
-            asyncio.create_task(self._watch_database(), name="database watch"),
             asyncio.create_task(watch_loop_lag(self.metrics.loop_lag.observe), name="loop lag"),
         ]
+        if not store.shared:  # a file of ours to lose; a database server has none
+            self._tasks.append(asyncio.create_task(self._watch_database(), name="database watch"))
         log.info(
             "daemon started",
             listen=_address(listening),
@@ -280,6 +284,7 @@ class Daemon:
             ports_matched=matched,
             hubs=[hub.name for hub in config.hubs],
             sims_known=len(inventory.sims),
+            store=f"{store.backend} {store.path}",
         )
         if not matched:
             log.warning(

@@ -32,9 +32,10 @@ from modems.events import SmsReceived
 from modems.pdu import SmsDeliver, SmsSubmit, StatusReport, decode_pdu
 from modems.reassembly import Assembled, Part, PartKey, Reassembler
 
+from .backend import StoreBackend
 from .errors import StoreError
 from .inventory import Inventory
-from .store import Delivery, NewPart, NewSms, Store
+from .store import Delivery, NewPart, NewSms
 
 __all__ = ["Inbox"]
 
@@ -57,7 +58,7 @@ def _part_key(part: Part) -> str:
 class Inbox:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         inventory: Inventory,
         *,
         reassembly_timeout: float,

@@ -24,11 +24,11 @@ from modems.events import REGISTRATION_NAMES, ModemState, PoolEvent
 from modems.modem import ModemSettings
 from modems.pool import ModemPool, expand_ports
 
+from .backend import open_store
 from .config import Config
 from .errors import SupplierError
 from .inventory import Inventory
 from .networks import ANY, COUNTRIES, OPERATORS
-from .store import Store
 
 __all__ = ["daemon_sims", "format_table", "held_ports", "live_view", "scan", "sims_report"]
 
@@ -210,7 +210,7 @@ def held_ports(patterns: Sequence[str]) -> list[str]:
 def sims_report(config: Config) -> str:
     """The SIM inventory (the daemon may be running: then its live states are shown)."""
     path = config.storage.path
-    if not Path(path).exists():
+    if config.storage.url is None and not Path(path).exists():
         raise SupplierError(f"no database at {path} (has the daemon run with this config?)")
     return asyncio.run(_sims_report(config, time.time()))
 
@@ -218,7 +218,7 @@ def sims_report(config: Config) -> str:
 async def _sims_report(config: Config, now: float) -> str:
     live = await daemon_sims(config)
     live_by_iccid = {row["iccid"]: row for row in live or () if row.get("iccid")}
-    store = await Store.open(config.storage.path)
+    store = await open_store(config.storage)
     try:
         # The inventory the daemon uses, with the config's overrides: the same
         # number, country and operator as the hubs are sold.

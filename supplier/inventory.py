@@ -27,10 +27,11 @@ import structlog
 
 from modems.events import NetworkInfo, SimIdentity
 
+from .backend import StoreBackend
 from .config import Config, SimOverride
 from .errors import SupplierError
 from .networks import ANY, international_number, slugs_for
-from .store import Activation, FinishStatus, SimRow, Store, Usage
+from .store import Activation, FinishStatus, SimRow, Usage
 
 __all__ = [
     "MAX_OFFERS",
@@ -192,7 +193,7 @@ class _Stock:
 class Inventory:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         *,
         services: Sequence[str],
         release_after: float,
@@ -237,7 +238,7 @@ class Inventory:
 
     @classmethod
     def from_config(
-        cls, store: Store, config: Config, *, clock: Callable[[], float] = time.time
+        cls, store: StoreBackend, config: Config, *, clock: Callable[[], float] = time.time
     ) -> Inventory:
         """The inventory `config` asks for: the daemon's, and `supplier sims`'s."""
         inventory = cls(

@@ -19,27 +19,42 @@ store (a database restored from a backup starts above anything issued).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import StoreError
-from .store import _DELIVERY_COLUMNS, _SMS_COLUMNS, Delivery, Sms, _delivery, _sms
+from .errors import StoreError, UnknownActivation
+from .store import (
+    FINISH_STATUSES,
+    Activation,
+    BalanceRow,
+    Delivery,
+    Earning,
+    FinishStatus,
+    NewPart,
+    NewSms,
+    SimRow,
+    Sms,
+    StoredPart,
+    Usage,
+    identifiers,
+)
 
-__all__ = ["PgStore", "pg_migrations"]
+__all__ = ["PgStore", "pg_migrations", "probe", "redact"]
 
 log = structlog.get_logger("supplier.pgstore")
 
 T = TypeVar("T")
-if TYPE_CHECKING:  # generic in asyncpg-stubs only: subscripting it at run time fails
-    Connection = PoolConnectionProxy[asyncpg.Record]  # what `_write` hands an op
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what `_write` hands an op
 MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
 _SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
 _MIGRATION_LOCK = 0x5375_7070  # pg_advisory_xact_lock key: one host migrates at a time
@@ -78,6 +93,47 @@ def describe(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def rows_changed(status: str) -> int:
+    """The row count at the end of asyncpg's command status ("UPDATE 3", "INSERT 0 1")."""
+    count = status.rsplit(" ", 1)[-1]
+    return int(count) if count.isdigit() else 0
+
+
+def _columns(kind: Any) -> tuple[str, ...]:
+    """A table's columns, named as its dataclass's fields (the same names by design)."""
+    return tuple(field.name for field in dataclasses.fields(kind))
+
+
+_ACTIVATION = _columns(Activation)
+_SIM = _columns(SimRow)
+_SMS = _columns(Sms)
+_DELIVERY = _columns(Delivery)
+_ACTIVATION_COLUMNS = ", ".join(_ACTIVATION)
+_SIM_COLUMNS = ", ".join(_SIM)
+_SMS_COLUMNS = ", ".join(_SMS)
+_DELIVERY_COLUMNS = ", ".join(_DELIVERY)
+
+
+def _prefixed(columns: tuple[str, ...], alias: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns)
+
+
+def _activation(row: asyncpg.Record) -> Activation:
+    return Activation(**dict(row.items()))
+
+
+def _sim(row: asyncpg.Record) -> SimRow:
+    return SimRow(**dict(row.items()))
+
+
+def _sms(values: Iterable[Any]) -> Sms:
+    return Sms(**dict(zip(_SMS, values, strict=True)))
+
+
+def _delivery(values: Iterable[Any]) -> Delivery:
+    return Delivery(**dict(zip(_DELIVERY, values, strict=True)))
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs and errors."""
     scheme, sep, rest = url.partition("://")
@@ -86,6 +142,22 @@ def redact(url: str) -> str:
     userinfo, _, host = rest.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}@{host}"
+
+
+async def probe(url: str, timeout: float = 3.0) -> str | None:
+    """Why the database at `url` cannot be reached now, or None (check-config's look)."""
+    try:
+        async with asyncio.timeout(timeout):
+            connection = await asyncpg.connect(url)
+            try:
+                await connection.fetchval("SELECT 1")
+            finally:
+                await connection.close()
+    except DATABASE_ERRORS as exc:
+        return f"cannot connect to {redact(url)}: {describe(exc)}"
+    except ValueError as exc:  # a malformed URL
+        return f"{redact(url)}: {exc}"
+    return None
 
 
 class PgStore:
@@ -108,6 +180,10 @@ class PgStore:
         self.lease_slack = LEASE_SLACK
         self._pool = pool
         self.lost: str | None = None  # never set: a lost connection is retried, not final
+        self._closing = False
+        self._calls = 0  # reads and writes under way: `close` lets them finish
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @classmethod
     async def open(
@@ -141,21 +217,43 @@ class PgStore:
         return None
 
     async def close(self) -> None:
-        """Close every connection (twice is harmless)."""
+        """Refuse new calls, let those under way finish, close every connection.
+
+        As the SQLite store's close commits what was queued before it: a write
+        started before `close` is committed (or fails on its own), never cut
+        off by the pool closing under it. Twice is harmless.
+        """
+        self._closing = True
         try:
             async with asyncio.timeout(self.timeout):
+                await self._idle.wait()
                 await self._pool.close()
         except DATABASE_ERRORS:
             self._pool.terminate()
 
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """Count one read or write under way (refused once `close` began)."""
+        if self._closing:
+            raise StoreError(f"{what}: {self.path} is closed")
+        self._calls += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if not self._calls:
+                self._idle.set()
+
     async def _prepare(self, now: float) -> None:
         async def op(db: Connection) -> None:
+            # Several hosts may start at once: one migrates, the others wait and see it
+            # done. The lock comes first: two CREATE TABLE IF NOT EXISTS at once collide.
+            await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 "version integer PRIMARY KEY, applied double precision NOT NULL)"
             )
-            # Several hosts may start at once: one migrates, the others wait and see it done.
-            await db.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             current = await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
             known = pg_migrations()
             newest = known[-1][0] if known else 0
@@ -179,7 +277,7 @@ class PgStore:
                 # Never lower a sequence (a host whose clock is behind): the next id is
                 # above the clock, the sequence's last value and every id in the table.
                 sequence = await db.fetchval("SELECT pg_get_serial_sequence($1, 'id')", table)
-                sql = f"SELECT GREATEST(s.last_value, (SELECT COALESCE(MAX(id), 0) FROM {table})) + 1 FROM {sequence} s"  # noqa: E501, S608 - our table; PostgreSQL's own sequence name
+                sql = f"SELECT GREATEST(s.last_value, (SELECT COALESCE(MAX(id), 0) FROM {table})) + 1 FROM {sequence} s"  # noqa: E501 - our table; PostgreSQL's own sequence name
                 above = await db.fetchval(sql)
                 await db.execute("SELECT setval($1, $2, false)", sequence, max(floor, above))
 
@@ -199,12 +297,13 @@ class PgStore:
         (also nothing written: the transaction is rolled back).
         """
         try:
-            async with (
-                asyncio.timeout(self.timeout),
-                self._pool.acquire() as db,
-                db.transaction(),
-            ):
-                return await op(db)
+            with self._call(what):
+                async with (
+                    asyncio.timeout(self.timeout),
+                    self._pool.acquire() as db,
+                    db.transaction(),
+                ):
+                    return await op(db)
         except StoreError:
             raise
         except DATABASE_ERRORS as exc:
@@ -213,10 +312,256 @@ class PgStore:
     async def _fetch(self, sql: str, *params: object) -> list[Any]:
         """Rows of one read (asyncpg Records: indexable like tuples)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                return list(await self._pool.fetch(sql, *params))
+            with self._call(f"{self.path}: cannot read"):
+                async with asyncio.timeout(self.timeout):
+                    return list(await self._pool.fetch(sql, *params))
         except DATABASE_ERRORS as exc:
             raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from None
+
+    # -- whole rows of a module's own tables (supplier/bankstore.py) -------------------
+
+    async def table_rows(self, table: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Every row of `table`, those columns: for modules that own a table of their own."""
+        rows = await self._fetch(f"SELECT {identifiers(*columns)} FROM {identifiers(table)}")
+        return [tuple(row) for row in rows]
+
+    async def upsert_row(
+        self, table: str, row: Mapping[str, object], key: Sequence[str], what: str
+    ) -> None:
+        """Insert `row`, or update the row with the same `key` columns, committed on return."""
+        columns = list(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+        sql = (
+            f"INSERT INTO {identifiers(table)} ({identifiers(*columns)}) VALUES ({marks}) "
+            f"ON CONFLICT ({identifiers(*key)}) DO UPDATE SET {updates}"
+        )
+        values = tuple(row.values())
+
+        async def op(db: Connection) -> None:
+            await db.execute(sql, *values)
+
+        await self._write(op, what)
+
+    # -- loading (the inventory is rebuilt from these at start) -----------------------
+
+    async def load_sims(self) -> list[SimRow]:
+        return [_sim(row) for row in await self._fetch(f"SELECT {_SIM_COLUMNS} FROM sims")]
+
+    async def load_activations(self, since: float) -> list[Activation]:
+        """Unfinished activations, and every one created after `since`."""
+        rows = await self._fetch(
+            f"SELECT {_ACTIVATION_COLUMNS} FROM activations "
+            "WHERE finished IS NULL OR created >= $1 ORDER BY id",
+            since,
+        )
+        return [_activation(row) for row in rows]
+
+    async def load_usage(self) -> dict[tuple[str, str], Usage]:
+        rows = await self._fetch(
+            "SELECT number, service, offers, sold, cancelled, returned, blocked FROM usage"
+        )
+        return {(row[0], row[1]): Usage(*tuple(row)[2:]) for row in rows}
+
+    async def get_activation(self, activation_id: int) -> Activation | None:
+        rows = await self._fetch(
+            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = $1", activation_id
+        )
+        return _activation(rows[0]) if rows else None
+
+    # -- SIMs -----------------------------------------------------------------------
+
+    async def upsert_sim(
+        self,
+        *,
+        iccid: str,
+        imsi: str | None,
+        number: str | None,
+        country: str | None,
+        operator: str | None,
+        port: str | None,
+        now: float,
+    ) -> SimRow:
+        async def op(db: Connection) -> SimRow:
+            row = await db.fetchrow(
+                "INSERT INTO sims (iccid, imsi, number, country, operator, port, "
+                "first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) "
+                "ON CONFLICT (iccid) DO UPDATE SET imsi = excluded.imsi, "
+                "number = COALESCE(excluded.number, sims.number), "
+                "country = excluded.country, operator = excluded.operator, "
+                "port = excluded.port, last_seen = excluded.last_seen "
+                f"RETURNING {_SIM_COLUMNS}",
+                iccid, imsi, number, country, operator, port, now,
+            )  # fmt: skip
+            assert row is not None  # an upsert always returns its row
+            return _sim(row)
+
+        return await self._write(op, f"cannot record SIM {iccid}")
+
+    async def set_sim_enabled(self, iccid: str, enabled: bool) -> bool:
+        return await self._update_sim("enabled = $2", enabled, iccid)
+
+    async def set_sim_number(self, iccid: str, number: str | None) -> bool:
+        return await self._update_sim("number_manual = $2", number, iccid)
+
+    async def touch_sims(self, iccids: list[str], now: float) -> None:
+        """Mark SIMs seen now (they are live): `supplier sims` shows a truthful age."""
+
+        async def op(db: Connection) -> None:
+            await db.execute(
+                "UPDATE sims SET last_seen = $1 WHERE iccid = ANY($2::text[])", now, iccids
+            )
+
+        await self._write(op, "cannot record that SIMs were seen")
+
+    async def _update_sim(self, assignment: str, value: object, iccid: str) -> bool:
+        async def op(db: Connection) -> bool:
+            status = await db.execute(
+                f"UPDATE sims SET {assignment} WHERE iccid = $1", iccid, value
+            )
+            return rows_changed(status) > 0
+
+        return await self._write(op, f"cannot update SIM {iccid}")
+
+    # -- activations ------------------------------------------------------------------
+
+    async def open_activation(
+        self,
+        *,
+        hub: str,
+        iccid: str,
+        number: str,
+        service: str,
+        country: str,
+        operator: str,
+        sum: str | None,
+        currency: int | None,
+        now: float,
+        release_at: float,
+    ) -> Activation:
+        """Commit a new activation, count the offer and mark the SIM used, in one transaction."""
+
+        async def op(db: Connection) -> int:
+            # The usage count and the SIM's last_used follow by trigger (migration 3).
+            activation_id = await db.fetchval(
+                "INSERT INTO activations (hub, iccid, number, service, country, operator, "
+                "sum, currency, created, release_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                hub, iccid, number, service, country, operator, sum, currency, now, release_at,
+            )  # fmt: skip
+            return int(activation_id)
+
+        activation_id = await self._write(op, "cannot open an activation")
+        return Activation(
+            activation_id, hub, iccid, number, service, country, operator, sum, currency,
+            now, release_at, None, None,
+        )  # fmt: skip
+
+    async def finish_activation(
+        self, activation_id: int, status: int, now: float, *, hub: str | None = None
+    ) -> tuple[Activation, bool]:
+        """Record a FINISH; (activation, True) the first time, (activation, False) on a repeat.
+
+        A repeat changes nothing, whatever status it carries: the hub repeats
+        a FINISH when it missed our answer, and the first one stands. Two hosts
+        finishing one activation at once: the second UPDATE waits for the
+        first's row lock, then finds it finished and is told a repeat.
+        """
+        if status not in FINISH_STATUSES:
+            raise ValueError(f"status {status} is not one of {sorted(map(int, FINISH_STATUSES))}")
+
+        async def op(db: Connection) -> tuple[Activation, bool]:
+            # The usage counters follow by trigger (migration 3); a repeat or a
+            # stranger's id updates nothing and is told apart by a second look.
+            row = await db.fetchrow(
+                "UPDATE activations SET finished = $1, status = $2 "
+                "WHERE id = $3 AND finished IS NULL AND ($4::text IS NULL OR hub = $4) "
+                f"RETURNING {_ACTIVATION_COLUMNS}",
+                now, status, activation_id, hub,
+            )  # fmt: skip
+            if row is not None:
+                return _activation(row), True
+            row = await db.fetchrow(
+                f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = $1", activation_id
+            )
+            if row is None or (hub is not None and row["hub"] != hub):
+                raise UnknownActivation(f"unknown activationId {activation_id}")
+            return _activation(row), False
+
+        return await self._write(op, f"cannot finish activation {activation_id}")
+
+    # -- received SMS -----------------------------------------------------------------
+
+    async def receive(
+        self, part: NewPart, sms: NewSms | None
+    ) -> tuple[bool, Sms | None, list[Delivery]]:
+        """Store a part and, when it completes a message, the message and its deliveries.
+
+        One transaction. Returns (duplicate, sms, deliveries); a duplicate
+        part (same SIM, same PDU, whichever host read it) changes nothing.
+        """
+
+        async def op(db: Connection) -> tuple[bool, Sms | None, list[Delivery]]:
+            status = await db.execute(
+                "INSERT INTO sms_parts (digest, iccid, port, storage, slot, pdu, "
+                "received, sender, part_key, part_total, part_seq) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+                "ON CONFLICT (digest) DO NOTHING",
+                part.digest, part.iccid, part.port, part.storage, part.slot, part.pdu,
+                part.received, part.sender, part.part_key, part.part_total, part.part_seq,
+            )  # fmt: skip
+            if rows_changed(status) == 0:
+                return True, None, []
+            if sms is None:
+                return False, None, []
+            stored, deliveries = await self._create_sms(db, sms)
+            return False, stored, deliveries
+
+        return await self._write(op, "cannot store an SMS")
+
+    async def complete(self, sms: NewSms) -> tuple[Sms, list[Delivery]]:
+        """Turn stored pending parts into a message (the reassembly timeout passed)."""
+
+        async def op(db: Connection) -> tuple[Sms, list[Delivery]]:
+            return await self._create_sms(db, sms)
+
+        return await self._write(op, "cannot store an SMS")
+
+    async def _create_sms(self, db: Connection, sms: NewSms) -> tuple[Sms, list[Delivery]]:
+        sms_id = int(
+            await db.fetchval(
+                "INSERT INTO sms (iccid, number, sender, text, kind, sent, received, complete) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                sms.iccid, sms.number, sms.sender, sms.text, sms.kind, sms.sent, sms.received,
+                sms.complete,
+            )
+        )  # fmt: skip
+        await db.execute(
+            "UPDATE sms_parts SET sms_id = $1 WHERE digest = ANY($2::text[]) AND sms_id IS NULL",
+            sms_id,
+            list(sms.digests),
+        )
+        deliveries = []
+        for hub, activation_id in sms.routes:
+            row = await db.fetchrow(
+                "INSERT INTO deliveries (sms_id, hub, activation_id, created, next_attempt) "
+                "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sms_id, hub) DO NOTHING "
+                f"RETURNING {_DELIVERY_COLUMNS}",
+                sms_id,
+                hub,
+                activation_id,
+                sms.received,
+            )
+            if row is not None:
+                deliveries.append(_delivery(row))
+        return sms.stored(sms_id), deliveries
+
+    async def pending_parts(self) -> list[StoredPart]:
+        rows = await self._fetch(
+            "SELECT id, digest, iccid, pdu, received, part_key FROM sms_parts "
+            "WHERE sms_id IS NULL AND part_key IS NOT NULL ORDER BY id"
+        )
+        return [StoredPart(*tuple(row)) for row in rows]
 
     # -- pushes: the shared outbox, taken with leases ---------------------------------
     #
@@ -251,11 +596,8 @@ class PgStore:
         if limit <= 0:
             return []
         skip = list(exclude)
-        width = len(_DELIVERY_COLUMNS.split(","))
-        returned = ", ".join(
-            [f"d.{c.strip()}" for c in _DELIVERY_COLUMNS.split(",")]
-            + [f"s.{c.strip()}" for c in _SMS_COLUMNS.split(",")]
-        )
+        width = len(_DELIVERY)
+        returned = f"{_prefixed(_DELIVERY, 'd')}, {_prefixed(_SMS, 's')}"
         sql = f"""
             WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
             taken AS (
@@ -273,13 +615,13 @@ class PgStore:
             FROM taken, sms s
             WHERE d.id = taken.id AND s.id = d.sms_id
             RETURNING {returned}
-        """  # noqa: S608 - our own column lists
+        """
 
         async def op(db: Connection) -> list[tuple[Delivery, Sms]]:
             rows = await db.fetch(
                 sql, hub, now, self.holder, skip, limit, self.lease_seconds(push_timeout)
             )
-            taken = [(_delivery(row[:width]), _sms(row[width:])) for row in rows]
+            taken = [(_delivery(tuple(row)[:width]), _sms(tuple(row)[width:])) for row in rows]
             return sorted(taken, key=lambda pair: (pair[0].next_attempt, pair[0].id))
 
         return await self._write(op, f"{self.path}: cannot take due pushes for {hub}")
@@ -316,7 +658,7 @@ class PgStore:
                 self.holder,
                 delivery_id,
             )
-            return status != "UPDATE 0"
+            return rows_changed(status) > 0
 
         return await self._write(op, f"{self.path}: cannot settle delivery {delivery_id}")
 
@@ -340,3 +682,112 @@ class PgStore:
             )
 
         await self._write(op, f"{self.path}: cannot reschedule delivery {delivery_id}")
+
+    async def deliveries_for(self, sms_id: int) -> list[Delivery]:
+        rows = await self._fetch(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE sms_id = $1 ORDER BY id", sms_id
+        )
+        return [_delivery(row) for row in rows]
+
+    # -- what the status page and `supplier sims` read ---------------------------------
+
+    async def earnings(self, since: float) -> list[Earning]:
+        """Activations finished with status 3 (sold) since `since`, with their `sum`."""
+        rows = await self._fetch(
+            "SELECT hub, iccid, currency, sum, finished FROM activations "
+            "WHERE status = $1 AND finished >= $2 ORDER BY finished",
+            int(FinishStatus.SOLD),
+            since,
+        )
+        return [Earning(*tuple(row)) for row in rows]
+
+    async def sms_count(self, since: float) -> int:
+        rows = await self._fetch("SELECT COUNT(*) FROM sms WHERE received >= $1", since)
+        return int(rows[0][0])
+
+    async def last_sms(self) -> dict[str, float]:
+        """ICCID → when its last SMS arrived."""
+        rows = await self._fetch("SELECT iccid, MAX(received) FROM sms GROUP BY iccid")
+        return {row[0]: float(row[1]) for row in rows}
+
+    async def backlog(self, now: float) -> dict[str, tuple[int, float]]:
+        """Hub → (undelivered pushes, age in seconds of the oldest)."""
+        rows = await self._fetch(
+            "SELECT hub, COUNT(*), MIN(created) FROM deliveries WHERE done IS NULL GROUP BY hub"
+        )
+        return {row[0]: (int(row[1]), max(0.0, now - float(row[2]))) for row in rows}
+
+    async def activations_of(self, iccid: str, limit: int = 200) -> list[Activation]:
+        rows = await self._fetch(
+            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE iccid = $1 "
+            "ORDER BY id DESC LIMIT $2",
+            iccid,
+            limit,
+        )
+        return [_activation(row) for row in rows]
+
+    async def sms_of(self, iccid: str, limit: int = 200) -> list[tuple[Sms, list[Delivery]]]:
+        """A SIM's latest SMS, newest first, each with its deliveries."""
+        rows = await self._fetch(
+            f"SELECT {_SMS_COLUMNS} FROM sms WHERE iccid = $1 ORDER BY id DESC LIMIT $2",
+            iccid,
+            limit,
+        )
+        messages = [_sms(row) for row in rows]
+        if not messages:
+            return []
+        drows = await self._fetch(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE sms_id = ANY($1::bigint[]) "
+            "ORDER BY id",
+            [m.id for m in messages],
+        )
+        by_sms: dict[int, list[Delivery]] = {}
+        for row in drows:
+            delivery = _delivery(row)
+            by_sms.setdefault(delivery.sms_id, []).append(delivery)
+        return [(m, by_sms.get(m.id, [])) for m in messages]
+
+    async def recent_sms(self, limit: int = 100) -> list[Sms]:
+        rows = await self._fetch(f"SELECT {_SMS_COLUMNS} FROM sms ORDER BY id DESC LIMIT $1", limit)
+        return [_sms(row) for row in rows]
+
+    # -- numbers learned by USSD, balances --------------------------------------------
+
+    async def learned_numbers(self) -> dict[str, str]:
+        """ICCID → the number its operator told us (supplier/upkeep.py)."""
+        rows = await self._fetch("SELECT iccid, number FROM learned_numbers")
+        return {str(row[0]): str(row[1]) for row in rows}
+
+    async def learn_number(self, iccid: str, number: str, source: str, now: float) -> None:
+        async def op(db: Connection) -> None:
+            await db.execute(
+                "INSERT INTO learned_numbers (iccid, number, source, learned) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (iccid) DO UPDATE SET "
+                "number = excluded.number, source = excluded.source, learned = excluded.learned",
+                iccid,
+                number,
+                source,
+                now,
+            )
+
+        await self._write(op, f"cannot record the number of SIM {iccid}")
+
+    async def balances(self) -> dict[str, BalanceRow]:
+        rows = await self._fetch("SELECT iccid, amount, currency, text, read FROM sim_balances")
+        return {str(row[0]): BalanceRow(row[1], row[2], row[3], float(row[4])) for row in rows}
+
+    async def save_balance(self, iccid: str, balance: BalanceRow) -> None:
+        async def op(db: Connection) -> None:
+            await db.execute(
+                "INSERT INTO sim_balances (iccid, amount, currency, text, read) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (iccid) DO UPDATE SET "
+                "amount = excluded.amount, currency = excluded.currency, "
+                "text = excluded.text, read = excluded.read",
+                iccid,
+                balance.amount,
+                balance.currency,
+                balance.text,
+                balance.read,
+            )
+
+        await self._write(op, f"cannot record the balance of SIM {iccid}")

@@ -48,9 +48,10 @@ import aiohttp
 import structlog
 
 from . import __version__
+from .backend import StoreBackend
 from .config import HubConfig
 from .errors import StoreError
-from .store import Delivery, Sms, Store
+from .store import Delivery, Sms
 
 __all__ = ["MAX_ANSWER", "ONLINESIM_FINAL", "Pusher", "judge", "push_body"]
 
@@ -144,7 +145,7 @@ class _HubWorker:
 class Pusher:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         hubs: Sequence[HubConfig],
         *,
         concurrency: int = 16,

@@ -36,12 +36,13 @@ from modems.events import REGISTRATION_NAMES, ModemState
 from modems.ussd import UssdError, UssdTimeout, encode_request
 
 from . import __version__
+from .backend import StoreBackend
 from .banks_status import add_bank_routes
 from .config import phone_digits
 from .errors import StoreError
 from .inventory import NumberTaken
 from .metrics import CONTENT_TYPE, Live, Metrics
-from .store import Activation, Delivery, Sms, Store
+from .store import Activation, Delivery, Sms
 
 if TYPE_CHECKING:
     from modems.pool import ModemPool
@@ -213,7 +214,7 @@ class StatusView:
     def __init__(
         self,
         inventory: Inventory,
-        store: Store,
+        store: StoreBackend,
         pool: ModemPool,
         upkeep: Upkeep,
         rotation: Rotation | None,

@@ -29,10 +29,11 @@ import enum
 import fcntl
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -191,6 +192,17 @@ def _sim(row: sqlite3.Row | tuple[object, ...]) -> SimRow:
 def _not_in(column: str, values: tuple[object, ...]) -> str:
     """`AND column NOT IN (?, ?, …)` for that many parameters, or nothing."""
     return f"AND {column} NOT IN ({','.join('?' * len(values))})" if values else ""
+
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def identifiers(*names: str) -> str:
+    """`a, b, c` after checking each is a plain lower-case SQL name (never a value)."""
+    for name in names:
+        if not _IDENTIFIER.fullmatch(name):
+            raise ValueError(f"{name!r} is not a table or column name")
+    return ", ".join(names)
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -646,6 +658,31 @@ class Store:
 
     async def _fetchall(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
         return await self._db.execute(sql, params)
+
+    # -- whole rows of a module's own tables (supplier/bankstore.py) -------------------
+
+    async def table_rows(self, table: str, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Every row of `table`, those columns: for modules that own a table of their own."""
+        sql = f"SELECT {identifiers(*columns)} FROM {identifiers(table)}"
+        return await self._fetchall(sql)
+
+    async def upsert_row(
+        self, table: str, row: Mapping[str, object], key: Sequence[str], what: str
+    ) -> None:
+        """Insert `row`, or update the row with the same `key` columns, committed on return."""
+        columns = list(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        sql = (
+            f"INSERT INTO {identifiers(table)} ({identifiers(*columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({identifiers(*key)}) DO UPDATE SET {updates}"
+        )
+        values = tuple(row.values())
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(sql, values)
+
+        await self._write(op, what)
 
     # -- loading (the inventory is rebuilt from these at start) -----------------------
 

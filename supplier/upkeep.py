@@ -43,12 +43,13 @@ from modems.pdu import SmsDeliver
 from modems.replies import split_imsi
 from modems.ussd import UssdAnswer, UssdError, UssdTimeout, phone_candidates
 
+from .backend import StoreBackend
 from .balances import parse_balance
 from .config import UssdConfig
 from .errors import StoreError
 from .inventory import Inventory
 from .networks import CALLING_CODES, international_number
-from .store import BalanceRow, Store
+from .store import BalanceRow
 
 __all__ = ["NUMBER_USSD", "Upkeep", "number_in"]
 
@@ -155,7 +156,7 @@ class Upkeep:
     def __init__(
         self,
         inventory: Inventory,
-        store: Store,
+        store: StoreBackend,
         modem_for: Callable[[str], Modem | None],
         *,
         codes: Mapping[str, str],

@@ -16,10 +16,11 @@ from modems.emulator import VirtualModemBank
 from modems.events import PoolEvent, SimLost, SimReady, SmsReceived
 from modems.modem import ModemSettings
 from modems.pool import ModemPool
+from supplier.backend import StoreBackend
 from supplier.daemon import Daemon
 
 from .hubkit import FakeHub, RunFactory, Running, make_config
-from .pg import Cluster, require_bin
+from .pg import Cluster, Stores, require_bin
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -78,6 +79,48 @@ async def pg_url(pg_cluster: Cluster) -> str:
     if not pg_cluster.running():
         pg_cluster.start()  # a test that stopped the server and failed before starting it
     return await pg_cluster.new_database()
+
+
+# -- both backends ---------------------------------------------------------------------
+# A test marked `backends` (or a module: `pytestmark = pytest.mark.backends`) runs once
+# per backend if it uses `backend` (directly, or through `stores`, `store` or `run`);
+# elsewhere those fixtures give SQLite, so the suite's time grows only where the issue
+# asks for both. `parametrize("backend", ["postgresql"], indirect=True)`: that one only.
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends: run the module's store-using tests on SQLite and on PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store the test runs on, "sqlite" or "postgresql" (SQLite unless parametrised)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def stores(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Stores]:
+    cluster = request.getfixturevalue("pg_cluster") if backend == "postgresql" else None
+    made = Stores(backend, tmp_path, cluster)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def store(stores: Stores) -> StoreBackend:
+    """An open, empty store of the test's backend."""
+    return await stores.open()
 
 
 class Recorder:
@@ -153,7 +196,8 @@ async def pool_of() -> AsyncIterator[Callable[..., Awaitable[tuple[ModemPool, Re
 
 
 @pytest.fixture
-async def run(tmp_path: Path, make_bank: BankFactory) -> AsyncIterator[RunFactory]:
+async def run(tmp_path: Path, make_bank: BankFactory, stores: Stores) -> AsyncIterator[RunFactory]:
+    """Start daemons on the test's backend (on PostgreSQL, all share one database)."""
     started: list[tuple[Daemon, list[FakeHub]]] = []
 
     async def factory(modems: int = 4, hubs: tuple[str, ...] = ("alpha",), **extra: Any) -> Running:
@@ -161,7 +205,8 @@ async def run(tmp_path: Path, make_bank: BankFactory) -> AsyncIterator[RunFactor
         fakes = {name: FakeHub() for name in hubs}
         for fake in fakes.values():
             await fake.start()
-        daemon = Daemon(make_config(tmp_path, bank, fakes, **extra))
+        url = (await stores.storage()).url
+        daemon = Daemon(make_config(tmp_path, bank, fakes, storage_url=url, **extra))
         await daemon.start()
         started.append((daemon, list(fakes.values())))
         running = Running(daemon, bank, fakes)

@@ -177,8 +177,15 @@ RunFactory = Callable[..., Awaitable[Running]]
 
 
 def make_config(
-    tmp_path: Path, bank: VirtualModemBank, hubs: dict[str, FakeHub], **extra: Any
+    tmp_path: Path,
+    bank: VirtualModemBank,
+    hubs: dict[str, FakeHub],
+    *,
+    storage_url: str | None = None,
+    **extra: Any,
 ) -> Config:
+    """A daemon's config for the tests; `storage_url`: on PostgreSQL, else a SQLite file."""
+    storage = {"url": storage_url} if storage_url else {"path": str(tmp_path / "supplier.db")}
     return parse_config(
         {
             "server": {"listen": "127.0.0.1:0"},
@@ -200,7 +207,7 @@ def make_config(
                 "rescan_interval": "100ms",
             },
             "services": ["vk", "tg", "wa"],
-            "storage": {"path": str(tmp_path / "supplier.db")},
+            "storage": storage,
             **extra,
         }
     )

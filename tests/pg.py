@@ -7,10 +7,16 @@ and everything removed at the end. As root (CI) the server runs as the
 
 Without the binaries the tests that need them fail in CI (`.ci/run` installs
 `postgresql`) and skip elsewhere, saying what to install.
+
+`Stores` gives a test stores of its backend by name (conftest's `stores`
+fixture: a SQLite file, or a database of its own in the cluster);
+`set_read_only` makes a database refuse writes for real (PostgreSQL's
+counterpart of SQLite's `query_only` in the failing-store tests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -23,7 +29,10 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["Cluster", "find_bin"]
+from supplier.backend import StoreBackend, open_store
+from supplier.config import StorageConfig
+
+__all__ = ["Cluster", "Stores", "find_bin"]
 
 
 def find_bin() -> Path | None:
@@ -124,6 +133,18 @@ class Cluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://supplier@/{database}?host={self.socket}"
 
+    async def drop_databases(self, urls: list[str]) -> None:
+        """Drop the databases of these URLs (from `new_database`), ending their sessions."""
+        import asyncpg
+
+        connection = await asyncpg.connect(self.url())
+        try:
+            for url in urls:
+                name = url.rsplit("/", 1)[1].split("?", 1)[0]
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
     async def new_database(self) -> str:
         """A fresh, empty database; its URL."""
         import asyncpg
@@ -135,3 +156,71 @@ class Cluster:
         finally:
             await connection.close()
         return self.url(name)
+
+
+class Stores:
+    """Stores of the test's backend by name: the same name is the same database."""
+
+    def __init__(self, backend: str, tmp_path: Path, cluster: Cluster | None) -> None:
+        self.backend = backend
+        self._tmp = tmp_path
+        self._cluster = cluster
+        self._urls: dict[str, str] = {}
+        self.opened: list[StoreBackend] = []
+
+    async def storage(self, name: str = "supplier") -> StorageConfig:
+        """Where the store `name` is: a file in tmp_path, or a database of its own."""
+        if self._cluster is None:
+            return StorageConfig(path=str(self._tmp / f"{name}.db"))
+        if name not in self._urls:
+            if not self._cluster.running():
+                self._cluster.start()  # a test that stopped the server and failed
+            self._urls[name] = await self._cluster.new_database()
+        return StorageConfig(url=self._urls[name])
+
+    async def open(self, name: str = "supplier") -> StoreBackend:
+        """The store `name`, open (closed at the test's end if the test did not)."""
+        store = await open_store(await self.storage(name))
+        self.opened.append(store)
+        return store
+
+    async def close(self) -> None:
+        """Close what the test left open and drop its databases (the cluster stays small)."""
+        for store in self.opened:
+            await store.close()
+        if self._cluster is not None and self._urls:
+            await self._cluster.drop_databases(list(self._urls.values()))
+
+
+async def set_read_only(url: str, read_only: bool, timeout: float = 10.0) -> None:
+    """Make the database at `url` refuse every write (or accept them again), for real.
+
+    PostgreSQL's own rule: the database's `default_transaction_read_only`,
+    which a session takes when it starts, so every other session of that
+    database is ended (a store's pool reconnects under the new rule) and this
+    returns once they have exited: no write slips through an old session.
+    """
+    import asyncpg
+
+    connection = await asyncpg.connect(
+        url, server_settings={"default_transaction_read_only": "off"}
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            name = await connection.fetchval("SELECT current_database()")
+            value = "on" if read_only else "off"
+            await connection.execute(
+                f'ALTER DATABASE "{name}" SET default_transaction_read_only = {value}'
+            )
+            ended = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            # PostgreSQL 14+ waits for each to exit (true) or says it did not in 5 s (false).
+            gone = await connection.fetchval(
+                "SELECT bool_and(pg_terminate_backend(p, 5000)) FROM unnest($1::int[]) p",
+                [row[0] for row in ended],
+            )
+            assert gone is not False, "a session of the database did not end in 5 s"
+    finally:
+        await connection.close()

@@ -20,6 +20,7 @@ from supplier.daemon import Daemon
 from supplier.rotation import ModuleStatus, Rotation, SlotState
 
 from .hubkit import KEYS, FakeHub
+from .pg import Stores
 from .test_run_e2e import Process, free_port
 
 
@@ -111,7 +112,7 @@ def bank_config(
 
 
 @pytest.fixture
-async def bench(tmp_path: Path) -> AsyncIterator[Factory]:
+async def bench(tmp_path: Path, stores: Stores) -> AsyncIterator[Factory]:
     started: list[tuple[Bench | None, Daemon, SimBank, FakeHub]] = []
 
     async def factory(
@@ -137,6 +138,9 @@ async def bench(tmp_path: Path) -> AsyncIterator[Factory]:
         )
         if activation:
             raw["activation"] = activation
+        url = (await stores.storage()).url  # PostgreSQL where the test runs on both backends
+        if url is not None:
+            raw["storage"] = {"url": url}
         raw.update(config or {})
         daemon = Daemon(parse_config(raw))
         started.append((None, daemon, bank, hub))
@@ -177,6 +181,7 @@ def held_by_operator(running: Bench) -> dict[tuple[str, str], int]:
     return out
 
 
+@pytest.mark.backends
 async def test_rotates_through_every_usable_slot_and_never_over_reports(bench: Factory) -> None:
     """4 modules x 8 slots: every usable slot comes in; GET_SERVICES every 100 ms stays honest."""
     running = await bench(
@@ -256,6 +261,7 @@ async def test_rotates_through_every_usable_slot_and_never_over_reports(bench: F
     assert rotation.value(rotation.slots[("pool1", 3, 4)].iccid) == 0
 
 
+@pytest.mark.backends
 async def test_open_activation_keeps_its_sim_until_finish_and_gets_its_sms(bench: Factory) -> None:
     running = await bench(1, 2)
     rotation = running.rotation

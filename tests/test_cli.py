@@ -86,7 +86,8 @@ async def test_scan_with_nothing_plugged_in(tmp_path: Path) -> None:
     assert err.count("\n") == 1 and "no serial ports match" in err
 
 
-async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> None:
+@pytest.mark.backends
+async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory, tmp_path: Path) -> None:
     r = await run(modems=3)
     answer = await r.number("alpha", "mts", "vk")
     other = await r.number("alpha", "megafon", "tg")
@@ -94,12 +95,14 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
         "alpha", {"action": "FINISH_ACTIVATION", "activationId": other["activationId"], "status": 3}
     )
     assert r.daemon.running.status_listening is not None
-    config = Path(r.daemon.config.storage.path).parent / "supplier.yaml"
+    config = tmp_path / "supplier.yaml"
+    storage = r.daemon.config.storage
+    where = f"url: '{storage.url}'" if storage.url else f"path: '{storage.path}'"
 
     def write(status_port: int) -> None:
         config.write_text(
             "hubs: [{name: alpha, key: alpha-key-0001, push_url: 'http://127.0.0.1:1/'}]\n"
-            f"storage: {{path: '{r.daemon.config.storage.path}'}}\n"
+            f"storage: {{{where}}}\n"
             f"status: {{listen: '127.0.0.1:{status_port}'}}\n"
         )
 
@@ -129,7 +132,8 @@ async def test_sims_lists_the_store_while_the_daemon_runs(run: RunFactory) -> No
     assert "the daemon is not answering" in out.splitlines()[-1]
     await r.daemon.mark_seen(time.time())  # what the daemon does every minute
     code, out, err = await supplier("sims", "--config", str(config))
-    assert out.count("on sale, last seen 0 s ago") + out.count("last seen 1 s ago") == 3
+    # Seconds ago: the CLI's own start-up (under load, more than one) is all that passed.
+    assert len(re.findall(r"on sale, last seen \d s ago", out)) == 3, out
 
 
 def closed_port() -> int:

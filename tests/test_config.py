@@ -142,3 +142,58 @@ def test_example_config_is_valid() -> None:
     example = ROOT / "config.example.yaml"
     if example.exists():
         load_config(example)
+
+
+# -- storage: a SQLite file or a PostgreSQL URL (issue 16) --------------------------------
+
+
+def test_storage_url_selects_postgresql_and_never_shows_its_password() -> None:
+    config = parse_config({"hubs": [HUB], "storage": {"url": "postgresql://sup:pw1@db/sup"}})
+    assert config.storage.url == "postgresql://sup:pw1@db/sup"
+    assert "pw1" not in repr(config)
+    assert parse_config({"hubs": [HUB]}).storage.url is None  # SQLite stays the default
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"hubs": [HUB], "storage": {"url": "mysql://root:pw1@db/sup"}})
+    assert str(caught.value) == (
+        "config: storage.url: 'mysql://root@db/sup': expected a postgresql:// URL, "
+        "e.g. postgresql://supplier@db/supplier"
+    )
+    both = {"path": "/var/lib/supplier/s.db", "url": "postgres://sup:pw1@db/sup"}
+    with pytest.raises(ConfigError, match=r"storage: .*: give path .* or url .*, not both"):
+        parse_config({"hubs": [HUB], "storage": both})
+
+
+def _storage_config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "pg.yaml"
+    path.write_text(
+        f"hubs:\n  - name: smshub\n    key: '{HUB['key']}'\n    push_url: '{HUB['push_url']}'\n"
+        f"storage: {{url: '{url}'}}\n"
+    )
+    return path
+
+
+def test_check_config_on_postgresql_tries_one_connection(tmp_path: Path, pg_url: str) -> None:
+    # Reachable: no warning about the database; the URL shown without a password.
+    with_password = pg_url.replace("supplier@", "supplier:pw1@")  # trust auth ignores it
+    result = _cli("check-config", "--config", str(_storage_config(tmp_path, with_password)))
+    assert result.returncode == 0, result.stderr
+    assert f'"url": "{pg_url}"' in result.stdout and "pw1" not in result.stdout
+    assert "storage" not in result.stderr
+    # Unreachable: a warning naming the key and the URL, still no password, exit 0.
+    nowhere = f"postgresql://supplier:pw1@/supplier?host={tmp_path}/no-server"
+    result = _cli("check-config", "--config", str(_storage_config(tmp_path, nowhere)))
+    assert result.returncode == 0, result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if "storage.url" in line]
+    assert "cannot connect to postgresql://supplier@/supplier" in warning
+    assert "pw1" not in result.stdout + result.stderr
+
+
+def test_run_with_an_unreachable_database_is_one_line_without_the_password(
+    tmp_path: Path,
+) -> None:
+    nowhere = f"postgresql://supplier:pw1@/supplier?host={tmp_path}/no-server"
+    result = _cli("run", "--config", str(_storage_config(tmp_path, nowhere)))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "postgresql://supplier@/supplier" in line and "cannot connect" in line
+    assert "pw1" not in result.stdout + result.stderr

@@ -13,6 +13,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from supplier.store import MAX_JSON_ID, Store
 
 from .hubkit import RunFactory
@@ -157,6 +159,7 @@ async def test_a_new_database_never_reissues_an_id(tmp_path: Path) -> None:
     assert all(type(i) is int and i <= MAX_JSON_ID for i in issued + sms)
 
 
+@pytest.mark.backends
 async def test_housekeeping_on_a_failing_store_waits_between_attempts(run: RunFactory) -> None:
     import contextlib
     import time
@@ -186,3 +189,20 @@ async def test_housekeeping_on_a_failing_store_waits_between_attempts(run: RunFa
         await logs.wait_for("waiting multipart SMS completed again", timeout=10)
     [sms] = await store.recent_sms()
     assert not sms.complete and sms.text == "x" * 153
+
+
+# -- PostgreSQL: a database several daemons share on purpose -------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_daemons_on_one_postgresql_database_start_without_a_lock_or_file_watch(
+    run: RunFactory,
+) -> None:
+    first = await run(1)
+    second = await run(1)  # the same database (several hosts): not refused
+    for r in (first, second):
+        assert r.daemon.running.store.shared and r.daemon.running.store.backend == "postgresql"
+        assert "database watch" not in {task.get_name() for task in r.daemon._tasks}
+        assert r.daemon._db_lock is None  # DatabaseLock is SQLite's alone
+        services = await r.call("alpha", {"action": "GET_SERVICES"})
+        assert services["status"] == "SUCCESS"

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modems.events import SimLost, SmsReceived
 from modems.pdu import decode_pdu, encode_deliver_parts
+from supplier.backend import StoreBackend
 from supplier.inbox import Inbox
 from supplier.inventory import Inventory
-from supplier.store import Store
 
 from .hubkit import (
     KEYS,
@@ -25,7 +24,10 @@ from .hubkit import (
     success,
 )
 from .hubkit import sim_ready as hub_sim_ready
+from .pg import Stores
 from .test_push_faults import set_writable
+
+pytestmark = pytest.mark.backends  # every test here on SQLite and on PostgreSQL
 
 
 async def test_sms_reaches_the_hub_with_the_right_types_and_text(run: RunFactory) -> None:
@@ -79,7 +81,7 @@ async def test_retried_until_success_and_never_after(run: RunFactory) -> None:
     assert [p["smsId"] for p in hub.received].count(first) == 5
 
 
-def daemon_store(r: Running) -> Store:
+def daemon_store(r: Running) -> StoreBackend:
     assert r.daemon.running.store is not None
     return r.daemon.running.store
 
@@ -222,8 +224,10 @@ def received(iccid: str, pdu: str, index: int = 1, at: float = 1_800_000_000.0) 
     return SmsReceived("/dev/x", iccid, "SM", index, pdu, decode_pdu(pdu), None, at)
 
 
-async def _inbox(path: Path, clock: Clock, queued: list[Any]) -> tuple[Store, Inbox]:
-    store = await Store.open(path)
+async def _inbox(
+    stores: Stores, name: str, clock: Clock, queued: list[Any]
+) -> tuple[StoreBackend, Inbox]:
+    store = await stores.open(name)
     inventory = Inventory(store, services=["vk"], release_after=600, clock=clock)
     await inventory.load()
     inbox = Inbox(store, inventory, reassembly_timeout=60, on_queued=queued.extend, clock=clock)
@@ -231,9 +235,9 @@ async def _inbox(path: Path, clock: Clock, queued: list[Any]) -> tuple[Store, In
     return store, inbox
 
 
-async def test_a_message_read_twice_is_stored_once(tmp_path: Path) -> None:
+async def test_a_message_read_twice_is_stored_once(stores: Stores) -> None:
     clock, queued = Clock(), []
-    store, inbox = await _inbox(tmp_path / "a.db", clock, queued)
+    store, inbox = await _inbox(stores, "a", clock, queued)
     [pdu] = encode_deliver_parts("VK", "code 1")
     await inbox.accept(received("8970010000000000004", pdu, index=3))
     await inbox.accept(received("8970010000000000004", pdu, index=3))
@@ -243,17 +247,17 @@ async def test_a_message_read_twice_is_stored_once(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_pending_parts_survive_a_restart(tmp_path: Path) -> None:
+async def test_pending_parts_survive_a_restart(stores: Stores) -> None:
     clock, queued = Clock(), []
     text = "Длинное сообщение 😀 " * 8
     pdus = encode_deliver_parts("Bank", text, reference=77, reference_bits=16)
     assert len(pdus) == 3
-    store, inbox = await _inbox(tmp_path / "b.db", clock, queued)
+    store, inbox = await _inbox(stores, "b", clock, queued)
     await inbox.accept(received("8970010000000000004", pdus[2], 1))
     await inbox.accept(received("8970010000000000004", pdus[0], 2))
     assert await store.recent_sms() == []
     await store.close()
-    store, inbox = await _inbox(tmp_path / "b.db", clock, queued)  # the daemon restarted
+    store, inbox = await _inbox(stores, "b", clock, queued)  # the daemon restarted
     await inbox.accept(received("8970010000000000004", pdus[0], 2))  # read again: a duplicate
     await inbox.accept(received("8970010000000000004", pdus[1], 3))
     [sms] = await store.recent_sms()
@@ -262,10 +266,10 @@ async def test_pending_parts_survive_a_restart(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_missing_part_is_given_up_on_after_the_timeout(tmp_path: Path) -> None:
+async def test_missing_part_is_given_up_on_after_the_timeout(stores: Stores) -> None:
     clock, queued = Clock(), []
     pdus = encode_deliver_parts("Bank", "x" * 400, reference=5)
-    store, inbox = await _inbox(tmp_path / "c.db", clock, queued)
+    store, inbox = await _inbox(stores, "c", clock, queued)
     await inbox.accept(received("8970010000000000004", pdus[0], 1, at=clock.now))
     await inbox.accept(received("8970010000000000004", pdus[2], 2, at=clock.now))
     assert await inbox.expire() == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,11 +27,12 @@ from modems.pdu import (
     pack_septets,
 )
 from modems.reassembly import Part, Reassembler, join_parts
+from supplier.backend import StoreBackend
 from supplier.inbox import Inbox
 from supplier.inventory import Inventory
-from supplier.store import Store
 
 from .hubkit import Clock
+from .pg import Stores
 
 # 6.2.1, code 0x00 to 0x7F; 0x1B is the escape (shown here as a placeholder).
 SPEC_DEFAULT = (
@@ -194,8 +194,9 @@ def test_status_report_with_garbled_time_stamps_is_decoded() -> None:
     assert report.status == 0
 
 
-async def test_inbox_stores_a_message_with_an_unknown_zone(tmp_path: Path) -> None:
-    async with _inbox(tmp_path / "tz.db", Clock()) as (store, inbox):
+@pytest.mark.backends
+async def test_inbox_stores_a_message_with_an_unknown_zone(stores: Stores) -> None:
+    async with _inbox(stores, "tz", Clock()) as (store, inbox):
         await inbox.accept(_received(HEAD + "621122010350C2" + "015F"))
         [sms] = await store.recent_sms()
     assert sms.text == "§"
@@ -393,7 +394,8 @@ def test_multipart_parts_with_different_tables_each_decode_with_their_own() -> N
     assert join_parts(parts) == "kod ğø"
 
 
-async def test_inbox_rebuilds_pending_national_parts_after_a_restart(tmp_path: Path) -> None:
+@pytest.mark.backends
+async def test_inbox_rebuilds_pending_national_parts_after_a_restart(stores: Stores) -> None:
     table = {"ğ": 0x0C, "ş": 0x1D}
     text = "doğrulama kodunuz ş " * 10
     data = septets(text, table, {})
@@ -402,10 +404,10 @@ async def test_inbox_rebuilds_pending_national_parts_after_a_restart(tmp_path: P
         national_pdu(data[140:], locking=1, concat=(7, 2, 2)),
     ]
     clock = Clock()
-    async with _inbox(tmp_path / "n.db", clock) as (store, inbox):
+    async with _inbox(stores, "n", clock) as (store, inbox):
         await inbox.accept(_received(pdus[0], index=1))
         assert await store.recent_sms() == []
-    async with _inbox(tmp_path / "n.db", clock) as (store, inbox):  # the daemon restarted
+    async with _inbox(stores, "n", clock) as (store, inbox):  # the daemon restarted
         await inbox.accept(_received(pdus[1], index=2))
         [sms] = await store.recent_sms()
     assert sms.text == text and sms.complete
@@ -421,8 +423,10 @@ def _received(pdu: str, index: int = 1) -> SmsReceived:
 
 
 @asynccontextmanager
-async def _inbox(path: Path, clock: Clock) -> AsyncIterator[tuple[Store, Inbox]]:
-    store = await Store.open(path)
+async def _inbox(
+    stores: Stores, name: str, clock: Clock
+) -> AsyncIterator[tuple[StoreBackend, Inbox]]:
+    store = await stores.open(name)
     try:
         inventory = Inventory(store, services=["vk"], release_after=600, clock=clock)
         await inventory.load()

@@ -13,12 +13,16 @@ import asyncio
 import itertools
 from typing import Any
 
+import pytest
+
 from modems.emulator import VirtualModemBank
 from modems.emulator.ussd_commands import NUMBER_SERVICES, NumberService
 
 from .hubkit import RunFactory
 from .test_push_faults import captured_logs, set_writable
 from .test_ussd_upkeep import FAST_USSD, BankRun, bank_without_numbers  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.backends  # each test on SQLite and on PostgreSQL
 
 
 async def test_hub_requests_refused_by_the_store_are_logged_once_per_episode(

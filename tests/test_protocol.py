@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from supplier.backend import StoreBackend
 from supplier.config import HubConfig
 from supplier.inventory import MAX_OFFERS, Inventory
 from supplier.protocol import ProtocolService, create_protocol_app
-from supplier.store import Store
 
 from .hubkit import Clock, sim_ready
+from .pg import Stores
+
+pytestmark = pytest.mark.backends  # every test here on SQLite and on PostgreSQL
 
 SMSHUB = HubConfig(name="smshub", key="key-smshub-1", push_url="http://127.0.0.1:9/push")
 ONLINESIM = HubConfig(
@@ -30,7 +32,7 @@ class Agent:
     """The protocol stack on a real loopback HTTP server, fed SIMs as pool events."""
 
     def __init__(
-        self, client: TestClient, inventory: Inventory, store: Store, clock: Clock
+        self, client: TestClient, inventory: Inventory, store: StoreBackend, clock: Clock
     ) -> None:
         self.client = client
         self.inventory = inventory
@@ -87,24 +89,19 @@ AgentFactory = Callable[..., Awaitable[Agent]]
 
 
 @pytest.fixture
-async def agent(tmp_path: Path, aiohttp_client) -> AsyncIterator[AgentFactory]:  # type: ignore[no-untyped-def]
-    stores: list[Store] = []
-
+async def agent(stores: Stores, aiohttp_client) -> AgentFactory:  # type: ignore[no-untyped-def]
     async def factory(
-        release_after: float = 1200.0, db: str = "agent.db", clock: Clock | None = None
+        release_after: float = 1200.0, db: str = "agent", clock: Clock | None = None
     ) -> Agent:
         clock = clock or Clock()
-        store = await Store.open(tmp_path / db)
-        stores.append(store)
+        store = await stores.open(db)
         inventory = Inventory(store, services=SERVICES, release_after=release_after, clock=clock)
         await inventory.load()
         service = ProtocolService(inventory, [SMSHUB, ONLINESIM])
         client = await aiohttp_client(create_protocol_app(service, max_body=4096))
         return Agent(client, inventory, store, clock)
 
-    yield factory
-    for store in stores:
-        await store.close()
+    return factory
 
 
 async def test_get_services_counts_exactly_what_can_be_sold(agent: AgentFactory) -> None:
@@ -496,14 +493,14 @@ async def test_get_is_refused_with_a_json_error(agent: AgentFactory) -> None:
 
 async def test_everything_survives_a_restart(agent: AgentFactory) -> None:
     clock = Clock()
-    a = await agent(db="restart.db", clock=clock)
+    a = await agent(db="restart", clock=clock)
     await a.add_sims(0, 1)
     held = await a.number("vk", operator="mts")
     sold = await a.number("vk", operator="megafon")
     await a.finish(sold["activationId"], 3)
     await a.store.close()
 
-    b = await agent(db="restart.db", clock=clock)
+    b = await agent(db="restart", clock=clock)
     await b.add_sims(0, 1)  # the modems report their SIMs again
     assert (await b.services())["russia"]["mts"]["ok"] == 0  # still held
     assert (await b.services())["russia"]["megafon"]["vk"] == 0  # sold: never again for vk
@@ -627,10 +624,9 @@ async def test_generated_bodies_never_break_anything(agent: AgentFactory) -> Non
     assert {x["status"] for x in answers} >= {"ERROR", "SUCCESS", "NO_NUMBERS"}
 
 
-async def test_network_and_sim_overrides_decide_the_slugs(tmp_path: Path) -> None:
+async def test_network_and_sim_overrides_decide_the_slugs(store: StoreBackend) -> None:
     from supplier.config import SimOverride
 
-    store = await Store.open(tmp_path / "overrides.db")
     event = sim_ready(1)
     odd = type(event.sim)(event.sim.iccid, "25077" + event.sim.imsi[5:], None, "250", "77")
     inventory = Inventory(

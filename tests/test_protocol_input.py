@@ -12,18 +12,19 @@ import gzip
 import json
 import zlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from supplier.backend import StoreBackend
 from supplier.inventory import Inventory
 from supplier.protocol import ProtocolService, create_protocol_app
-from supplier.store import Store
 
 from .hubkit import Clock
 from .test_protocol import SERVICES, SMSHUB, Agent
 from .test_push_faults import Captured, captured_logs
+
+pytestmark = pytest.mark.backends  # every test here on SQLite and on PostgreSQL
 
 KEY = SMSHUB.key.get_secret_value()
 ARABIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
@@ -70,9 +71,8 @@ class Connection:
 
 
 @pytest.fixture
-async def conn(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[tuple[Agent, Connection]]:
+async def conn(store: StoreBackend, aiohttp_client: Any) -> AsyncIterator[tuple[Agent, Connection]]:
     clock = Clock()
-    store = await Store.open(tmp_path / "agent.db")
     inventory = Inventory(store, services=SERVICES, release_after=1200.0, clock=clock)
     await inventory.load()
     service = ProtocolService(inventory, [SMSHUB])
@@ -83,7 +83,6 @@ async def conn(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[tuple[Agent
     yield a, Connection(reader, writer)
     writer.close()
     await writer.wait_closed()
-    await store.close()
 
 
 def body(**fields: Any) -> bytes:

@@ -16,15 +16,20 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from supplier.backend import StoreBackend
 from supplier.config import HubConfig
+from supplier.pgstore import PgStore
 from supplier.pusher import MAX_ANSWER, Pusher, judge
 from supplier.store import NewPart, NewSms, Store
+
+from .pg import Stores, set_read_only
+
+pytestmark = pytest.mark.backends  # every pusher test here on SQLite and on PostgreSQL
 
 ICCID = "8970010000000000004"
 NUMBER = "79001234567"
@@ -147,7 +152,7 @@ class Results:
                 await self._changed.wait()
 
 
-async def queue_sms(store: Store, n: int, hub: str = "alpha") -> None:
+async def queue_sms(store: StoreBackend, n: int, hub: str = "alpha") -> None:
     now = time.time()
     for i in range(n):
         digest = f"digest-{i}"
@@ -168,24 +173,32 @@ async def queue_sms(store: Store, n: int, hub: str = "alpha") -> None:
         )
 
 
-async def deliveries(store: Store) -> list[Any]:
+async def deliveries(store: StoreBackend) -> list[Any]:
     """The deliveries of the one SMS queued."""
     [sms] = await store.recent_sms()
     return await store.deliveries_for(sms.id)
 
 
-async def set_writable(store: Store, writable: bool) -> None:
-    """SQLite refuses (or accepts again) every write on the store's own connection."""
-    await store._db.execute(f"PRAGMA query_only = {0 if writable else 1}")
+async def set_writable(store: StoreBackend, writable: bool) -> None:
+    """The store refuses (or accepts again) every write, by the database's own rule.
+
+    SQLite: `query_only` on the store's own connection; PostgreSQL: the
+    database made read-only (tests/pg.py `set_read_only`).
+    """
+    if isinstance(store, Store):
+        await store._db.execute(f"PRAGMA query_only = {0 if writable else 1}")
+    else:
+        assert isinstance(store, PgStore)
+        await set_read_only(store.url, not writable)
 
 
 class Setup:
-    def __init__(self, store: Store, hub: RawHub, pusher: Pusher, results: Results) -> None:
+    def __init__(self, store: StoreBackend, hub: RawHub, pusher: Pusher, results: Results) -> None:
         self.store, self.hub, self.pusher, self.results = store, hub, pusher, results
 
 
 @pytest.fixture
-async def push(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def push(stores: Stores) -> AsyncIterator[Callable[..., Any]]:
     made: list[Setup] = []
 
     async def factory(
@@ -198,7 +211,7 @@ async def push(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         summary_interval: float = 60.0,
         failing_store: bool = False,
     ) -> Setup:
-        store = await Store.open(tmp_path / f"s{len(made)}.db")
+        store = await stores.open(f"s{len(made)}")
         await queue_sms(store, sms)
         if failing_store:
             await set_writable(store, False)
@@ -286,7 +299,17 @@ def test_judge_rules() -> None:
 # -- 2. a failing store never turns the pusher into a hot loop ----------------------------
 
 
-async def test_a_success_the_store_cannot_record_is_not_pushed_again(push: Any) -> None:
+ON_POSTGRESQL = (
+    "PostgreSQL: a push is taken with a lease, a write, so a database that refuses writes "
+    "makes no attempt at all (tests/test_push_hosts.py checks that, and this test's case)"
+)
+
+
+async def test_a_success_the_store_cannot_record_is_not_pushed_again(
+    push: Any, backend: str
+) -> None:
+    if backend == "postgresql":
+        pytest.skip(ON_POSTGRESQL)
     s = await push(lambda attempt: answer(SUCCESS), retry=0.3, failing_store=True)
     await s.hub.wait_for(1)
     # Three retry intervals on a store that refuses every write: the hub said SUCCESS
@@ -301,7 +324,11 @@ async def test_a_success_the_store_cannot_record_is_not_pushed_again(push: Any) 
     assert len(s.hub.received) == 1
 
 
-async def test_a_failing_store_waits_a_retry_interval_between_attempts(push: Any) -> None:
+async def test_a_failing_store_waits_a_retry_interval_between_attempts(
+    push: Any, backend: str
+) -> None:
+    if backend == "postgresql":
+        pytest.skip(ON_POSTGRESQL)
     s = await push(lambda attempt: answer(ERROR), retry=0.3)
     await s.hub.wait_for(1)
     await set_writable(s.store, False)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from supplier.config import HubConfig
 from supplier.pgstore import PgStore
@@ -21,6 +23,7 @@ from supplier.pusher import POLL_FLOOR, POLL_INTERVAL, Pusher
 from supplier.store import Delivery, Sms
 
 from .hubkit import FakeHub
+from .pg import set_read_only
 from .test_push_leases import HUB, row, seed
 
 
@@ -28,6 +31,7 @@ class CountingStore(PgStore):
     """A real PgStore that counts how often its outbox is read (a hot loop shows here)."""
 
     reads = 0
+    read: asyncio.Event | None = None  # set at every read, for a test to wait on
 
     async def due_deliveries(
         self,
@@ -39,6 +43,8 @@ class CountingStore(PgStore):
         push_timeout: float = 10.0,
     ) -> list[tuple[Delivery, Sms]]:
         self.reads += 1
+        if self.read is not None:
+            self.read.set()
         return await super().due_deliveries(hub, now, limit, exclude, push_timeout=push_timeout)
 
 
@@ -58,16 +64,18 @@ async def pushing_host(pg_url: str, fake_hub: FakeHub) -> AsyncIterator[Hosts]:
     """`await pushing_host("b")`: a host's store and its running pusher to the fake hub."""
     made: list[tuple[PgStore, Pusher]] = []
 
-    async def factory(name: str, *, concurrency: int = 4) -> tuple[PgStore, Pusher]:
+    async def factory(
+        name: str, *, concurrency: int = 4, on_result: Callable[[str, str], None] | None = None
+    ) -> tuple[PgStore, Pusher]:
         store = await CountingStore.open(pg_url, host=name)
         hub = HubConfig(
             name=HUB,
             key="alpha-key-0001",
             push_url=fake_hub.url,
             retry_interval=0.5,
-            push_timeout=2.0,
+            push_timeout=10.0,
         )
-        pusher = Pusher(store, [hub], concurrency=concurrency)
+        pusher = Pusher(store, [hub], concurrency=concurrency, on_result=on_result)
         await pusher.start()
         made.append((store, pusher))
         return store, pusher
@@ -146,3 +154,83 @@ async def row_sms(url: str, delivery_id: int) -> int:
         return int(await db.fetchval("SELECT sms_id FROM deliveries WHERE id = $1", delivery_id))
     finally:
         await db.close()
+
+
+# -- a database that refuses writes (tests/pg.py set_read_only: PostgreSQL's own rule) ----
+
+
+async def reads_after(store: CountingStore, count: int, timeout: float = 10.0) -> None:
+    """Wait until the store's outbox was read `count` more times."""
+    target = store.reads + count
+    store.read = asyncio.Event()
+    async with asyncio.timeout(timeout):
+        while store.reads < target:
+            store.read.clear()
+            await store.read.wait()
+
+
+async def test_a_read_only_database_takes_no_push_and_never_spins(
+    pg_url: str, pushing_host: Hosts, fake_hub: FakeHub
+) -> None:
+    """Taking a push is a write (its lease): refused, nothing is pushed, and the
+    worker waits its hub's retry interval (0.5 s) between tries, never a hot loop."""
+    recorded = asyncio.Event()
+    store, _ = await pushing_host("b", on_result=lambda hub, outcome: recorded.set())
+    assert isinstance(store, CountingStore)
+    await set_read_only(pg_url, True)
+    try:
+        [delivery_id] = await seed(pg_url, 1)
+        started, first = time.monotonic(), store.reads
+        await reads_after(store, 3)
+        elapsed = time.monotonic() - started
+        assert elapsed >= 2 * 0.5 - 0.1  # three tries: two retry intervals between them
+        assert store.reads - first <= elapsed / 0.5 + 2
+        assert fake_hub.received == []
+    finally:
+        await set_read_only(pg_url, False)
+    async with asyncio.timeout(10):
+        await recorded.wait()
+    assert (await row(pg_url, delivery_id))["outcome"] == "SUCCESS"
+    assert len(fake_hub.received) == 1
+
+
+def late_success(gate: asyncio.Event) -> Callable[[], web.StreamResponse]:
+    """The hub's SUCCESS, sent once the test opens `gate`."""
+
+    class _Late(web.Response):
+        async def prepare(self, request: web.BaseRequest) -> Any:
+            await gate.wait()
+            return await super().prepare(request)
+
+    return lambda: _Late(text='{"status": "SUCCESS"}', content_type="application/json")
+
+
+async def test_a_success_the_database_cannot_record_is_recorded_not_pushed_again(
+    pg_url: str, pushing_host: Hosts, fake_hub: FakeHub
+) -> None:
+    gate = asyncio.Event()
+    fake_hub.answers = [late_success(gate)]
+    results: list[str] = []
+    recorded = asyncio.Event()
+
+    def on_result(hub: str, outcome: str) -> None:
+        results.append(outcome)
+        recorded.set()
+
+    store, _ = await pushing_host("b", on_result=on_result)
+    assert isinstance(store, CountingStore)
+    [delivery_id] = await seed(pg_url, 1)
+    await fake_hub.wait_for(1, timeout=5)  # found by polling, pushed; the hub holds its answer
+    await set_read_only(pg_url, True)
+    try:
+        gate.set()  # SUCCESS, which the database cannot record now
+        await reads_after(store, 3)  # the pusher tried again three times meanwhile
+        assert len(fake_hub.received) == 1 and results == []
+    finally:
+        await set_read_only(pg_url, False)
+    async with asyncio.timeout(10):
+        await recorded.wait()
+    assert results == ["SUCCESS"]
+    done = await row(pg_url, delivery_id)
+    assert (done["outcome"], done["attempts"], done["lease_until"]) == ("SUCCESS", 1, None)
+    assert len(fake_hub.received) == 1  # recorded, not pushed again

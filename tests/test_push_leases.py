@@ -43,6 +43,8 @@ async def seed(url: str, count: int, *, hub: str = HUB, due: float = 0.0) -> lis
     """`count` stored SMS with one delivery each to `hub`, due at `due`; their delivery ids."""
     db = await asyncpg.connect(url)
     try:
+        # Another host's inbox, which may write when the test made the database read-only.
+        await db.execute("SET default_transaction_read_only = off")
         ids = []
         for n in range(count):
             sms_id = await db.fetchval(

@@ -61,6 +61,7 @@ def first_sim(r: Running) -> tuple[str, str]:
     return modem.sim.iccid, modem.sim.number
 
 
+@pytest.mark.backends  # what the page reads from the store, on both
 async def test_json_routes_show_the_inventory_without_texts_when_no_token(
     run: RunFactory,
 ) -> None:
@@ -149,6 +150,7 @@ async def test_the_token_guards_every_route(run: RunFactory) -> None:
             assert response.status == 401
 
 
+@pytest.mark.backends  # what the page reads from the store, on both
 async def test_operator_actions(run: RunFactory) -> None:
     r = await run(modems=2, status={"listen": "127.0.0.1:0", "token": TOKEN})
     iccid, number = first_sim(r)
@@ -270,6 +272,7 @@ async def test_metrics(run: RunFactory) -> None:
         assert metric(text, "supplier_sms_parts_received_total") == 4
 
 
+@pytest.mark.backends  # what the page reads from the store, on both
 async def test_earnings_and_an_unplugged_sim(run: RunFactory) -> None:
     r = await run(modems=3)
     answer = await r.number("alpha", "any")

@@ -2,7 +2,8 @@
 
 Issue 17: GET_NUMBER and GET_SERVICES read an index kept up to date by
 every change of state, instead of looking at every SIM. Hypothesis drives
-an inventory on a real SQLite store through random sequences of modem
+an inventory on a real store (SQLite, and PostgreSQL with fewer examples:
+each one is a database round trip per step) through random sequences of modem
 events, operator actions, GET_NUMBERs, FINISHes and the passing of time,
 and after every step compares the pick for every request and the counts
 with the scan the inventory used before (kept here as the reference).
@@ -16,12 +17,15 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from modems.events import NetworkInfo
+from supplier.backend import StoreBackend
 from supplier.inventory import Inventory, NumberTaken, SimState
 from supplier.networks import ANY
+from supplier.pgstore import PgStore
 from supplier.store import FinishStatus, Store
 
 from .hubkit import Clock, sim_ready
@@ -112,9 +116,22 @@ steps = st.one_of(
 )
 
 
-async def replay(history: list[tuple[Any, ...]]) -> None:
+async def empty_store(pg_url: str | None) -> StoreBackend:
+    """SQLite in memory, or the PostgreSQL database at `pg_url` emptied (one per example)."""
+    if pg_url is None:
+        return await Store.open(":memory:")
+    store = await PgStore.open(pg_url)
+    connection = await asyncpg.connect(pg_url)
+    try:
+        await connection.execute("TRUNCATE sims, activations, usage")
+    finally:
+        await connection.close()
+    return store
+
+
+async def replay(history: list[tuple[Any, ...]], pg_url: str | None = None) -> None:
     clock = Clock()
-    store = await Store.open(":memory:")
+    store = await empty_store(pg_url)
     try:
         inventory = Inventory(store, services=SERVICES, release_after=RELEASE_AFTER, clock=clock)
         await inventory.load()
@@ -203,6 +220,22 @@ GET = ("get", "russia", "mts", "vk", ())
 @given(history=st.lists(steps, min_size=1, max_size=40))
 def test_the_index_picks_and_counts_as_the_scan_did(history: list[tuple[Any, ...]]) -> None:
     asyncio.run(replay(history))
+
+
+@example(history=[READY_0, READY_8, SHARED, GET, ("finish", 0, FinishStatus.SOLD)])
+@example(history=[READY_0, READY_8, SHARED] + [GET, ("time", RELEASE_AFTER)] * 3 + [GET])
+@settings(
+    max_examples=100,
+    deadline=None,
+    # One database for every example: each starts by emptying it.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+@given(history=st.lists(steps, min_size=1, max_size=40))
+def test_the_index_picks_and_counts_as_the_scan_did_on_postgresql(
+    pg_url: str, history: list[tuple[Any, ...]]
+) -> None:
+    asyncio.run(replay(history, pg_url))
 
 
 def test_a_get_number_costs_the_same_at_64_and_at_1024_sims() -> None:

@@ -3,6 +3,12 @@
 Real SQLite files throughout. To line writes up in one transaction the
 thread is held on a real job (a read waiting for a `threading.Event`), so
 the writes queued behind it are taken together when it lets go.
+
+SQLite only: these are the writer thread's own rules (group commit, its
+queue, the file). PostgreSQL has no such thread (a pool, one transaction per
+write); its counterparts (a failing write, a database refusing writes, close
+with writes under way, an unreachable server, a newer schema) are in
+test_store_backends.py.
 """
 
 from __future__ import annotations

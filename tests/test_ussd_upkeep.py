@@ -24,11 +24,11 @@ from modems.ussd import parse_cusd
 from supplier.balances import parse_balance
 from supplier.config import ConfigError, NetworkOverride, load_config, parse_config
 from supplier.daemon import Daemon
-from supplier.store import Store
 from supplier.upkeep import NUMBER_USSD, number_in
 
 from .conftest import BankFactory, shared_dir
 from .hubkit import FakeHub, Running, make_config
+from .pg import Stores
 
 FAST_USSD = {
     "spread": "200ms",
@@ -72,7 +72,9 @@ BankRun = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def bank_without_numbers(tmp_path: Path, make_bank: BankFactory) -> AsyncIterator[BankRun]:
+async def bank_without_numbers(
+    tmp_path: Path, make_bank: BankFactory, stores: Stores
+) -> AsyncIterator[BankRun]:
     daemons: list[tuple[Daemon, FakeHub]] = []
 
     async def factory(
@@ -91,7 +93,8 @@ async def bank_without_numbers(tmp_path: Path, make_bank: BankFactory) -> AsyncI
         hub = FakeHub()
         await hub.start()
         extra.setdefault("ussd", FAST_USSD)
-        daemon = Daemon(make_config(tmp_path, bank, {"alpha": hub}, **extra))
+        url = (await stores.storage()).url  # PostgreSQL where the test runs on both backends
+        daemon = Daemon(make_config(tmp_path, bank, {"alpha": hub}, storage_url=url, **extra))
         await daemon.start()
         daemons.append((daemon, hub))
         running = Running(daemon, bank, {"alpha": hub})
@@ -155,12 +158,13 @@ async def test_a_bank_without_numbers_becomes_sellable(bank_without_numbers: Ban
     assert all(sims[vm.sim.iccid]["number_note"] is None for vm in r.bank if vm.sim)
 
 
-async def test_learned_once_per_sim(bank_without_numbers: BankRun, tmp_path: Path) -> None:
+@pytest.mark.backends
+async def test_learned_once_per_sim(bank_without_numbers: BankRun, stores: Stores) -> None:
     r = await bank_without_numbers(2)
     await _until_sellable(r, 2)
     asked = [list(vm.ussd.requests) for vm in r.bank]
     await r.daemon.stop()
-    store = await Store.open(tmp_path / "supplier.db")
+    store = await stores.open()  # the daemon's own store
     try:
         learned = await store.learned_numbers()
     finally:
