@@ -70,6 +70,11 @@ LEASE_SLACK = 5.0
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A server stopped mid-transaction can leave a pooled connection whose protocol
+    # state asyncpg lost track of ("cannot switch to state 12; another operation is in
+    # progress", asyncpg issue #1069): a failed call like any other, and the pool
+    # replaces the connection when its reset fails. Seen with `pg_ctl stop -m fast`.
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )

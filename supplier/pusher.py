@@ -262,6 +262,10 @@ class Pusher:
             except StoreError as exc:
                 self._store_failed(worker, "cannot read the outbox", exc)
                 continue
+            except Exception:  # a bug or a driver's surprise pauses the hub, never ends its worker
+                log.exception("cannot take due pushes", hub=worker.hub.name)
+                self._pause(worker)
+                continue
             for delivery, sms in due:
                 await limit.acquire()
                 if worker.paused_until > loop.time():

@@ -117,7 +117,8 @@ class Load:
     SUCCESS never names a number that is held.
     """
 
-    def __init__(self, running: Running, hub: FakeHub) -> None:
+    def __init__(self, running: Running, hub: FakeHub, logs: Captured | None = None) -> None:
+        self.logs = logs
         self.running = running
         self.hub = hub
         self.phase = "up"
@@ -168,8 +169,23 @@ class Load:
                 ]
             except Exception as exc:  # a diagnosis only
                 rows = [repr(exc)]  # type: ignore[list-item]
+            pusher = self.running.daemon.running.pusher
+            workers = {
+                name: (w.task, w.in_flight, w.paused_until, w.task.done() and w.task.exception())
+                for name, w in pusher._workers.items()
+                if w.task is not None
+            }
+            lines = [
+                (e["event"], e.get("error"), e.get("port"))
+                for e in self.logs or []
+                if e["log_level"] in ("error", "warning", "info", "critical")
+                and "number given" not in e["event"]
+                and "SMS pushed" not in e["event"]
+            ][-40:]
             raise AssertionError(
-                f"not reached in {timeout} s: {self.state()}; on SIMs {on_sims}; stored {rows}"
+                f"not reached in {timeout} s: {self.state()}; on SIMs {on_sims}; stored {rows}; "
+                f"logs {lines}; "
+                f"workers {workers}; unrecorded {pusher._unrecorded}; in flight {pusher._in_flight}"
             ) from None
 
     async def _until(self, predicate: Callable[[], bool], timeout: float) -> None:
@@ -283,7 +299,7 @@ async def test_the_server_stopped_and_started_under_load(
         try:
             running = Running(daemon, bank, {"alpha": hub})
             await running.ready(4)
-            load = Load(running, hub)
+            load = Load(running, hub, logs)
             load.start()
             await outage(load, pg_cluster, mode, 1, logs, bank)
             await outage(load, pg_cluster, mode, 2, logs, bank)
