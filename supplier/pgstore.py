@@ -202,8 +202,12 @@ class PgStore:
         """Connect, bring the schema up to date and raise the id sequences."""
         try:
             async with asyncio.timeout(timeout * 3):
+                # min_size 0: no connection floor. With one, asyncpg's pool reconnects on
+                # its own while the server is down, logging a traceback at every try
+                # (plain text on stderr, beside our one line per episode); connections
+                # are opened by the calls themselves, which are paced by their callers.
                 pool = await asyncpg.create_pool(
-                    url, min_size=1, max_size=max_size, command_timeout=timeout
+                    url, min_size=0, max_size=max_size, command_timeout=timeout
                 )
         except DATABASE_ERRORS as exc:
             raise StoreError(f"{redact(url)}: cannot connect: {describe(exc)}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,26 @@ async def test_the_store_fails_fast_while_the_server_is_down_and_resumes_by_itse
         [(delivery, _)] = await store.due_deliveries(HUB, time.time(), 10)
         assert delivery.id == delivery_id
         assert await store.settle_delivery(delivery_id, "SUCCESS", "HTTP 200", time.time())
+    finally:
+        await store.close()
+
+
+async def test_an_idle_store_does_not_reconnect_on_its_own_while_the_server_is_down(
+    pg_cluster: Cluster, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No connection floor: asyncpg's pool would reconnect by itself every 1, 2, 4… s
+    while the server is down, each try a traceback on stderr beside our own lines."""
+    store = await PgStore.open(pg_url, timeout=2.0)
+    try:
+        assert await store.schema_version() >= 8  # a connection in the pool
+        with caplog.at_level(logging.WARNING):
+            pg_cluster.stop("fast")
+            try:
+                await asyncio.sleep(2.5)  # the time measured: a floor keeper tries twice
+            finally:
+                pg_cluster.start()
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("asyncpg")] == []
+        assert await store.schema_version() >= 8  # the next call connects
     finally:
         await store.close()
 
