@@ -213,6 +213,15 @@ class PgStore:
             raise StoreError(f"{redact(url)}: cannot connect: {describe(exc)}") from None
         except ValueError as exc:  # a malformed URL
             raise StoreError(f"{redact(url)}: {exc}") from None
+        try:
+            async with asyncio.timeout(timeout * 3), pool.acquire():
+                pass  # one connection now: an unreachable server is "cannot connect"
+        except DATABASE_ERRORS as exc:
+            pool.terminate()
+            raise StoreError(f"{redact(url)}: cannot connect: {describe(exc)}") from None
+        except ValueError as exc:  # a malformed URL (read at the first connection)
+            pool.terminate()
+            raise StoreError(f"{redact(url)}: {exc}") from None
         store = cls(url, pool, timeout, host)
         try:
             await store._prepare(time.time())

@@ -84,6 +84,13 @@ async def test_an_idle_store_does_not_reconnect_on_its_own_while_the_server_is_d
         await store.close()
 
 
+async def test_a_malformed_url_is_a_store_error_without_a_pool_connection_floor() -> None:
+    """With no floor the URL is read at the first connection, in `open`: still one
+    StoreError naming it (without its password), not a ValueError."""
+    with pytest.raises(StoreError, match=r"^postgresql://supplier@db:port/x: invalid literal"):
+        await PgStore.open("postgresql://supplier:secret@db:port/x", timeout=1.0)
+
+
 # -- the inbox: a part refused while the server was down ----------------------------------
 
 
