@@ -155,6 +155,7 @@ class Daemon:
         self._pool_changed = asyncio.Event()
         self._port_states: dict[str, str] = {}  # port → the last state logged for it
         self.seen_interval = SEEN_INTERVAL
+        self._seen_failing = False  # touch_sims failed: logged once per episode
         self._stopping = False  # modems stopped on purpose: no "gone" lines for them
         self.failed = asyncio.Event()  # set when the daemon cannot go on (its database is gone)
         self.failure: str | None = None
@@ -187,7 +188,7 @@ class Daemon:
                 lock.acquire()  # raises StoreError naming the holder's pid
                 undo.callback(lock.release)
                 self._db_lock = lock
-            store = await open_store(config.storage)
+            store = await open_store(config.storage, host=config.host.name)
             undo.push_async_callback(store.close)
             inventory = Inventory.from_config(store, config, clock=self.clock)
             await inventory.load()
@@ -512,8 +513,13 @@ class Daemon:
         try:
             await running.store.touch_sims([sim.iccid for sim in live], now)
         except StoreError as exc:
-            log.error("cannot record that SIMs were seen", error=str(exc))
+            level = log.debug if self._seen_failing else log.error
+            level("cannot record that SIMs were seen", error=str(exc))
+            self._seen_failing = True
             return
+        if self._seen_failing:
+            self._seen_failing = False
+            log.info("SIMs seen recorded again")
         for sim in live:
             sim.last_seen = now
 

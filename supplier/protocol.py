@@ -68,12 +68,12 @@ class ProtocolService:
         self.set_hubs(hubs)
         self._on_request = on_request
         self.unknown_key = Throttled(log, "hub request with an unknown key")  # first, then a count
-        # A store that does not answer (a database down) fails every hub request: the first
-        # line as it comes, then a count a minute, not one line per request.
-        self.store_failed = Throttled(log, "store failed during a hub request", level="error")
         # One info line per number given and per FINISH while they are few a second;
         # under a hub's full load, the first ones and a count each second.
         self.handed = Sampled(log)
+        # The store refuses hub requests (a database down): logged once per episode.
+        self.store_failing_since: float | None = None
+        self.store_refused = 0
         self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
             "GET_SERVICES": self.get_services,
             "GET_NUMBER": self.get_number,
@@ -97,8 +97,34 @@ class ProtocolService:
     def close(self) -> None:
         """At a stop: the counts of lines held back so far, and no timer left behind."""
         self.unknown_key.close()
-        self.store_failed.close()
         self.handed.close()
+
+    def store_failed(self, exc: StoreError, seen: Mapping[str, str]) -> None:
+        """A hub request answered ERROR because of the store: one error line per episode."""
+        self.store_refused += 1
+        if self.store_failing_since is None:
+            self.store_failing_since = time.monotonic()
+            log.error(
+                "store failed during a hub request; answering ERROR until it works",
+                error=str(exc),
+                **seen,
+            )
+        else:
+            log.debug("store failed during a hub request", error=str(exc), **seen)
+
+    def store_works(self, action: str, answer: Answer) -> None:
+        """A sale or a FINISH went through the store: the episode, if any, is over."""
+        if self.store_failing_since is None or answer.get("status") != "SUCCESS":
+            return
+        if action not in ("GET_NUMBER", "FINISH_ACTIVATION"):
+            return  # answered from memory: says nothing about the store
+        log.info(
+            "hub requests served by the store again",
+            after=round(time.monotonic() - self.store_failing_since, 1),
+            answered_error=self.store_refused,
+        )
+        self.store_failing_since = None
+        self.store_refused = 0
 
     def observe(self, hub: str, action: str, result: str, seconds: float) -> None:
         if self._on_request is not None:
@@ -388,11 +414,12 @@ async def handle(request: web.Request) -> web.Response:
     status = 200
     try:
         answer = await _dispatch(request, service, seen)
+        service.store_works(seen["action"], answer)
     except ProtocolError as exc:
         answer = {"status": "ERROR", "error": str(exc)}
         status = 405 if isinstance(exc, _WrongMethod) else 200
     except StoreError as exc:
-        service.store_failed(error=str(exc), **seen)
+        service.store_failed(exc, seen)
         answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
     except Exception as exc:  # the one place every failure becomes an answer
         log.exception("hub request failed", error=repr(exc), **seen)

@@ -916,7 +916,13 @@ class Store:
         return [StoredPart(*tuple(row)) for row in rows]
 
     async def due_deliveries(
-        self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
+        self,
+        hub: str,
+        now: float,
+        limit: int,
+        exclude: Iterable[int] = (),
+        *,
+        push_timeout: float = 10.0,  # PgStore leases for it; one host needs no lease
     ) -> list[tuple[Delivery, Sms]]:
         skip = tuple(exclude)
         not_in = _not_in("d.id", skip)
