@@ -467,7 +467,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
         "| setup | come-up s | idle CPU % (daemons / postgres / emulators) | GET_NUMBER/s "
         f"(closed, {args.clients} clients) | won | GET_NUMBER p50 / p99 / max ms | "
-        "CPU ms per GET_NUMBER + FINISH (daemons / postgres / emulators) | "
+        "CPU ms per GET_NUMBER and its FINISH (daemons / postgres / emulators) | "
         f"open loop {args.rate:.0f}/s GET_NUMBER p50 / p99 ms | FINISH p50 / p99 | "
         f"GET_SERVICES p50 / p99 | burst {args.burst} SMS drain s | lost | doubled | "
         "SIMs sold twice | activations |"
