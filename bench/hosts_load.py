@@ -98,7 +98,7 @@ class DurableCluster(Cluster):
         options = (
             f"-k {self.socket} -c listen_addresses='' -c max_connections=100 "
             "-c fsync=on -c synchronous_commit=on -c full_page_writes=on "
-            "-c shared_buffers=128MB"
+            "-c shared_buffers=128MB -c track_commit_timestamp=on"
         )
         self._run(
             ["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start"]
@@ -253,29 +253,88 @@ async def deliveries_pending(storage: str, url: str | None, path: Path | None) -
         return int(db.execute(query).fetchone()[0])
 
 
+# PostgreSQL: when each activation was inserted (inside its allocating transaction,
+# after the SIM's row was locked) and when each FINISH committed, both on the
+# server's clock. A host stamps `created` and `finished` with its own clock when
+# the request arrives, before its transaction, so under concurrency those stamps
+# can overlap without any double sale; these cannot. The triggers add two small
+# inserts per GET_NUMBER and FINISH to the database's work (said in the output).
+AUDIT = """
+CREATE SCHEMA bench;
+CREATE TABLE bench.sold (id bigint, iccid text, at double precision);
+CREATE TABLE bench.finished (id bigint);
+CREATE FUNCTION bench.sold() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO bench.sold VALUES (NEW.id, NEW.iccid, extract(epoch FROM clock_timestamp()));
+  RETURN NULL;
+END $$;
+CREATE FUNCTION bench.finished() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.finished IS NULL AND NEW.finished IS NOT NULL THEN
+    INSERT INTO bench.finished VALUES (NEW.id);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER bench_sold AFTER INSERT ON activations
+  FOR EACH ROW EXECUTE FUNCTION bench.sold();
+CREATE TRIGGER bench_finished AFTER UPDATE OF finished ON activations
+  FOR EACH ROW EXECUTE FUNCTION bench.finished();
+"""
+
+# A SIM sold twice, by the server's clock: activation b of an ICCID inserted
+# before the FINISH of an earlier activation a of that ICCID committed (or, a
+# never finished, before a's release_at).
+SOLD_TWICE_PG = """
+SELECT a.iccid, a.id, b.id, sa.at, b_sold.at,
+       coalesce(extract(epoch FROM pg_xact_commit_timestamp(f.xmin)), a.release_at)
+  FROM activations a
+  JOIN bench.sold sa ON sa.id = a.id
+  JOIN activations b ON b.iccid = a.iccid AND b.id > a.id
+  JOIN bench.sold b_sold ON b_sold.id = b.id
+  LEFT JOIN bench.finished f ON f.id = a.id
+ WHERE b_sold.at < least(
+       coalesce(extract(epoch FROM pg_xact_commit_timestamp(f.xmin)), a.release_at),
+       a.release_at)
+"""
+
 SOLD_TWICE = """
-SELECT count(DISTINCT a.iccid), count(*) FROM activations a JOIN activations b
-  ON b.iccid = a.iccid AND b.id > a.id
+SELECT a.iccid, a.id, b.id, a.created, a.finished, a.release_at, b.created,
+       {least}(COALESCE(a.finished, a.release_at), a.release_at) - b.created
+  FROM activations a JOIN activations b ON b.iccid = a.iccid AND b.id > a.id
  WHERE b.created < {least}(COALESCE(a.finished, a.release_at), a.release_at)
+ ORDER BY 8 DESC
 """
 
 
-async def sold_twice(storage: str, url: str | None, path: Path | None) -> tuple[int, int, int]:
-    """(ICCIDs with overlapping open activations, such pairs, activations in all)."""
+async def overlaps(storage: str, url: str | None, path: Path | None) -> tuple[list[Any], int]:
+    """Pairs of activations of one ICCID open at the same moment, and the activations in all.
+
+    SQLite: by the stamps (one process, one clock, stamped where the inventory
+    decides). PostgreSQL: by the audit triggers' server times (SOLD_TWICE_PG).
+    """
     if storage == "postgresql":
         connection = await asyncpg.connect(url)
         try:
-            row = await connection.fetchrow(SOLD_TWICE.format(least="LEAST"))
+            rows = [tuple(r) for r in await connection.fetch(SOLD_TWICE_PG)]
             total = await connection.fetchval("SELECT count(*) FROM activations")
+            audited = await connection.fetchval("SELECT count(*) FROM bench.sold")
+            stamped = await connection.fetchval(
+                f"SELECT count(*) FROM ({SOLD_TWICE.format(least='LEAST')}) s"
+            )
         finally:
             await connection.close()
-        assert row is not None
-        return int(row[0]), int(row[1]), int(total)
+        print(
+            f"postgresql: {audited} of {total} activations audited; "
+            f"{stamped} pairs overlap by the hosts' request stamps (not a double sale by "
+            "itself: a stamp is taken before the transaction)",
+            flush=True,
+        )
+        return rows, int(total)
     assert path is not None
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        iccids, pairs = db.execute(SOLD_TWICE.format(least="MIN")).fetchone()
+        rows = db.execute(SOLD_TWICE.format(least="MIN")).fetchall()
         (total,) = db.execute("SELECT count(*) FROM activations").fetchone()
-    return int(iccids), int(pairs), int(total)
+    return rows, int(total)
 
 
 def stop(procs: list[subprocess.Popen[str]]) -> None:
@@ -350,6 +409,12 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             await wait_sellable(session, urls, args.modems)
         out["come_up"] = time.monotonic() - started
+        if db_url is not None:
+            connection = await asyncpg.connect(db_url)
+            try:
+                await connection.execute(AUDIT)
+            finally:
+                await connection.close()
         logs = [asyncio.create_task(drain_log(p)) for _, p in running(procs)]
 
         daemons = [psutil.Process(p.pid) for _, p in running(procs)]
@@ -440,10 +505,12 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for task in logs:
             task.cancel()
         stop([p for _, p in running(procs)])
-        iccids, pairs, total = await sold_twice(storage, db_url, db_path)
-        out["sold_twice"] = iccids
-        out["sold_twice_pairs"] = pairs
+        pairs, total = await overlaps(storage, db_url, db_path)
+        out["sold_twice"] = len({row[0] for row in pairs})
+        out["overlaps"] = pairs
         out["activations"] = total
+        for row in pairs[:10]:
+            print(f"{name}: overlapping activations {row}", flush=True)
     finally:
         for task in logs:
             task.cancel()
