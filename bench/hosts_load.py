@@ -94,12 +94,16 @@ COVER_SERVICE = SERVICES[-1]  # the closed and open loops leave it alone (hub_lo
 class DurableCluster(Cluster):
     """tests/pg.py's throwaway cluster, but with a production server's durability."""
 
+    statements = False  # load pg_stat_statements (what each statement costs)
+
     def start(self) -> None:
         options = (
             f"-k {self.socket} -c listen_addresses='' -c max_connections=100 "
             "-c fsync=on -c synchronous_commit=on -c full_page_writes=on "
             "-c shared_buffers=128MB -c track_commit_timestamp=on"
         )
+        if self.statements:
+            options += " -c shared_preload_libraries=pg_stat_statements"
         self._run(
             ["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start"]
         )
@@ -337,6 +341,51 @@ async def overlaps(storage: str, url: str | None, path: Path | None) -> tuple[li
     return rows, int(total)
 
 
+async def server_counts(url: str | None, *, reset: bool = False) -> int:
+    """Transactions committed in the database so far (and pg_stat_statements reset)."""
+    if url is None:
+        return 0
+    connection = await asyncpg.connect(url)
+    try:
+        if reset:
+            await connection.execute("SELECT pg_stat_statements_reset()")
+        return int(
+            await connection.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+        )
+    finally:
+        await connection.close()
+
+
+async def top_statements(url: str, requests: int) -> list[str]:
+    """The statements that took the server's time under the closed loop, per GET_NUMBER."""
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT calls, total_exec_time, rows, query FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "ORDER BY total_exec_time DESC"
+        )
+    finally:
+        await connection.close()
+    total = sum(r["total_exec_time"] for r in rows)
+    lines = [
+        f"statements under the closed loop: {sum(r['calls'] for r in rows) / requests:.1f} "
+        f"per GET_NUMBER request, {total / requests:.3f} ms of execution per request",
+        "| calls per request | ms per request | share | statement |",
+        "|---|---|---|---|",
+    ]
+    for r in rows[:12]:
+        query = " ".join(r["query"].split())
+        query = query if len(query) <= 110 else query[:107] + "..."
+        lines.append(
+            f"| {r['calls'] / requests:.2f} | {r['total_exec_time'] / requests:.3f} | "
+            f"{r['total_exec_time'] / total * 100:.0f} % | `{query}` |"
+        )
+    return lines
+
+
 def stop(procs: list[subprocess.Popen[str]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -367,6 +416,7 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     "PostgreSQL server binaries not found (apt-get install postgresql)"
                 )
             cluster = DurableCluster(bindir)
+            cluster.statements = args.statements
             await asyncio.to_thread(cluster.init)
             await asyncio.to_thread(cluster.start)
             connection = await asyncpg.connect(cluster.url())
@@ -413,6 +463,8 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
             connection = await asyncpg.connect(db_url)
             try:
                 await connection.execute(AUDIT)
+                if args.statements:
+                    await connection.execute("CREATE EXTENSION pg_stat_statements")
             finally:
                 await connection.close()
         logs = [asyncio.create_task(drain_log(p)) for _, p in running(procs)]
@@ -455,9 +507,15 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         out["open_loop_cpu"] = {k: v / elapsed * 100 for k, v in spent.items()}
 
         # 3. Closed loop: GET_NUMBER + FINISH.
+        commits = await server_counts(db_url, reset=args.statements)
         meter.mark()
         numbers, elapsed, won = await load(urls, args.clients, args.requests, number_body)
         spent, _ = meter.spent()
+        if db_url is not None:
+            after = await server_counts(db_url)
+            out["numbers_commits"] = (after - commits) / max(1, len(numbers))
+            if args.statements:
+                out["statements"] = await top_statements(db_url, len(numbers))
         out["numbers"] = (statistics.median(numbers), pct(numbers, 99), max(numbers))
         out["numbers_rps"] = len(numbers) / elapsed
         out["numbers_won"] = won
@@ -491,11 +549,15 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
             spent, elapsed = meter.spent()
             out["burst_cpu"] = {k: v / elapsed * 100 for k, v in spent.items()}
             # Late doubles: wait until the store has settled every delivery, then a while.
-            async with asyncio.timeout(120):
-                while True:
-                    if not await deliveries_pending(storage, db_url, db_path):
-                        break
-                    await asyncio.sleep(0.5)
+            out["unsettled"] = 0
+            try:
+                async with asyncio.timeout(args.drain_timeout):
+                    while True:
+                        if not await deliveries_pending(storage, db_url, db_path):
+                            break
+                        await asyncio.sleep(0.5)
+            except TimeoutError:
+                out["unsettled"] = await deliveries_pending(storage, db_url, db_path)
             await asyncio.sleep(args.grace)
         out["lost"] = len(expected - hub.received.keys())
         out["doubled"] = sum(
@@ -561,10 +623,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"ms from the scheduled start; CPU % under it (daemons / postgres / emulators) "
             f"{cpu_cell(r['open_loop_cpu'], '%')}; "
             f"under the burst {cpu_cell(r['burst_cpu'], '%')}; "
-            f"SIMs given an activation before the burst: {r['covered']}"
+            f"SIMs given an activation before the burst: {r['covered']}; "
+            f"deliveries unsettled at the end: {r['unsettled']}"
             + (f"; server: {r['server']}" if "server" in r else "")
         )
         print("\n".join(r["open_loop"]), flush=True)
+        if "numbers_commits" in r:
+            print(
+                f"{r['setup']}: {r['numbers_commits']:.2f} database transactions committed "
+                "per closed-loop GET_NUMBER request (with its FINISH, and everything else the "
+                "hosts committed meanwhile: publishing, recounts, upkeep)"
+            )
+        if "statements" in r:
+            print("\n".join(r["statements"]), flush=True)
 
 
 def main() -> int:
@@ -583,6 +654,12 @@ def main() -> int:
         "--grace", type=float, default=10.0, help="seconds after the last settled push for doubles"
     )
     parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="PostgreSQL: load pg_stat_statements and print the statements that took the "
+        "server's time under the closed loop (adds its own small cost)",
+    )
     args = parser.parse_args()
     raise_open_file_limit()
     setups = args.setup or ["pg2", "sqlite1"]
@@ -597,13 +674,23 @@ def main() -> int:
         f"both under {tempfile.gettempdir()}"
     )
     results = []
+    failed = False
     for name in setups:
-        results.append(asyncio.run(run_setup(name, args)))
+        try:
+            results.append(asyncio.run(run_setup(name, args)))
+        except Exception as exc:  # one setup failing still reports the others
+            failed = True
+            print(f"{name} failed: {exc!r}", flush=True)
+            continue
+        r = results[-1]
         print(
-            f"{name} done; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True
+            f"{name} done; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+            f"GET_NUMBER/s {r['numbers_rps']:.0f}, burst drain {r['drain']}, lost {r['lost']}, "
+            f"doubled {r['doubled']}, unsettled {r['unsettled']}, sold twice {r['sold_twice']}",
+            flush=True,
         )
     report(results, args)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
