@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -194,6 +195,7 @@ app.router.add_post("/", answer)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
 
+GET_NUMBER_SECONDS = "supplier_get_number_seconds"
 OPEN_LOOP_ACTIONS = ("GET_SERVICES", "GET_NUMBER", "GET_SERVICES", "FINISH_ACTIVATION")
 
 
@@ -269,18 +271,28 @@ async def open_loop(
     return latencies
 
 
-async def loop_lag(session: aiohttp.ClientSession, status: str) -> dict[str, float]:
-    """The daemon's supplier_event_loop_lag_seconds histogram, as bucket → count."""
+async def loop_lag(
+    session: aiohttp.ClientSession, status: str, metric: str = "supplier_event_loop_lag_seconds"
+) -> dict[str, float]:
+    """One of the daemon's histograms (the loop lag unless told), as bucket → count."""
     async with session.get(f"http://{status}/metrics") as response:
         text = await response.text()
     buckets: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("supplier_event_loop_lag_seconds_bucket"):
+        if line.startswith(f"{metric}_bucket"):
             le = line.split('le="')[1].split('"')[0]
             buckets[le] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("supplier_event_loop_lag_seconds_count"):
+        elif line.startswith(f"{metric}_count"):
             buckets["count"] = float(line.rsplit(" ", 1)[1])
     return buckets
+
+
+def within(before: dict[str, float], after: dict[str, float], limit: str) -> str:
+    """The share of a histogram's observations in the run that were at most `limit`."""
+    total = after.get("count", 0.0) - before.get("count", 0.0)
+    if not total:
+        return "-"
+    return f"{(after.get(limit, 0.0) - before.get(limit, 0.0)) / total * 100:.0f} %"
 
 
 def lag_over(before: dict[str, float], after: dict[str, float], limit: str) -> str:
@@ -322,6 +334,7 @@ async def run(
     duration: float = 30.0,
     profile: str | None = None,
     idle: float = 10.0,
+    idle_profile: str | None = None,
 ) -> dict[str, str]:
     work = tempfile.mkdtemp(prefix=f"bench-hub-{count}-")
     emulator, control = await start_emulator(count, os.path.join(work, "bank"))
@@ -351,8 +364,11 @@ storage: {{path: "{work}/supplier.db"}}
         me = psutil.Process(daemon.pid)
 
         cpu0 = me.cpu_times()
+        spy = py_spy(daemon.pid, idle_profile, idle) if idle_profile else None
         await asyncio.sleep(idle)
         cpu1 = me.cpu_times()
+        if spy is not None:
+            await stop_py_spy(spy)
         out["idle_cpu"] = f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / idle * 100:.1f}"
         out["idle_rss"] = f"{me.memory_info().rss / 2**20:.0f}"
 
@@ -364,22 +380,16 @@ storage: {{path: "{work}/supplier.db"}}
             floor = None
             async with aiohttp.ClientSession() as session:
                 lag0 = await loop_lag(session, f"127.0.0.1:{status_port}")
+                own0 = await loop_lag(session, f"127.0.0.1:{status_port}", GET_NUMBER_SECONDS)
                 cpu0 = me.cpu_times()
-                spy = None
-                if profile:
-                    # Collapsed stacks of the daemon (idle frames left out) while it
-                    # serves the open loop: what holds its event loop.
-                    spy = subprocess.Popen(
-                        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                         str(daemon.pid), "--duration", str(int(duration)), "--rate", "200",
-                         "--format", "raw", "--output", profile, "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
+                # What holds the daemon's event loop while it serves the open loop.
+                spy = py_spy(daemon.pid, profile, duration) if profile else None
                 daemon_latencies = await open_loop(url, rate, duration)
                 cpu1 = me.cpu_times()
                 if spy is not None:
-                    await asyncio.to_thread(spy.wait, 60)
+                    await stop_py_spy(spy)
                 lag1 = await loop_lag(session, f"127.0.0.1:{status_port}")
+                own1 = await loop_lag(session, f"127.0.0.1:{status_port}", GET_NUMBER_SECONDS)
             out["open_loop"] = "\n".join(open_loop_table(floor_latencies, daemon_latencies))
             out["open_loop_cpu"] = (
                 f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / duration * 100:.0f}"
@@ -387,9 +397,30 @@ storage: {{path: "{work}/supplier.db"}}
             out["open_loop_lag"] = (
                 f"{lag_over(lag0, lag1, '0.005')} over 5 ms, {lag_over(lag0, lag1, '0.025')} over 25 ms"
             )
+            # The daemon's own time for a GET_NUMBER (its handler, the commit included):
+            # how much of the client's latency is inside the handler.
+            out["open_loop_own"] = ", ".join(
+                f"≤ {float(le) * 1000:g} ms {within(own0, own1, le)}" for le in ("0.001", "0.0025")
+            )
             if phase == "open-loop":
                 logs.cancel()
                 return out
+
+        def number_body() -> dict[str, Any]:
+            return {"key": KEY, "action": "GET_NUMBER", "country": "russia", "operator": "any",
+                    "service": random.choice(SERVICES[:-1]), "sum": 10, "currency": 643}  # fmt: skip
+
+        if phase == "closed-loop":
+            # The same closed loop against the do-nothing server (which answers every
+            # GET_NUMBER with an activation, so each is followed by its FINISH too):
+            # what this client and machine reach when the server costs nothing.
+            floor, floor_url = await start_floor()
+            floor_numbers, elapsed, _ = await load(floor_url, clients, requests, number_body)
+            floor.terminate()
+            floor.wait(timeout=20)
+            floor = None
+            out["floor_numbers"] = summary(floor_numbers)
+            out["floor_numbers_rps"] = f"{len(floor_numbers) / elapsed:.0f}"
 
         if phase == "sms":
             requests = 0  # straight to the SMS: activations on every SIM, spread, burst
@@ -399,11 +430,18 @@ storage: {{path: "{work}/supplier.db"}}
         out["services"] = summary(services)
         out["services_rps"] = f"{len(services) / elapsed:.0f}"
 
-        def number_body() -> dict[str, Any]:
-            return {"key": KEY, "action": "GET_NUMBER", "country": "russia", "operator": "any",
-                    "service": random.choice(SERVICES[:-1]), "sum": 10, "currency": 643}  # fmt: skip
-
+        # The GET_NUMBER + FINISH load is what --profile records in this phase.
+        spy = py_spy(daemon.pid, profile, 3600) if profile and phase == "closed-loop" else None
+        cpu0 = me.cpu_times()
         numbers, elapsed, won = await load(url, clients, requests, number_body)
+        cpu1 = me.cpu_times()
+        if spy is not None:
+            await stop_py_spy(spy)
+        cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+        out["numbers_cpu"] = f"{cpu / elapsed * 100:.0f}"
+        # The daemon's CPU per GET_NUMBER and its FINISH: what one costs, whatever
+        # share of the cores the daemon got (the rate depends on that too).
+        out["numbers_cpu_ms"] = f"{cpu / max(1, len(numbers)) * 1000:.3f}"
         out["numbers"] = summary(numbers)
         out["numbers_rps"] = f"{len(numbers) / elapsed:.0f}"
         out["numbers_won"] = str(won)
@@ -487,6 +525,23 @@ storage: {{path: "{work}/supplier.db"}}
     return out
 
 
+def py_spy(pid: int, output: str, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy recording the daemon's collapsed stacks, every thread, idle frames left out."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+         "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
+         "--output", output, "--nonblocking", "--threads"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
+    """Stop it now (SIGINT: it writes what it has) and wait for the file."""
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+    await asyncio.to_thread(spy.wait, 60)
+
+
 async def cmti_times(session: aiohttp.ClientSession, control: str, count: int) -> dict[str, float]:
     stamps: dict[str, float] = {}
     for index in range(count):
@@ -520,7 +575,12 @@ def main() -> int:
         "--idle", type=float, default=10.0, help="seconds of idle CPU measured after come-up"
     )
     parser.add_argument(
-        "--profile", help="py-spy's collapsed stacks of the daemon under the open loop, to a file"
+        "--profile",
+        help="py-spy's collapsed stacks of the daemon (--threads) to a file: under the open "
+        "loop (open-loop phase) or the GET_NUMBER + FINISH load (closed-loop phase)",
+    )
+    parser.add_argument(
+        "--idle-profile", help="py-spy's collapsed stacks of the idle daemon (the --idle seconds)"
     )
     args = parser.parse_args()
     raise_open_file_limit()
@@ -529,16 +589,23 @@ def main() -> int:
     )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.phase == "closed-loop":
-        print("| modems | idle CPU % | GET_SERVICES p50 / p99 / max ms | rps | GET_NUMBER | rps | won |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| modems | idle CPU % | GET_SERVICES p50 / p99 / max ms | rps "
+            "| GET_NUMBER | rps | won | daemon CPU % under GET_NUMBER | daemon CPU ms per GET_NUMBER "
+            "| floor GET_NUMBER p50 / p99 / max ms | floor rps |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for count in args.modems or [512]:
             r = asyncio.run(
                 run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
-                    phase="closed-loop", idle=args.idle)
+                    phase="closed-loop", idle=args.idle, profile=args.profile,
+                    idle_profile=args.idle_profile)
             )  # fmt: skip
             print(
                 f"| {count} | {r['idle_cpu']} | {r['services']} | {r['services_rps']} | "
-                f"{r['numbers']} | {r['numbers_rps']} | {r['numbers_won']} |",
+                f"{r['numbers']} | {r['numbers_rps']} | {r['numbers_won']} | {r['numbers_cpu']} | "
+                f"{r['numbers_cpu_ms']} | "
+                f"{r['floor_numbers']} | {r['floor_numbers_rps']} |",
                 flush=True,
             )
         return 0
@@ -547,7 +614,7 @@ def main() -> int:
             r = asyncio.run(
                 run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
                     phase="open-loop", rate=args.rate, duration=args.duration,
-                    profile=args.profile, idle=args.idle)
+                    profile=args.profile, idle=args.idle, idle_profile=args.idle_profile)
             )  # fmt: skip
             open_loop_report(r, args.rate, args.duration)
         return 0
@@ -585,7 +652,8 @@ def open_loop_report(r: dict[str, str], rate: float, duration: float) -> None:
         f"open loop, {r['modems']} modems: {rate:.0f} requests/s for {duration:.0f} s "
         "(GET_SERVICES, GET_NUMBER, GET_SERVICES, FINISH 4), ms from the scheduled start; "
         f"idle CPU {r['idle_cpu']} % of a core; daemon CPU under this load {r['open_loop_cpu']} %; "
-        f"daemon loop lag samples {r['open_loop_lag']}"
+        f"daemon loop lag samples {r['open_loop_lag']}; the daemon's own GET_NUMBER time "
+        f"(handler and commit): {r['open_loop_own']}"
     )
     print(r["open_loop"], flush=True)
 

@@ -47,6 +47,7 @@ class Messaging:
         self.indications: str | None = None  # the AT+CNMI setting that took, None = polling
         self.sms_read = 0
         self.sweep_due = False  # a message was not accepted, or a flood lost a +CMTI
+        self.refused = 0  # messages the owner could not take since it last took one
         self.log = log.bind(port=session.port)  # the modem rebinds it with the SIM
 
     async def setup(self) -> None:
@@ -154,11 +155,17 @@ class Messaging:
         try:
             accepted = await accept(index, pdu)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the SMS stays on the SIM
-            self.log.error("SMS not accepted; kept on the SIM", index=index, error=repr(exc))
+            # One line per episode (an owner's store that is down refuses every sweep).
+            level = self.log.debug if self.refused else self.log.error
+            level("SMS not accepted; kept on the SIM", index=index, error=repr(exc))
+            self.refused += 1
             self.sweep_due = True
             return
         if not accepted:
             return
+        if self.refused:
+            self.log.info("SMS accepted again", refused_attempts=self.refused)
+            self.refused = 0
         self.sms_read += 1
         try:
             await self._session.command(f"AT+CMGD={index}")

@@ -106,6 +106,7 @@ class _Wake(enum.Enum):
     NETWORK = "network"
     SWEEP = "sweep"
     RESET = "reset"
+    CLOSED = "closed"  # the port closed: `_serve` finds it closed and ends the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,11 +403,24 @@ class Modem:
         next_health = loop.time() + spread(self.settings.health_interval, first=True)
         next_sweep = loop.time() + spread(self.settings.sweep_interval, first=True)
         channel = self._session.channel
+        # One watcher for the whole session, not two futures and a wait per wake-up:
+        # at 512 modems those were a good part of the idle daemon's loop.
+        closed = asyncio.ensure_future(channel.wait_closed())
+        closed.add_done_callback(self._on_closed)
+        try:
+            await self._serve_until_closed(channel, next_health, next_sweep)
+        finally:
+            closed.cancel()
+
+    async def _serve_until_closed(
+        self, channel: ATChannel, next_health: float, next_sweep: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
         messaging = self._messaging
         while True:
             now = loop.time()
             deadline = min(next_health, next_sweep) if self.ready else next_health
-            wake = await self._next_wake(channel, max(0.0, deadline - now))
+            wake = await self._next_wake(max(0.0, deadline - now))
             if not channel.is_open:
                 raise ModemDisconnected(f"{self.port}: {channel.lost_reason or 'port lost'}")
             try:
@@ -465,24 +479,15 @@ class Modem:
         elif wake is _Wake.SWEEP and self.ready:
             await messaging.sweep(self._accept)
 
-    async def _next_wake(
-        self, channel: ATChannel, timeout: float
-    ) -> _Wake | _CmtiWake | _JobWake | None:
+    async def _next_wake(self, timeout: float) -> _Wake | _CmtiWake | _JobWake | None:
+        """The next wake-up (the port closing is one: `_Wake.CLOSED`), or None at `timeout`."""
         if not self._wake.empty():
             return self._wake.get_nowait()
-        getter = asyncio.ensure_future(self._wake.get())
-        closed = asyncio.ensure_future(channel.wait_closed())
         try:
-            done, _ = await asyncio.wait(
-                {getter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for future in (getter, closed):
-                if not future.done():
-                    future.cancel()
-        if getter in done and not getter.cancelled():
-            return getter.result()
-        return None
+            async with asyncio.timeout(timeout):
+                return await self._wake.get()
+        except TimeoutError:
+            return None  # a wake-up that came as it ran out stays queued (Queue.get's contract)
 
     async def _health(self) -> None:
         await self._check_sim(verify_iccid=False)
@@ -558,6 +563,10 @@ class Modem:
             self._queue(_Wake.SWEEP)
         elif not name:
             self._log.debug("stray line", line=urc.text[:80])
+
+    def _on_closed(self, watcher: asyncio.Future[None]) -> None:
+        if not watcher.cancelled():
+            self._queue(_Wake.CLOSED)
 
     def _queue(self, wake: _Wake | _CmtiWake | _JobWake) -> None:
         try:

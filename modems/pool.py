@@ -14,6 +14,7 @@ import asyncio
 import glob
 import os
 import resource
+import stat
 from collections.abc import Iterator, Sequence
 
 import structlog
@@ -52,17 +53,20 @@ def expand_ports(
     `resolved` (name → the name's inode, device and real path, kept by the
     caller between scans) saves resolving a name again while it is the same
     file: `os.path.realpath` is pure Python, 512 of them every rescan cost
-    more than all the modems' health checks.
+    more than all the modems' health checks. A known name then costs two
+    system calls a scan (its `stat` and `lstat`).
     """
     found: dict[str, str] = {}
     seen: set[str] = set(exclude) | {os.path.realpath(path) for path in exclude}
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if _GLOB_CHARS & set(pattern) else [pattern]
         for path in matches:
-            if not os.path.exists(path):
+            try:
+                target = os.stat(path)  # follows links: a dangling one is no port
+            except (OSError, ValueError):
                 continue
             real = _realpath(path, resolved)
-            if real in seen or os.path.isdir(real):
+            if real in seen or stat.S_ISDIR(target.st_mode):
                 continue
             seen.add(real)
             found[path] = real

@@ -109,7 +109,13 @@ class StoreBackend(Protocol):
     async def complete(self, sms: NewSms) -> tuple[Sms, list[Delivery]]: ...
     async def pending_parts(self) -> list[StoredPart]: ...
     async def due_deliveries(
-        self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
+        self,
+        hub: str,
+        now: float,
+        limit: int,
+        exclude: Iterable[int] = (),
+        *,
+        push_timeout: float = 10.0,  # PostgreSQL leases each for this plus a margin
     ) -> list[tuple[Delivery, Sms]]: ...
     async def next_due(self, hub: str, exclude: Iterable[int] = ()) -> float | None: ...
     async def settle_delivery(
@@ -136,8 +142,12 @@ class StoreBackend(Protocol):
     async def save_balance(self, iccid: str, balance: BalanceRow) -> None: ...
 
 
-async def open_store(storage: StorageConfig) -> StoreBackend:
-    """The configured store, open and migrated (StoreError when it cannot be)."""
+async def open_store(storage: StorageConfig, *, host: str | None = None) -> StoreBackend:
+    """The configured store, open and migrated (StoreError when it cannot be).
+
+    `host`: this host's name (`host.name`), which a PostgreSQL store writes on the
+    pushes it leases; None: the hostname.
+    """
     if storage.url is not None:
-        return await PgStore.open(storage.url)
+        return await PgStore.open(storage.url, host=host)
     return await Store.open(storage.path)

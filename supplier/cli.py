@@ -35,6 +35,7 @@ from .daemon import Daemon, modem_settings
 from .demo import run_demo
 from .errors import SupplierError
 from .inspection import daemon_sims, held_ports, live_view, scan, sims_report
+from .migrate import migrate_store
 from .pgstore import probe, redact
 from .systemd import Notifier
 
@@ -206,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     ussd_mode.add_argument("--reply", help="answer the open menu with this item or text")
     ussd_mode.add_argument("--close", action="store_true", help="end the open menu")
 
+    migrate = commands.add_parser(
+        "migrate-store",
+        parents=[common],
+        help="copy a SQLite store into an empty PostgreSQL database (moving to several hosts)",
+        description="Copy every table of the SQLite store at PATH (activations, history, SMS, "
+        "pushes, learned numbers, balances, SIM banks) into the empty PostgreSQL database at "
+        "URL, keeping ids, in one transaction. The store is only read; a store a running "
+        "daemon uses and a database with any row in it are refused.",
+    )
+    migrate.add_argument("--from", dest="source", required=True, metavar="PATH")
+    migrate.add_argument(
+        "--to", dest="url", required=True, metavar="URL", help="postgresql://user@host/db"
+    )
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -260,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: RET503 - parser.err
             )
             print(answer)
             return 0
+        if args.command == "migrate-store":
+            return asyncio.run(_migrate_store(args.source, args.url))
         if args.command == "sims":
             print(sims_report(load_config(args.config)))
             return 0
@@ -488,6 +505,17 @@ async def _demo(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         raise CliError(f"demo cannot start: {exc.strerror or exc}") from None
+
+
+async def _migrate_store(source: str, url: str) -> int:
+    copied = await migrate_store(source, url)
+    width = max(len(table.table) for table in copied) if copied else 0
+    print(f"copied {source} into {redact(url)} (one transaction):")
+    for table in copied:
+        ids = f"  (next id {table.next_id})" if table.next_id is not None else ""
+        print(f"  {table.table:<{width}} {table.rows:>9} rows{ids}")
+    print(f"  {'total':<{width}} {sum(table.rows for table in copied):>9} rows")
+    return 0
 
 
 async def _scan(args: argparse.Namespace) -> int:

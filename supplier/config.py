@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import socket
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "BankConfig",
     "Config",
     "ConfigError",
+    "HostConfig",
     "HubConfig",
     "ModemsConfig",
     "RotationConfig",
@@ -258,6 +261,55 @@ class StorageConfig(_Frozen):
         return self
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _host_name(value: str) -> str:
+    if not _HOST_NAME.fullmatch(value):
+        raise ValueError(
+            "expected a host name of 1-63 letters, digits, dots, dashes or underscores"
+        )
+    return value
+
+
+def _status_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    url = value.rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+        raise ValueError("expected the status route's base URL, e.g. http://10.0.0.11:8001")
+    return url
+
+
+class HostConfig(_Frozen):
+    """This host among several sharing one PostgreSQL store (issue 16).
+
+    `name` tells the hosts apart (their SIMs, their leases): each must have
+    its own. The lease is how long the other hosts count this host's SIMs
+    after its last renewal; it is renewed every `renew`.
+    """
+
+    name: Annotated[str, AfterValidator(_host_name)] = Field(default_factory=socket.gethostname)
+    lease: Duration = 15.0
+    renew: Duration = 5.0
+    # How the other hosts reach this host's status route (e.g. http://10.0.0.11:8001):
+    # an operator action on one of this host's SIMs that needs its modem (USSD, a
+    # reset) is forwarded there from whichever host's page it was made on.
+    status_url: Annotated[str | None, AfterValidator(_status_url)] = None
+
+    @field_validator("renew")
+    @classmethod
+    def _renewed_in_time(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease")
+        if lease is not None and value * 2 > lease:
+            raise ValueError(
+                f"expected at most half of host.lease ({lease:g}s): "
+                "one late renewal must not let the lease run out"
+            )
+        return value
+
+
 class ActivationConfig(_Frozen):
     release_after: Duration = 1200.0
 
@@ -343,6 +395,7 @@ class Config(_Frozen):
     networks: dict[str, NetworkOverride] = Field(default_factory=dict)
     services: tuple[Slug, ...] = DEFAULT_SERVICES
     storage: StorageConfig = StorageConfig()
+    host: HostConfig = Field(default_factory=HostConfig)
     activation: ActivationConfig = ActivationConfig()
     status: StatusConfig = StatusConfig()
     sms: SmsConfig = SmsConfig()

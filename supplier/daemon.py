@@ -1,10 +1,11 @@
 """The daemon: store, inventory, inbox and pusher, the modem pool, the hub endpoint.
 
 Start order: store → inventory and inbox rebuilt from it → pusher (sends
-what was left undelivered) → hub endpoint → status route → modem pool.
+what was left undelivered) → hub endpoint → status route → (on a shared
+store: this host's lease and published SIMs, supplier/hosts.py) → modem pool.
 Stop order is the reverse of what matters: stop taking hub requests (those
-in flight finish), stop the modems (no new SMS), stop the pusher, close the
-store.
+in flight finish; this host's SIMs leave every host's counts), stop the
+modems (no new SMS), stop the pusher, close the store.
 
 One daemon per SQLite database: `start` first takes the lock beside the
 database file and refuses to start, naming the holder's pid, when another
@@ -45,9 +46,12 @@ from .backend import StoreBackend, open_store
 from .banks_status import BankCollector
 from .config import Config
 from .errors import StoreError, SupplierError
+from .hosts import Hosts
+from .hosts_status import HostsView, follow_operators
 from .inbox import Inbox
 from .inventory import Inventory
 from .metrics import Metrics, watch_loop_lag
+from .pgstore import PgStore
 from .protocol import ProtocolService, create_protocol_app
 from .pusher import Pusher
 from .rotation import Rotation
@@ -136,6 +140,7 @@ class Running:
     view: StatusView
     listening: tuple[str, int]  # the hub endpoint's address (port 0 in the config: the real one)
     status_listening: tuple[str, int]
+    hosts: Hosts | None = None  # several hosts on one PostgreSQL store: this host's part
 
 
 class Daemon:
@@ -150,6 +155,7 @@ class Daemon:
         self._pool_changed = asyncio.Event()
         self._port_states: dict[str, str] = {}  # port → the last state logged for it
         self.seen_interval = SEEN_INTERVAL
+        self._seen_failing = False  # touch_sims failed: logged once per episode
         self._stopping = False  # modems stopped on purpose: no "gone" lines for them
         self.failed = asyncio.Event()  # set when the daemon cannot go on (its database is gone)
         self.failure: str | None = None
@@ -182,10 +188,12 @@ class Daemon:
                 lock.acquire()  # raises StoreError naming the holder's pid
                 undo.callback(lock.release)
                 self._db_lock = lock
-            store = await open_store(config.storage)
+            store = await open_store(config.storage, host=config.host.name)
             undo.push_async_callback(store.close)
             inventory = Inventory.from_config(store, config, clock=self.clock)
             await inventory.load()
+            if isinstance(store, PgStore):  # shared: sell and count over every live host
+                inventory.hosts = Hosts(store, inventory, config.host)
             pusher = Pusher(store, config.hubs, clock=self.clock, on_result=self.metrics.on_push)
             inbox = Inbox(
                 store,
@@ -230,6 +238,12 @@ class Daemon:
             )
             await upkeep.load()
             inventory.on_sold = upkeep.sold
+            # Several hosts on one database: the status page shows and reaches them all.
+            hosts_view = (
+                HostsView(store, config.host.name, config.host.status_url)
+                if isinstance(store, PgStore)
+                else None
+            )
             view = StatusView(
                 inventory,
                 store,
@@ -238,6 +252,7 @@ class Daemon:
                 rotation,
                 hubs=[hub.name for hub in config.hubs],
                 clock=self.clock,
+                hosts=hosts_view,
             )
             app = create_protocol_app(
                 protocol, path=config.server.path, max_body=config.server.max_body
@@ -262,10 +277,13 @@ class Daemon:
                 view,
                 listening,
                 status_listening,
+                inventory.hosts,
             )
             undo.pop_all()  # started: `stop` undoes it from here on
         matched = len(expand_ports(pool.patterns, pool.exclude))  # what the pool will open
         upkeep.start()
+        if inventory.hosts is not None:
+            inventory.hosts.start()  # the lease first: this host's SIMs are published as they come
         await pool.start()
         if rotation is not None:
             await rotation.start()
@@ -275,6 +293,9 @@ class Daemon:
         ]
         if not store.shared:  # a file of ours to lose; a database server has none
             self._tasks.append(asyncio.create_task(self._watch_database(), name="database watch"))
+        if view.hosts is not None:  # operators' changes made on other hosts' pages
+            follow = follow_operators(inventory, view.hosts, config.host.renew, self.clock)
+            self._tasks.append(asyncio.create_task(follow, name="operators' changes"))
         log.info(
             "daemon started",
             listen=_address(listening),
@@ -380,7 +401,9 @@ class Daemon:
             await runner.cleanup()  # the hub endpoint first: no more hub requests
         running = self._running
         if running is not None:
-            running.protocol.unknown_key.close()
+            running.protocol.close()
+            if running.hosts is not None:
+                await running.hosts.stop()  # its SIMs leave every host's counts now
             await running.upkeep.stop()
             if running.rotation is not None:
                 await running.rotation.stop()
@@ -490,8 +513,13 @@ class Daemon:
         try:
             await running.store.touch_sims([sim.iccid for sim in live], now)
         except StoreError as exc:
-            log.error("cannot record that SIMs were seen", error=str(exc))
+            level = log.debug if self._seen_failing else log.error
+            level("cannot record that SIMs were seen", error=str(exc))
+            self._seen_failing = True
             return
+        if self._seen_failing:
+            self._seen_failing = False
+            log.info("SIMs seen recorded again")
         for sim in live:
             sim.last_seen = now
 

@@ -18,6 +18,7 @@ undecodable PDUs are kept, not pushed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from modems.pdu import SmsDeliver, SmsSubmit, StatusReport, decode_pdu
 from modems.reassembly import Assembled, Part, PartKey, Reassembler
 
 from .backend import StoreBackend
+from .errors import StoreError
 from .inventory import Inventory
 from .store import Delivery, NewPart, NewSms
 
@@ -69,13 +71,21 @@ class Inbox:
         self.clock = clock
         self._reassembler = Reassembler(reassembly_timeout)
         self._digests: dict[tuple[PartKey, int], str] = {}  # a pending part → its digest
+        # The reassembler may hold parts the store does not (a write failed, and so did
+        # the read that rebuilds it: a database that cannot be reached). Until it is
+        # rebuilt nothing is added to it, so no message is assembled from a part whose
+        # SMS is still on its SIM (it would be pushed twice: whole, then that part alone).
+        self._stale = False
+        self._failing_since: float | None = None  # the store refuses SMS: this episode
+        self._refused = 0  # SMS left on their SIMs in this episode
         self.received = 0
         self.duplicates = 0
 
     async def load(self) -> None:
         """Rebuild the reassembler from the parts waiting in the store."""
+        self._stale = True  # until the read below succeeds
         parts = []
-        self._digests.clear()
+        digests: dict[tuple[PartKey, int], str] = {}
         for stored in await self.store.pending_parts():
             try:
                 message = decode_pdu(stored.pdu)
@@ -84,16 +94,52 @@ class Inbox:
             if isinstance(message, SmsDeliver) and message.concat is not None:
                 part = Part.from_deliver(stored.iccid, message, stored.received)
                 parts.append(part)
-                self._digests[(part.key, part.sequence)] = stored.digest
+                digests[(part.key, part.sequence)] = stored.digest
+        self._digests = digests
         self._reassembler = Reassembler(self._reassembler.timeout, parts)
+        self._stale = False
         if parts:
             log.info("multipart SMS waiting for parts", parts=len(parts))
+
+    async def _rebuild_after_failure(self) -> None:
+        """After a failed write: start over from the store, or at the next SMS if it
+        cannot be read either (the caller re-raises the write's error in both cases)."""
+        with contextlib.suppress(StoreError):  # stays stale: the next accept or expire loads
+            await self.load()
+
+    def _refusing(self, exc: Exception) -> None:
+        """The store did not take an SMS: one error line per episode."""
+        self._refused += 1
+        if self._failing_since is None:
+            self._failing_since = self.clock()
+            log.error(
+                "cannot store SMS; they stay on their SIMs until the store takes them",
+                error=str(exc),
+            )
+        else:
+            log.debug("cannot store SMS", error=str(exc))
+
+    def _storing(self) -> None:
+        if self._failing_since is not None:
+            log.info(
+                "SMS stored again",
+                after=round(self.clock() - self._failing_since, 1),
+                refused=self._refused,
+            )
+            self._failing_since = None
+            self._refused = 0
 
     def next_deadline(self) -> float | None:
         return self._reassembler.next_deadline()
 
     async def accept(self, event: SmsReceived) -> None:
         """Commit one SMS read from a modem (raises if it could not be committed)."""
+        if self._stale:
+            try:
+                await self.load()
+            except StoreError as exc:
+                self._refusing(exc)
+                raise
         digest = _digest(event.iccid, event.pdu)
         message = event.message
         sender = getattr(message, "sender", None)
@@ -124,10 +170,13 @@ class Inbox:
             sms = self._single(event, digest)
         try:
             duplicate, stored, deliveries = await self.store.receive(part, sms)
-        except Exception:
+        except Exception as exc:
             # The reassembler may now hold a part the store does not: start over from the store.
-            await self.load()
+            if isinstance(exc, StoreError):
+                self._refusing(exc)
+            await self._rebuild_after_failure()
             raise
+        self._storing()
         if duplicate:
             self.duplicates += 1
             if piece is not None and self._reassembler.discard(piece):
@@ -155,6 +204,8 @@ class Inbox:
     async def expire(self) -> int:
         """Complete the multipart messages whose parts stopped coming; how many."""
         done = 0
+        if self._stale:
+            await self.load()  # raises while the store cannot be read: the caller waits
         for assembled in self._reassembler.expire(self.clock()):
             first = assembled.parts[0]
             sms = self._from_parts(assembled, first.sender, None)
@@ -163,7 +214,7 @@ class Inbox:
             except Exception:
                 # The reassembler has let go of parts the store still holds: take them back,
                 # so the next turn (the caller waits first) tries again.
-                await self.load()
+                await self._rebuild_after_failure()
                 raise
             log.warning(
                 "multipart SMS delivered incomplete",
@@ -178,9 +229,11 @@ class Inbox:
 
     # -- building messages ------------------------------------------------------------------
 
-    def _routes(self, number: str | None, iccid: str) -> tuple[tuple[str, int | None], ...]:
+    def _routes(self, number: str | None, iccid: str) -> tuple[tuple[str, int | None], ...] | None:
         if number is None:
             return ()
+        if self.inventory.hosts is not None:
+            return None  # several hosts: the store routes it, from every host's activations
         routes: dict[str, int | None] = {}
         for activation in sorted(self.inventory.routes(number), key=lambda a: a.id):
             if activation.iccid != iccid:
@@ -217,6 +270,7 @@ class Inbox:
             received=event.received_at,
             complete=True,
             routes=self._routes(number, event.iccid) if kind == "text" else (),
+            route_at=self.inventory.clock(),
         )
 
     def _assembled(self, assembled: Assembled, last: SmsDeliver) -> NewSms:
@@ -242,4 +296,5 @@ class Inbox:
             received=max(part.received_at for part in assembled.parts),
             complete=assembled.complete,
             routes=self._routes(number, first.sim),
+            route_at=self.inventory.clock(),
         )

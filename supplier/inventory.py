@@ -12,6 +12,11 @@ What is sellable is kept indexed (`_Stock`), updated by every change of a
 SIM's state (`_restock`), so GET_NUMBER finds the least recently used SIM
 and GET_SERVICES its counts without looking at every SIM: at 512 SIMs and
 hundreds of requests a second, those scans held the event loop.
+
+Several hosts on one PostgreSQL store (`hosts`, supplier/hosts.py): this
+host's SIMs' states are still kept here, and published for the others; a
+sale is one transaction in the database over every live host's SIMs with
+the same rules (supplier/shared.py), and GET_SERVICES counts them all.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -31,7 +37,11 @@ from .backend import StoreBackend
 from .config import Config, SimOverride
 from .errors import SupplierError
 from .networks import ANY, international_number, slugs_for
+from .shared import MAX_OFFERS, ROUTE_HORIZON
 from .store import Activation, FinishStatus, SimRow, Usage
+
+if TYPE_CHECKING:
+    from .hosts import Hosts
 
 __all__ = [
     "MAX_OFFERS",
@@ -44,8 +54,6 @@ __all__ = [
 
 log = structlog.get_logger("supplier.inventory")
 
-MAX_OFFERS = 4  # FINISH 4: "may be offered for this service again, at most 4 times in total"
-ROUTE_HORIZON = 86400.0  # an unfinished activation gets its number's SMS for a day at most
 _KEEP_FINISHED = 7 * 86400.0  # recent activations kept in memory (status page, routing)
 
 
@@ -118,6 +126,10 @@ class _Stock:
         self.stock: dict[_Key, int] = {}  # (country, the SIM's operator, service) → sellable
         self.present: dict[tuple[str, str], int] = {}  # (country, operator) → present SIMs
         self._stamps: dict[str, int] = {}
+        # (present key, services) → (heap keys, stock keys): a few kinds of SIM, built once
+        self._keys: dict[
+            tuple[tuple[str, str], tuple[str, ...]], tuple[frozenset[_Key], tuple[_Key, ...]]
+        ] = {}
         # iccid → (present key, last used, heap keys, stock keys) as last entered
         self._entered: dict[
             str, tuple[tuple[str, str] | None, float, frozenset[_Key], tuple[_Key, ...]]
@@ -135,11 +147,17 @@ class _Stock:
         stock: tuple[_Key, ...] = ()
         keys: frozenset[_Key] = frozenset()
         if present is not None:
-            country, operator = present
-            stock = tuple((country, operator, service) for service in services)
-            keys = frozenset(
-                (country, op, service) for service in services for op in (operator, ANY)
-            )
+            kind = (present, tuple(services))
+            built = self._keys.get(kind)
+            if built is None:
+                country, operator = present
+                built = self._keys[kind] = (
+                    frozenset(
+                        (country, op, service) for service in services for op in (operator, ANY)
+                    ),
+                    tuple((country, operator, service) for service in services),
+                )
+            keys, stock = built
         entered = (present, last_used, keys, stock)
         before = self._entered.get(iccid)
         if before == entered:
@@ -222,6 +240,9 @@ class Inventory:
         self._counts: dict[str, dict[str, dict[str, int]]] | None = None
         self._counts_key: tuple[int, float] = (-1, 0.0)
         self.on_sold: Callable[[str], None] | None = None  # FINISH 3 on this ICCID (upkeep)
+        # Several hosts on one PostgreSQL store (supplier/hosts.py): sales and counts come
+        # from the database over every live host's SIMs; None: this inventory is the truth.
+        self.hosts: Hosts | None = None
         # What is sellable, indexed (GET_NUMBER and GET_SERVICES without a scan);
         # holds that run out, by when (each SIM is restocked then).
         self._stock = _Stock()
@@ -339,7 +360,7 @@ class Inventory:
         self._restock(sim)
         self.version += 1
 
-    def _remember(self, activation: Activation) -> None:
+    def _remember(self, activation: Activation, *, restock: bool = True) -> None:
         self.version += 1
         self.activations[activation.id] = activation
         if activation.finished is None:
@@ -347,7 +368,7 @@ class Inventory:
             if current is None or current < activation.id:
                 self._holder[activation.iccid] = activation.id
                 sim = self.sims.get(activation.iccid)
-                if sim is not None:
+                if sim is not None and restock:
                     self._restock(sim)
 
     # -- the index of what is sellable ---------------------------------------------------
@@ -381,11 +402,17 @@ class Inventory:
         for sim in self.sims.values():
             self._restock(sim, now)
 
-    def _restock_number(self, number: str) -> None:
-        for iccid in self._by_number.get(number, ()):
+    def _restock_number(self, number: str, also: SimState | None = None) -> None:
+        """Re-index every SIM sold under `number`, and `also` if it is not one of them
+        (once each: a GET_NUMBER or FINISH re-indexes its SIM once, not twice)."""
+        now = self.clock()
+        iccids = self._by_number.get(number, ())
+        for iccid in iccids:
             sim = self.sims.get(iccid)  # None while a new SIM is being recorded
             if sim is not None:
-                self._restock(sim)
+                self._restock(sim, now)
+        if also is not None and also.iccid not in iccids:
+            self._restock(also, now)
 
     def _release_due(self, now: float) -> None:
         """Holds whose `release_after` has passed put their SIMs back on sale."""
@@ -572,6 +599,8 @@ class Inventory:
         """
         if self.store.lost is not None:
             return {}  # the database file is gone: nothing can be sold (the daemon is stopping)
+        if self.hosts is not None:
+            return self.hosts.counts()  # every live host's SIMs, read from the database
         now = self.clock()
         self._release_due(now)
         version, until = self._counts_key
@@ -623,6 +652,17 @@ class Inventory:
             return None
         if (country, operator) in self._markets:
             self.demand[(country, operator, service)] += 1
+        if self.hosts is not None:
+            return await self._allocate(
+                self.hosts,
+                hub=hub,
+                country=country,
+                operator=operator,
+                service=service,
+                sum=sum,
+                currency=currency,
+                exclude=tuple(exclude),
+            )
         sim = self.pick(country, operator, service, exclude)
         if sim is None:
             return None
@@ -658,8 +698,42 @@ class Inventory:
         self.usage[(number, service)] = Usage(
             usage.offers + 1, usage.sold, usage.cancelled, usage.returned, usage.blocked
         )
-        self._remember(activation)
-        self._restock_number(number)
+        self._remember(activation, restock=False)
+        self._restock_number(number, also=sim)  # held now; the number's history changed
+        return activation
+
+    async def _allocate(
+        self,
+        hosts: Hosts,
+        *,
+        hub: str,
+        country: str,
+        operator: str,
+        service: str,
+        sum: Decimal | None,
+        currency: int | None,
+        exclude: tuple[str, ...],
+    ) -> Activation | None:
+        """GET_NUMBER with several hosts: one transaction in the database picks and holds
+        a SIM of any live host (supplier/shared.py `allocate`); here only what this host
+        shows of it (its own SIM's last use, the activation) follows."""
+        activation = await hosts.allocate(
+            hub=hub,
+            country=country,
+            operator=operator,
+            service=service,
+            sum=None if sum is None else format(sum, "f"),  # 10, not 1E+1
+            currency=currency,
+            exclude=exclude,
+            release_after=self.release_after,
+        )
+        if activation is None:
+            return None
+        sim = self.sims.get(activation.iccid)
+        if sim is not None:
+            sim.last_used = activation.created
+        self._remember(activation)  # the number's history follows from the database (`learn`)
+        self._restock_number(activation.number)
         return activation
 
     async def finish(self, hub: str, activation_id: int, status: int) -> tuple[Activation, bool]:
@@ -667,7 +741,7 @@ class Inventory:
         activation, changed = await self.store.finish_activation(
             activation_id, status, self.clock(), hub=hub
         )
-        if changed:
+        if changed and self.hosts is None:  # several hosts: from the database (`learn`)
             key = (activation.number, activation.service)
             usage = self.usage.get(key, Usage())
             self.usage[key] = Usage(
@@ -682,12 +756,42 @@ class Inventory:
         self.activations[activation.id] = activation
         if self._holder.get(activation.iccid) == activation.id:
             del self._holder[activation.iccid]
-        self._restock_number(activation.number)
-        sim = self.sims.get(activation.iccid)
-        if sim is not None:
-            self._restock(sim)
+        self._restock_number(activation.number, also=self.sims.get(activation.iccid))
         self.version += 1
+        if self.hosts is not None:
+            await self.hosts.recounted()  # the SIM is free for every host: counted so at once
         return activation, changed
+
+    def learn(
+        self, activations: Iterable[Activation], usage: Mapping[tuple[str, str], Usage]
+    ) -> None:
+        """What other hosts did to this host's SIMs (several hosts): activations opened or
+        finished through them, and the history of the numbers. The rotation keeps a SIM
+        another host sold; the status page shows its buyer."""
+        for activation in activations:
+            known = self.activations.get(activation.id)
+            if known == activation:
+                continue
+            if known is None:
+                self._remember(activation)
+            else:
+                self.activations[activation.id] = activation
+                if (
+                    activation.finished is not None
+                    and self._holder.get(activation.iccid) == activation.id
+                ):
+                    del self._holder[activation.iccid]
+                self.version += 1
+            sim = self.sims.get(activation.iccid)
+            if sim is not None:
+                if activation.created > (sim.last_used or 0.0):
+                    sim.last_used = activation.created
+                self._restock(sim)
+        for key, history in usage.items():
+            if self.usage.get(key) != history:
+                self.usage[key] = history
+                self._restock_number(key[0])
+                self.version += 1
 
     def routes(self, number: str) -> list[Activation]:
         """The activation an SMS arriving on `number` now goes to: none, or one.

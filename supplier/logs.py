@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections import Counter
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["Throttled", "configure"]
+__all__ = ["Sampled", "Throttled", "configure"]
 
 # The modem layer's info lines that the daemon's own lines replace at info level.
 _MODEM_STEPS = frozenset({"modem state", "port found", "port gone", "SIM lost"})
@@ -65,8 +66,11 @@ class Throttled:
     the next one is logged as it comes again.
     """
 
-    def __init__(self, logger: Any, event: str, *, interval: float = 60.0) -> None:
+    def __init__(
+        self, logger: Any, event: str, *, interval: float = 60.0, level: str = "warning"
+    ) -> None:
         self.logger = logger
+        self._log = getattr(logger, level)  # "error" for a failure that comes with every request
         self.event = event
         self.repeated = event + " (repeated)"
         self.interval = interval
@@ -76,7 +80,7 @@ class Throttled:
 
     def __call__(self, **fields: Any) -> None:
         if self._timer is None:
-            self.logger.warning(self.event, **fields)
+            self._log(self.event, **fields)
             self._start()
             return
         self._count += 1
@@ -92,7 +96,7 @@ class Throttled:
             self._timer.cancel()
             self._timer = None
         if self._count:
-            self.logger.warning(
+            self._log(
                 self.repeated,
                 count=self._count,
                 seconds=self.interval,
@@ -106,5 +110,54 @@ class Throttled:
             self._timer.cancel()
             self._timer = None
         if self._count:
-            self.logger.warning(self.repeated, count=self._count, seconds=self.interval)
+            self._log(self.repeated, count=self._count, seconds=self.interval)
         self._count = 0
+
+
+class Sampled:
+    """Info lines that come with every hub request (a number given, a FINISH).
+
+    While they are few, each is logged as it comes. Past `limit` lines in
+    one `interval`, the rest of that interval are counted per event and
+    `key` field and logged as one line each when the interval ends
+    (`"number given (more)"`, with `count`, `seconds` and the key's value).
+    One JSON line written to the journal costs more than answering the
+    request under a hub's full load (hundreds a second); the store keeps
+    every activation and its FINISH, so the lines left out lose nothing
+    that is not on record.
+    """
+
+    def __init__(
+        self, logger: Any, *, limit: int = 20, interval: float = 1.0, key: str = "hub"
+    ) -> None:
+        self.logger = logger
+        self.limit = limit
+        self.interval = interval
+        self.key = key
+        self._logged = 0
+        self._held: Counter[tuple[str, Any]] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        if self._timer is None:
+            self._logged = 0
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+        if self._logged < self.limit:
+            self._logged += 1
+            self.logger.info(event, **fields)
+        else:
+            self._held[(event, fields.get(self.key))] += 1
+
+    def flush(self) -> None:
+        """End the current interval: one line per event and key held back, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, Counter()
+        for (event, value), count in held.items():
+            more = event + " (more)"
+            self.logger.info(more, **{self.key: value}, count=count, seconds=self.interval)
+
+    def close(self) -> None:
+        """At a stop: what is held back so far, and no timer left behind."""
+        self.flush()

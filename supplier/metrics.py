@@ -140,9 +140,16 @@ class Metrics:
         )
         self._live = _LiveCollector()
         self.registry.register(self._live)
+        # (hub, action, result) → its counter: `labels()` checks and hashes its
+        # arguments under a lock on every call, once per hub request.
+        self._request_counters: dict[tuple[str, str, str], Counter] = {}
 
     def on_request(self, hub: str, action: str, result: str, seconds: float) -> None:
-        self.requests.labels(hub, action, result).inc()
+        key = (hub, action, result)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(hub, action, result)
+        counter.inc()
         if action == "GET_NUMBER":
             self.get_number_seconds.observe(seconds)
 

@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -30,7 +33,9 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from . import shared
 from .errors import StoreError, UnknownActivation
+from .shared import Counted, LiveSim, Published
 from .store import (
     FINISH_STATUSES,
     Activation,
@@ -57,12 +62,22 @@ MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
 _SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
 _MIGRATION_LOCK = 0x5375_7070  # pg_advisory_xact_lock key: one host migrates at a time
 DEFAULT_TIMEOUT = 5.0
+# A push lease is the hub's push timeout plus the store's timeout (recording the
+# answer) plus this: scheduling delays on a loaded host. Long enough that a live
+# host always records its attempt before its lease runs out (else another host
+# could push the SMS again); short enough that a dead host's pushes wait seconds.
+LEASE_SLACK = 5.0
 
 # What a database that cannot be reached or cannot do what was asked raises:
 # all of them reach callers as StoreError, the store's one failure.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A server stopped mid-transaction can leave a pooled connection whose protocol
+    # state asyncpg lost track of ("cannot switch to state 12; another operation is in
+    # progress", asyncpg issue #1069): a failed call like any other, and the pool
+    # replaces the connection when its reset fails. Seen with `pg_ctl stop -m fast`.
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -84,6 +99,12 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the database did not answer in time"
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def text(value: str) -> str:
+    """Text PostgreSQL can hold: its `text` refuses U+0000, which anyone can put in a UCS-2
+    SMS; it becomes U+FFFD (the PDU, stored as it came, keeps the original)."""
+    return value.replace("\x00", "\ufffd")
 
 
 def rows_changed(status: str) -> int:
@@ -127,14 +148,19 @@ def _delivery(values: Iterable[Any]) -> Delivery:
     return Delivery(**dict(zip(_DELIVERY, values, strict=True)))
 
 
+# A password given as a query parameter (`?password=…`, which asyncpg and libpq accept).
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
+    """The URL without its password (in the user part or the query), for logs and errors."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        rest = userinfo.split(":", 1)[0] + "@" + host
+    return scheme + "://" + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 async def probe(url: str, timeout: float = 3.0) -> str | None:
@@ -159,10 +185,18 @@ class PgStore:
     backend = "postgresql"
     shared = True  # several hosts may use this database at once
 
-    def __init__(self, url: str, pool: asyncpg.Pool, timeout: float) -> None:
+    def __init__(
+        self, url: str, pool: asyncpg.Pool, timeout: float, host: str | None = None
+    ) -> None:
         self.url = url
         self.path = redact(url)  # what errors and logs name
         self.timeout = timeout
+        # This host's name (config `host.name`) and a token of this run: who holds a push
+        # lease. The token makes a lease this run's own, not its name's: two daemons
+        # given one name by mistake never take each other's pushes as their own.
+        self.host = host or socket.gethostname()
+        self.holder = f"{self.host}#{secrets.token_hex(4)}"
+        self.lease_slack = LEASE_SLACK
         self._pool = pool
         self.lost: str | None = None  # never set: a lost connection is retried, not final
         self._closing = False
@@ -172,19 +206,37 @@ class PgStore:
 
     @classmethod
     async def open(
-        cls, url: str, *, timeout: float = DEFAULT_TIMEOUT, max_size: int = 10
+        cls,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_size: int = 10,
+        host: str | None = None,
     ) -> PgStore:
         """Connect, bring the schema up to date and raise the id sequences."""
         try:
             async with asyncio.timeout(timeout * 3):
+                # min_size 0: no connection floor. With one, asyncpg's pool reconnects on
+                # its own while the server is down, logging a traceback at every try
+                # (plain text on stderr, beside our one line per episode); connections
+                # are opened by the calls themselves, which are paced by their callers.
                 pool = await asyncpg.create_pool(
-                    url, min_size=1, max_size=max_size, command_timeout=timeout
+                    url, min_size=0, max_size=max_size, command_timeout=timeout
                 )
         except DATABASE_ERRORS as exc:
             raise StoreError(f"{redact(url)}: cannot connect: {describe(exc)}") from None
         except ValueError as exc:  # a malformed URL
             raise StoreError(f"{redact(url)}: {exc}") from None
-        store = cls(url, pool, timeout)
+        try:
+            async with asyncio.timeout(timeout * 3), pool.acquire():
+                pass  # one connection now: an unreachable server is "cannot connect"
+        except DATABASE_ERRORS as exc:
+            pool.terminate()
+            raise StoreError(f"{redact(url)}: cannot connect: {describe(exc)}") from None
+        except ValueError as exc:  # a malformed URL (read at the first connection)
+            pool.terminate()
+            raise StoreError(f"{redact(url)}: {exc}") from None
+        store = cls(url, pool, timeout, host)
         try:
             await store._prepare(time.time())
         except BaseException:
@@ -488,7 +540,8 @@ class PgStore:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
                 "ON CONFLICT (digest) DO NOTHING",
                 part.digest, part.iccid, part.port, part.storage, part.slot, part.pdu,
-                part.received, part.sender, part.part_key, part.part_total, part.part_seq,
+                part.received, part.sender and text(part.sender), part.part_key,
+                part.part_total, part.part_seq,
             )  # fmt: skip
             if rows_changed(status) == 0:
                 return True, None, []
@@ -512,8 +565,8 @@ class PgStore:
             await db.fetchval(
                 "INSERT INTO sms (iccid, number, sender, text, kind, sent, received, complete) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                sms.iccid, sms.number, sms.sender, sms.text, sms.kind, sms.sent, sms.received,
-                sms.complete,
+                sms.iccid, sms.number, text(sms.sender), text(sms.text), sms.kind, sms.sent,
+                sms.received, sms.complete,
             )
         )  # fmt: skip
         await db.execute(
@@ -522,7 +575,11 @@ class PgStore:
             list(sms.digests),
         )
         deliveries = []
-        for hub, activation_id in sms.routes:
+        routes = sms.routes
+        if routes is None:  # several hosts: from every host's activations, as of its arrival
+            at = sms.received if sms.route_at is None else sms.route_at
+            routes = await shared.routes(db, sms.number, sms.iccid, at)
+        for hub, activation_id in routes:
             row = await db.fetchrow(
                 "INSERT INTO deliveries (sms_id, hub, activation_id, created, next_attempt) "
                 "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sms_id, hub) DO NOTHING "
@@ -534,7 +591,10 @@ class PgStore:
             )
             if row is not None:
                 deliveries.append(_delivery(row))
-        return sms.stored(sms_id), deliveries
+        stored = sms.stored(sms_id)
+        return dataclasses.replace(
+            stored, sender=text(stored.sender), text=text(stored.text)
+        ), deliveries
 
     async def pending_parts(self) -> list[StoredPart]:
         rows = await self._fetch(
@@ -543,33 +603,80 @@ class PgStore:
         )
         return [StoredPart(*tuple(row)) for row in rows]
 
-    # -- delivery scheduling: plain translations of the SQLite store's; engineer C replaces
-    # them with leased ones (FOR UPDATE SKIP LOCKED) so that several hosts push at once.
+    # -- pushes: the shared outbox, taken with leases ---------------------------------
+    #
+    # Every host pushes from one outbox. A host takes a hub's due deliveries in one
+    # statement (`FOR UPDATE SKIP LOCKED`: two hosts never take one row) with a lease
+    # on each, by the database server's clock so hosts whose clocks disagree agree on
+    # whose lease ran out; while the lease runs no other host takes the delivery, so
+    # each attempt is made by one host. Recording the answer ends the lease. A host
+    # that died leaves its leases to run out, and another host takes its deliveries.
+    # `next_attempt` stays on the hosts' clocks, as in the SQLite store.
+    #
+    # A delivery leased by this store (`holder`: this run of this host) and not in
+    # flight here (`exclude`) is an attempt of ours whose answer could not be
+    # recorded (the database was down): it is taken again at once, not after its
+    # lease, so the answer is recorded by the host that has it. A restarted host
+    # is a new holder: it waits for its old leases like any other host.
+
+    def lease_seconds(self, push_timeout: float) -> float:
+        """How long a push is leased: the POST, recording its answer, and slack."""
+        return push_timeout + self.timeout + self.lease_slack
 
     async def due_deliveries(
-        self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
+        self,
+        hub: str,
+        now: float,
+        limit: int,
+        exclude: Iterable[int] = (),
+        *,
+        push_timeout: float = 10.0,
     ) -> list[tuple[Delivery, Sms]]:
-        rows = await self._fetch(
-            f"SELECT {_prefixed(_DELIVERY, 'd')}, {_prefixed(_SMS, 's')} "
-            "FROM deliveries d JOIN sms s ON s.id = d.sms_id "
-            "WHERE d.hub = $1 AND d.done IS NULL AND d.next_attempt <= $2 "
-            "AND NOT d.id = ANY($3::bigint[]) ORDER BY d.next_attempt, d.id LIMIT $4",
-            hub,
-            now,
-            list(exclude),
-            limit,
-        )
-        return [
-            (_delivery(tuple(row)[: len(_DELIVERY)]), _sms(tuple(row)[len(_DELIVERY) :]))
-            for row in rows
-        ]
+        """Take up to `limit` of the hub's due deliveries, leased to this host."""
+        if limit <= 0:
+            return []
+        skip = list(exclude)
+        width = len(_DELIVERY)
+        returned = f"{_prefixed(_DELIVERY, 'd')}, {_prefixed(_SMS, 's')}"
+        sql = f"""
+            WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
+            taken AS (
+                SELECT id FROM deliveries
+                WHERE hub = $1 AND done IS NULL AND next_attempt <= $2
+                  AND (lease_until IS NULL OR lease_until <= (SELECT now FROM clock)
+                       OR leased_by = $3)
+                  AND id <> ALL($4::bigint[])
+                ORDER BY next_attempt, id
+                LIMIT $5
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE deliveries d
+            SET lease_until = (SELECT now FROM clock) + $6, leased_by = $3
+            FROM taken, sms s
+            WHERE d.id = taken.id AND s.id = d.sms_id
+            RETURNING {returned}
+        """
+
+        async def op(db: Connection) -> list[tuple[Delivery, Sms]]:
+            rows = await db.fetch(
+                sql, hub, now, self.holder, skip, limit, self.lease_seconds(push_timeout)
+            )
+            taken = [(_delivery(tuple(row)[:width]), _sms(tuple(row)[width:])) for row in rows]
+            return sorted(taken, key=lambda pair: (pair[0].next_attempt, pair[0].id))
+
+        return await self._write(op, f"{self.path}: cannot take due pushes for {hub}")
 
     async def next_due(self, hub: str, exclude: Iterable[int] = ()) -> float | None:
+        """When the hub's next delivery falls due (host clock), leaving out those
+        another host holds a live lease on: the pusher polls for those."""
         rows = await self._fetch(
             "SELECT MIN(next_attempt) FROM deliveries "
-            "WHERE hub = $1 AND done IS NULL AND NOT id = ANY($2::bigint[])",
+            "WHERE hub = $1 AND done IS NULL AND id <> ALL($2::bigint[]) "
+            "AND (lease_until IS NULL OR leased_by = $3 "
+            "OR lease_until <= extract(epoch FROM clock_timestamp()))",
             hub,
             list(exclude),
+            self.holder,
         )
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
@@ -577,35 +684,44 @@ class PgStore:
     async def settle_delivery(
         self, delivery_id: int, outcome: str, result: str, now: float
     ) -> bool:
-        """Mark a delivery done (the hub's SUCCESS, or a final answer). False if it already was."""
+        """Mark a delivery done and end its lease. False if it already was done:
+        a SUCCESS is recorded once, whichever host's attempt it answered."""
 
         async def op(db: Connection) -> bool:
             status = await db.execute(
                 "UPDATE deliveries SET done = $1, outcome = $2, attempts = attempts + 1, "
-                "last_attempt = $1, last_result = $3 WHERE id = $4 AND done IS NULL",
+                "last_attempt = $1, last_result = $3, lease_until = NULL, leased_by = $4 "
+                "WHERE id = $5 AND done IS NULL",
                 now,
                 outcome,
                 result,
+                self.holder,
                 delivery_id,
             )
             return rows_changed(status) > 0
 
-        return await self._write(op, f"cannot settle delivery {delivery_id}")
+        return await self._write(op, f"{self.path}: cannot settle delivery {delivery_id}")
 
     async def retry_delivery(
         self, delivery_id: int, result: str, now: float, next_attempt: float
     ) -> None:
+        """Record a failed attempt and end this host's lease. A delivery another host
+        has taken over since (this host's lease ran out) is left to that host's
+        attempt: ending its lease would let a third host push it at the same time."""
+
         async def op(db: Connection) -> None:
             await db.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_attempt = $1, "
-                "last_result = $2, next_attempt = $3 WHERE id = $4 AND done IS NULL",
+                "last_result = $2, next_attempt = $3, lease_until = NULL "
+                "WHERE id = $4 AND done IS NULL AND leased_by = $5",
                 now,
                 result,
                 next_attempt,
                 delivery_id,
+                self.holder,
             )
 
-        await self._write(op, f"cannot reschedule delivery {delivery_id}")
+        await self._write(op, f"{self.path}: cannot reschedule delivery {delivery_id}")
 
     async def deliveries_for(self, sms_id: int) -> list[Delivery]:
         rows = await self._fetch(
@@ -715,3 +831,82 @@ class PgStore:
             )
 
         await self._write(op, f"cannot record the balance of SIM {iccid}")
+
+    # -- several hosts: one inventory (supplier/shared.py) ---------------------------
+
+    async def publish(
+        self,
+        host: str,
+        lease: float,
+        sims: Sequence[LiveSim],
+        gone: Iterable[str] = (),
+        *,
+        whole: bool = False,
+        instance: str = "",
+    ) -> Published:
+        """Renew this host's lease and write its SIMs' state (`shared.publish`)."""
+
+        async def op(db: Connection) -> Published:
+            return await shared.publish(db, host, lease, sims, gone, whole=whole, instance=instance)
+
+        return await self._write(op, f"cannot publish the SIMs of host {host}")
+
+    async def leave(self, host: str) -> None:
+        """A clean stop: this host's SIMs leave every host's counts now, not after the lease."""
+
+        async def op(db: Connection) -> None:
+            await db.execute("DELETE FROM live_sims WHERE host = $1", host)
+            await db.execute(
+                f"UPDATE hosts SET lease_until = {shared.SERVER_NOW} WHERE name = $1", host
+            )
+
+        await self._write(op, f"cannot take host {host} out of the inventory")
+
+    async def allocate(
+        self,
+        *,
+        hub: str,
+        country: str,
+        operator: str,
+        service: str,
+        sum: str | None,
+        currency: int | None,
+        exclude: Sequence[str],
+        now: float,
+        release_after: float,
+    ) -> Activation | None:
+        """Open an activation on the least recently used SIM of any live host, or None."""
+
+        async def op(db: Connection) -> Activation | None:
+            return await shared.allocate(
+                db,
+                hub=hub,
+                country=country,
+                operator=operator,
+                service=service,
+                sum=sum,
+                currency=currency,
+                exclude=exclude,
+                now=now,
+                release_after=release_after,
+            )
+
+        return await self._write(op, "cannot open an activation")
+
+    async def counts(self, services: Sequence[str], now: float, host: str) -> Counted:
+        """What every live host can sell now; `host`'s own SIMs one by one."""
+
+        async def op(db: Connection) -> Counted:
+            return await shared.counts(db, services, now, host)
+
+        return await self._write(op, "cannot count the SIMs on sale")
+
+    async def held_here(
+        self, host: str, known_open: Sequence[int], numbers: Sequence[str]
+    ) -> tuple[list[Activation], dict[tuple[str, str], Usage]]:
+        """Activations holding this host's SIMs (or once open here) and its numbers' history."""
+
+        async def op(db: Connection) -> tuple[list[Activation], dict[tuple[str, str], Usage]]:
+            return await shared.held_here(db, host, known_open, numbers)
+
+        return await self._write(op, f"cannot read what holds the SIMs of host {host}")

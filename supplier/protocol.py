@@ -25,17 +25,17 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import hdrs, web
-from aiohttp.web_response import ContentCoding
 
 from .config import SLUG_RE, HubConfig
 from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
-from .logs import Throttled
+from .logs import Sampled, Throttled
 from .networks import ANY
 from .store import FINISH_STATUSES
 
@@ -68,6 +68,12 @@ class ProtocolService:
         self.set_hubs(hubs)
         self._on_request = on_request
         self.unknown_key = Throttled(log, "hub request with an unknown key")  # first, then a count
+        # One info line per number given and per FINISH while they are few a second;
+        # under a hub's full load, the first ones and a count each second.
+        self.handed = Sampled(log)
+        # The store refuses hub requests (a database down): logged once per episode.
+        self.store_failing_since: float | None = None
+        self.store_refused = 0
         self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
             "GET_SERVICES": self.get_services,
             "GET_NUMBER": self.get_number,
@@ -87,6 +93,38 @@ class ProtocolService:
             if hmac.compare_digest(given, expected):
                 found = hub
         return found
+
+    def close(self) -> None:
+        """At a stop: the counts of lines held back so far, and no timer left behind."""
+        self.unknown_key.close()
+        self.handed.close()
+
+    def store_failed(self, exc: StoreError, seen: Mapping[str, str]) -> None:
+        """A hub request answered ERROR because of the store: one error line per episode."""
+        self.store_refused += 1
+        if self.store_failing_since is None:
+            self.store_failing_since = time.monotonic()
+            log.error(
+                "store failed during a hub request; answering ERROR until it works",
+                error=str(exc),
+                **seen,
+            )
+        else:
+            log.debug("store failed during a hub request", error=str(exc), **seen)
+
+    def store_works(self, action: str, answer: Answer) -> None:
+        """A sale or a FINISH went through the store: the episode, if any, is over."""
+        if self.store_failing_since is None or answer.get("status") != "SUCCESS":
+            return
+        if action not in ("GET_NUMBER", "FINISH_ACTIVATION"):
+            return  # answered from memory: says nothing about the store
+        log.info(
+            "hub requests served by the store again",
+            after=round(time.monotonic() - self.store_failing_since, 1),
+            answered_error=self.store_refused,
+        )
+        self.store_failing_since = None
+        self.store_refused = 0
 
     def observe(self, hub: str, action: str, result: str, seconds: float) -> None:
         if self._on_request is not None:
@@ -130,7 +168,7 @@ class ProtocolService:
         )
         if activation is None:
             return {"status": "NO_NUMBERS"}
-        log.info(
+        self.handed(
             "number given",
             hub=hub.name,
             activation_id=activation.id,
@@ -149,7 +187,7 @@ class ProtocolService:
         if status not in FINISH_STATUSES:
             raise BadRequest(f"status: {status} is not one of 1, 3, 4, 5")
         activation, changed = await self.inventory.finish(hub.name, activation_id, status)
-        log.info(
+        self.handed(
             "activation finished" if changed else "activation finished again (no effect)",
             hub=hub.name,
             activation_id=activation.id,
@@ -307,11 +345,39 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_SMALL_ANSWER = 4096
+
+
+@lru_cache(maxsize=256)
+def _gzip_small(data: bytes) -> bytes:
+    """A short answer gzip-compressed, for a hub that accepts it (the protocol asks for it).
+
+    Short JSON needs no more than a 512-byte window and the smallest memory
+    level, which spares allocating and clearing zlib's default 256 KiB state
+    per answer (aiohttp's compression: ~5 % of the loop under load). The same
+    answer again (FINISH's SUCCESS, NO_NUMBERS, GET_SERVICES while nothing
+    changes) is compressed once.
+    """
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + 9, 1)
+    return packer.compress(data) + packer.flush()
+
+
+def _gzip(data: bytes) -> bytes:
+    if len(data) <= _SMALL_ANSWER:
+        return _gzip_small(data)
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + 15)  # a large GET_SERVICES: not kept
+    return packer.compress(data) + packer.flush()
+
+
 def _respond(request: web.Request, answer: Answer, status: int = 200) -> web.Response:
-    response = web.json_response(answer, status=status)
+    body = json.dumps(answer).encode()
+    headers: dict[str, str] = {hdrs.VARY: hdrs.ACCEPT_ENCODING}
     if "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower():
-        response.enable_compression(ContentCoding.gzip)
-    return response
+        body = _gzip(body)
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return web.Response(
+        body=body, status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )
 
 
 class _WrongMethod(BadRequest):
@@ -348,11 +414,12 @@ async def handle(request: web.Request) -> web.Response:
     status = 200
     try:
         answer = await _dispatch(request, service, seen)
+        service.store_works(seen["action"], answer)
     except ProtocolError as exc:
         answer = {"status": "ERROR", "error": str(exc)}
         status = 405 if isinstance(exc, _WrongMethod) else 200
     except StoreError as exc:
-        log.error("store failed during a hub request", error=str(exc), **seen)
+        service.store_failed(exc, seen)
         answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
     except Exception as exc:  # the one place every failure becomes an answer
         log.exception("hub request failed", error=repr(exc), **seen)

@@ -18,6 +18,14 @@ not say the hub took the SMS, and a SUCCESS with HTTP 5xx is the hub's
 server saying it failed; a repeat is safe (the hub drops an `smsId` it
 has), a lost SMS is not.
 
+On a shared store (PostgreSQL, several hosts) every host pushes from one
+outbox: a worker takes only as many deliveries as it can send at once, each
+with a lease (the store's `due_deliveries`), so no delivery waits in this
+host's queue while its lease runs and each attempt is made by one host. A
+host is woken for the SMS its own inbox stores; what it was not told about
+(an SMS stored by a host that died before pushing it, a dead host's leases
+run out) it finds by polling the outbox every `POLL_INTERVAL` seconds.
+
 No failure path is a hot loop: when the store cannot be read or written,
 the hub's worker pauses `retry_interval` before it tries anything again,
 and an answer the store could not record is recorded later, not pushed
@@ -54,6 +62,14 @@ USER_AGENT = f"supplier/{__version__} (+number-supplier agent)"
 ONLINESIM_FINAL = frozenset({"NO_OPERATION", "BAD_SERVICE", "IGNORED", "SERVICE_BAN"})
 MAX_ANSWER = 64 * 1024  # a hub's answer is a few dozen bytes; more is not an answer
 SUMMARY_INTERVAL = 60.0  # one summary line a minute per failing hub
+# Shared store: how often an idle worker looks for work no one told it about. What
+# it finds has waited a lease already (a dead host's: push timeout + margin, 20 s
+# by default) or is also being pushed by the host that stored it, so 2 s adds
+# little delay; it costs one indexed read per hub and host every 2 s.
+POLL_INTERVAL = 2.0
+# Shared store: the shortest wait after a turn that took nothing although a
+# delivery looked due (another host's transaction held it: SKIP LOCKED).
+POLL_FLOOR = 0.1
 
 
 class _AnswerTooLarge(Exception):
@@ -216,6 +232,7 @@ class Pusher:
     async def _run(self, worker: _HubWorker) -> None:
         limit = asyncio.Semaphore(self.concurrency)
         loop = asyncio.get_running_loop()
+        shared = self.store.shared
         while True:
             pause = worker.paused_until - loop.time()
             if pause > 0:
@@ -224,9 +241,18 @@ class Pusher:
                 continue
             worker.wake.clear()
             idle = worker.in_flight == 0  # before the reads: those in flight are excluded
+            # Shared: take no more than can be sent now, so no lease runs out in a queue.
+            take = min(self.batch, self.concurrency - worker.in_flight) if shared else self.batch
+            if take <= 0:
+                await worker.wake.wait()  # every send ends by setting it
+                continue
             try:
                 due = await self.store.due_deliveries(
-                    worker.hub.name, self.clock(), self.batch, exclude=self._in_flight
+                    worker.hub.name,
+                    self.clock(),
+                    take,
+                    exclude=self._in_flight,
+                    push_timeout=worker.hub.push_timeout,
                 )
                 next_at = (
                     None
@@ -235,6 +261,10 @@ class Pusher:
                 )
             except StoreError as exc:
                 self._store_failed(worker, "cannot read the outbox", exc)
+                continue
+            except Exception:  # a bug or a driver's surprise pauses the hub, never ends its worker
+                log.exception("cannot take due pushes", hub=worker.hub.name)
+                self._pause(worker)
                 continue
             for delivery, sms in due:
                 await limit.acquire()
@@ -251,6 +281,9 @@ class Pusher:
             if next_at is None and idle:
                 self._episode_over(worker)
             timeout = None if next_at is None else max(0.0, next_at - self.clock())
+            if shared:  # also look for what other hosts stored or left, now and then
+                timeout = POLL_INTERVAL if timeout is None else min(POLL_INTERVAL, timeout)
+                timeout = max(POLL_FLOOR, timeout)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await worker.wake.wait()

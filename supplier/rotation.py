@@ -351,6 +351,17 @@ class Rotation:
             # Out of the counts first, then checked free: no GET_NUMBER can pick it
             # in between, and one already committing keeps it.
             self.inventory.withhold(old)
+            hosts = self.inventory.hosts
+            if hosts is not None:  # several hosts: another one may have just sold it
+                try:
+                    await hosts.confirm_withheld(old)
+                except StoreError as exc:
+                    log_.warning(
+                        "cannot confirm no host sold the SIM; switch put off", error=str(exc)
+                    )
+                    self.inventory.withhold(old, False)
+                    self._backoff(module)
+                    return
             sim = self.inventory.sims.get(old)
             now = self.clock()
             if (sim is not None and not self.inventory.free(sim, now)) or self.busy_until(

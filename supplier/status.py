@@ -27,6 +27,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import aiohttp
 import structlog
 from aiohttp import hdrs, web
 from yarl import URL
@@ -40,6 +41,7 @@ from .backend import StoreBackend
 from .banks_status import add_bank_routes
 from .config import phone_digits
 from .errors import StoreError
+from .hosts_status import HostsView, RemoteSim, remote_state
 from .inventory import NumberTaken
 from .metrics import CONTENT_TYPE, Live, Metrics
 from .store import Activation, Delivery, Sms
@@ -200,6 +202,7 @@ class Row:
     last_error: str | None = None
     first_seen: float | None = None
     last_seen: float | None = None
+    host: str | None = None  # the host whose modem has it (a shared store; else None)
 
     def as_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _ROW_FIELDS}
@@ -221,6 +224,7 @@ class StatusView:
         *,
         hubs: list[str],
         clock: Callable[[], float],
+        hosts: HostsView | None = None,
     ) -> None:
         self.inventory = inventory
         self.store = store
@@ -229,6 +233,30 @@ class StatusView:
         self.rotation = rotation  # None without SIM banks
         self.hubs = hubs  # the configured hubs' names (a reload replaces them)
         self.clock = clock
+        self.hosts = hosts  # a shared store: the other hosts (supplier/hosts_status.py); else None
+
+    def here(self, iccid: str) -> bool:
+        """In one of this host's modems now."""
+        sim = self.inventory.sims.get(iccid)
+        return sim is not None and sim.online
+
+    async def elsewhere(self, iccid: str) -> RemoteSim | None:
+        """The other host that has this SIM in a modem (a shared store), or None."""
+        if self.hosts is None or self.here(iccid):
+            return None
+        sim = await self.hosts.owner(iccid)
+        return sim if sim is not None and sim.host != self.hosts.name else None
+
+    async def _remote(self) -> list[RemoteSim]:
+        """Other hosts' SIMs that are not in a modem here (a SIM that moved here is ours)."""
+        if self.hosts is None:
+            return []
+        me = self.hosts.name
+        return [
+            sim
+            for sim in (await self.hosts.live_sims()).values()
+            if sim.host != me and not self.here(sim.iccid)
+        ]
 
     def sim_state(self, iccid: str) -> str:
         inventory = self.inventory
@@ -272,7 +300,12 @@ class StatusView:
         upkeep = self.upkeep
         rows: list[Row] = []
         ports_with_sim: set[str] = set()
+        remote = await self._remote()
+        remote_iccids = {r.iccid for r in remote}
+        me = self.hosts.name if self.hosts is not None else None
         for sim in inventory.sims.values():
+            if sim.iccid in remote_iccids:
+                continue  # in another host's modem: that host's row (below)
             modem = pool.get(sim.port) if sim.port and sim.online else None
             if modem is not None and sim.port is not None:
                 ports_with_sim.add(sim.port)
@@ -304,6 +337,7 @@ class StatusView:
                     last_error=modem.last_error if modem is not None else None,
                     first_seen=sim.first_seen,
                     last_seen=sim.last_seen,
+                    host=me if sim.online else None,
                 )
             )
         for modem in pool:
@@ -317,10 +351,52 @@ class StatusView:
                     bars=bars(modem.network.rssi),
                     model=modem.device.model,
                     last_error=modem.detail or modem.last_error,
+                    host=me,
                 )
             )
-        rows.sort(key=lambda r: (r.port or "~", r.iccid or ""))
+        rows.extend(await self._remote_rows(remote, now, last_sms, earned_30, earned_7))
+        rows.sort(key=lambda r: (r.host or "", r.port or "~", r.iccid or ""))
         return [row.as_json() for row in rows]
+
+    async def _remote_rows(
+        self,
+        remote: list[RemoteSim],
+        now: float,
+        last_sms: dict[str, float],
+        earned_30: dict[str, dict[str, Decimal]],
+        earned_7: set[str],
+    ) -> list[Row]:
+        """Other hosts' SIMs as they published them: no modem detail, the shared history."""
+        if self.hosts is None or not remote:
+            return []
+        holders = await self.hosts.activations([r.holder for r in remote if r.holder is not None])
+        usage = await self.hosts.usage([r.number for r in remote if r.number])
+        rows = []
+        for sim in remote:
+            holder = holders.get(sim.holder) if sim.holder is not None else None
+            if holder is not None and not holder.is_open(now):
+                holder = None
+            rows.append(
+                Row(
+                    port=sim.port,
+                    state=remote_state(sim, now),
+                    iccid=sim.iccid,
+                    imsi=sim.imsi,
+                    number=sim.number,
+                    country=sim.country,
+                    operator=sim.operator,
+                    enabled=sim.enabled,
+                    activation=_activation(holder, now) if holder is not None else None,
+                    history=usage.get(sim.number or "", {}),
+                    earnings=_money(earned_30.get(sim.iccid, {})),
+                    earned_7d=sim.iccid in earned_7,
+                    last_sms=last_sms.get(sim.iccid),
+                    first_seen=sim.first_seen,
+                    last_seen=sim.published,
+                    host=sim.host,
+                )
+            )
+        return rows
 
     def summary(self) -> dict[str, int]:
         """In-memory totals (no database): the STATUS= line and the page's cards.
@@ -362,10 +438,32 @@ class StatusView:
                     sums[window] += _decimal(earning.sum)
         backlog = await store.backlog(now)
         hubs = self.hubs
+        totals = self.summary()
+        totals["host_down"] = totals["not_ready"] = 0
+        hosts: list[dict[str, Any]] = []
+        if self.hosts is not None:
+            # Every card counts the rows its filter shows: other hosts' SIMs included.
+            for state, count in Counter(remote_state(r, now) for r in await self._remote()).items():
+                totals[state] = totals.get(state, 0) + count
+            hosts = [
+                {
+                    "name": h.name,
+                    "this": h.name == self.hosts.name,
+                    "alive": h.alive,
+                    "lease_left": h.lease_left,
+                    "started": h.started,
+                    "sims": h.sims,
+                    "present": h.present,
+                    "status_url": h.status_url,
+                }
+                for h in await self.hosts.hosts()
+            ]
         return {
             "version": __version__,
             "now": now,
-            "totals": self.summary(),
+            "host": self.hosts.name if self.hosts is not None else None,
+            "hosts": hosts,
+            "totals": totals,
             "modem_states": {s.value: n for s, n in sorted(pool.counts().items(), key=str)},
             "sms_today": await store.sms_count(today),
             "undelivered": {
@@ -386,12 +484,13 @@ class StatusView:
 
     async def sim(self, iccid: str, *, with_texts: bool) -> dict[str, Any] | None:
         store = self.store
-        if iccid not in self.inventory.sims:
+        row = next((r for r in await self.sims() if r["iccid"] == iccid), None)
+        if row is None:
             return None
         now = self.clock()
-        row = next((r for r in await self.sims() if r["iccid"] == iccid), None)
         return {
             "sim": row,
+            "host": self.hosts.name if self.hosts is not None else None,  # this host
             "texts_shown": with_texts,
             "activations": [_activation(a, now) for a in await store.activations_of(iccid)],
             "sms": [
@@ -795,10 +894,27 @@ async def _change_sim(
     request: web.Request,
     change: Callable[[Inventory, str], Awaitable[SimState | None]],
     answer: Callable[[SimState], dict[str, Any]],
+    remote: Callable[[HostsView, str], Awaitable[bool]],
+    remote_answer: dict[str, Any],
 ) -> web.Response:
-    """One operator change to the SIM named in the path: 404, or SUCCESS with `answer`."""
+    """One operator change to the SIM named in the path: 404, or SUCCESS with `answer`.
+
+    A SIM this host does not know (another host's, with a shared store) is
+    changed in the shared `sims` row (`remote`); its host applies it at its
+    next look (supplier/hosts_status.py); the answer names that host. A SIM
+    this host knows is changed through its inventory, which writes the same
+    shared row.
+    """
     iccid = request.match_info["iccid"]
-    sim = await change(request.app[_VIEW].inventory, iccid)
+    view = request.app[_VIEW]
+    if iccid not in view.inventory.sims and view.hosts is not None:
+        owner = await view.hosts.owner(iccid)
+        if not await remote(view.hosts, iccid):
+            return _error(404, f"no SIM with ICCID {iccid}")
+        host = owner.host if owner is not None else None
+        log.info("operator change to another host's SIM", iccid=iccid, host=host)
+        return web.json_response({"status": "SUCCESS", **remote_answer, "host": host})
+    sim = await change(view.inventory, iccid)
     if sim is None:
         return _error(404, f"no SIM with ICCID {iccid}")
     return web.json_response({"status": "SUCCESS", **answer(sim)})
@@ -813,11 +929,25 @@ async def set_number(request: web.Request) -> web.Response:
             number = phone_digits(value)
         except ValueError as exc:
             return _error(400, f"number: {value!r}: {exc}")
+    view = request.app[_VIEW]
+    iccid = request.match_info["iccid"]
+    if number is not None and view.hosts is not None:
+        # Two SIMs sold under one number would both be sold and both get its SMS:
+        # the other hosts' SIMs count too (this host's inventory checks its own).
+        other = await view.hosts.number_taken(iccid, number)
+        if other is not None:
+            return _error(
+                409,
+                f"number: +{number} is already the number of SIM {other.iccid} "
+                f"in host {other.host}",
+            )
     try:
         return await _change_sim(
             request,
             lambda inventory, iccid: inventory.set_number(iccid, number),
             lambda sim: {"number": sim.number},
+            lambda hosts, iccid: hosts.set_number(iccid, number),
+            {"number": number},
         )
     except NumberTaken as exc:
         return _error(409, f"number: {exc}")
@@ -832,6 +962,8 @@ async def set_sale(request: web.Request) -> web.Response:
         request,
         lambda inventory, iccid: inventory.set_enabled(iccid, enabled),
         lambda sim: {"enabled": sim.enabled},
+        lambda hosts, iccid: hosts.set_enabled(iccid, enabled),
+        {"enabled": enabled},
     )
 
 
@@ -840,7 +972,13 @@ async def reset_modem(request: web.Request) -> web.Response:
     port = body.get("port")
     if not isinstance(port, str) or not port:
         return _error(400, f"port: {port!r}: expected the modem's port path")
-    if not request.app[_VIEW].pool.reset(port):
+    view = request.app[_VIEW]
+    host = body.get("host")
+    if host is not None and not isinstance(host, str):
+        return _error(400, f"host: {host!r}: expected a host name")
+    if view.hosts is not None and host not in (None, view.hosts.name):
+        return await _forward(request, host, "/api/modems/reset", {"port": port}, f"modem {port}")
+    if not view.pool.reset(port):
         return _error(404, f"no modem on {port}")
     log.info("modem reset asked by an operator", port=port)
     return web.json_response({"status": "SUCCESS"})
@@ -851,7 +989,8 @@ async def send_ussd(request: web.Request) -> web.Response:
     body = await _action_body(request)
     iccid = request.match_info["iccid"]
     view = request.app[_VIEW]
-    if iccid not in view.inventory.sims:
+    owner = await view.elsewhere(iccid)
+    if owner is None and iccid not in view.inventory.sims:
         return _error(404, f"no SIM with ICCID {iccid}")
     code, reply, close = body.get("code"), body.get("reply"), body.get("close")
     chosen = [name for name, v in (("code", code), ("reply", reply)) if v is not None]
@@ -866,6 +1005,10 @@ async def send_ussd(request: web.Request) -> web.Response:
             encode_request(value if isinstance(value, str) else "", packed=False)
         except UssdError as exc:
             return _error(400, f"{name}: {value!r}: {exc}")
+    if owner is not None:  # the modem is another host's: that host runs it
+        return await _forward(
+            request, owner.host, f"/api/sims/{quote(iccid)}/ussd", body, f"SIM {iccid}"
+        )
     try:
         answer = await view.upkeep.console(iccid, code=code, reply=reply)
     except UssdTimeout as exc:
@@ -882,6 +1025,66 @@ async def send_ussd(request: web.Request) -> web.Response:
             "menu": answer.menu,
         }
     )
+
+
+FORWARDED = "X-Supplier-Forwarded-By"  # a forwarded action is never forwarded again
+FORWARD_MARGIN = 15.0  # seconds beyond the USSD timeout for the other host to answer
+
+
+async def _forward(
+    request: web.Request, host: str, path: str, body: dict[str, Any], what: str
+) -> web.Response:
+    """An action on another host's modem, sent to that host's status route; its answer.
+
+    With the status token (every host of a supplier has the same one). An
+    answer names the host; a host that is down, has no `host.status_url` or
+    does not answer gets an error naming it, so the operator knows where to go.
+    """
+    view = request.app[_VIEW]
+    assert view.hosts is not None
+    me = view.hosts.name
+    if FORWARDED in request.headers:
+        by = request.headers[FORWARDED]
+        return _error(409, f"{what} is not in this host's ({me}) modems (forwarded from {by})")
+    info = next((h for h in await view.hosts.hosts() if h.name == host), None)
+    if info is None:
+        return _error(404, f"no host {host!r} shares this store")
+    if not info.alive:
+        return _error(
+            503,
+            f"{what} is in host {host}'s modems and host {host} is down "
+            f"(no lease for {-info.lease_left:.0f} s)",
+        )
+    if info.status_url is None:
+        return _error(
+            409,
+            f"{what} is in host {host}'s modems; host {host} has no host.status_url, "
+            f"so use host {host}'s own status page",
+        )
+    url = info.status_url + path
+    timeout = aiohttp.ClientTimeout(total=view.upkeep.settings.timeout + FORWARD_MARGIN)
+    headers = {hdrs.AUTHORIZATION: f"Bearer {request.app[_TOKEN]}", FORWARDED: me}
+    log.info("operator action forwarded", host=host, path=path)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, json=body, headers=headers, allow_redirects=False) as response,
+        ):
+            status = response.status
+            try:
+                answer = await response.json(content_type=None)
+            except ValueError:
+                answer = None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc) or "failed"
+        return _error(502, f"{what} is in host {host}'s modems; {info.status_url}: {reason}")
+    if status == 401:
+        return _error(
+            502, f"host {host} refused the forwarded request: its status.token is not this host's"
+        )
+    if not isinstance(answer, dict):
+        return _error(502, f"host {host} ({info.status_url}) answered HTTP {status}, not JSON")
+    return web.json_response({**answer, "host": host}, status=status)
 
 
 @web.middleware

@@ -255,7 +255,10 @@ class NewSms(Message):
     """A message not stored yet: its parts (by digest) and where it goes."""
 
     digests: tuple[str, ...]
-    routes: tuple[tuple[str, int | None], ...] = ()  # (hub, activation id): one per hub
+    # (hub, activation id): one per hub. None: the store decides, in the transaction that
+    # stores the SMS (a store shared by several hosts: supplier/shared.py `routes`).
+    routes: tuple[tuple[str, int | None], ...] | None = ()
+    route_at: float | None = None  # routes None: route as of this time (the inventory's clock)
 
     def stored(self, sms_id: int) -> Sms:
         return Sms(
@@ -881,7 +884,7 @@ class Store:
             [(sms_id, digest) for digest in sms.digests],
         )
         deliveries = []
-        for hub, activation_id in sms.routes:
+        for hub, activation_id in sms.routes or ():  # never None here: one host routes itself
             cursor = db.execute(
                 "INSERT OR IGNORE INTO deliveries (sms_id, hub, activation_id, created, "
                 "next_attempt) VALUES (?, ?, ?, ?, ?)",
@@ -913,7 +916,13 @@ class Store:
         return [StoredPart(*tuple(row)) for row in rows]
 
     async def due_deliveries(
-        self, hub: str, now: float, limit: int, exclude: Iterable[int] = ()
+        self,
+        hub: str,
+        now: float,
+        limit: int,
+        exclude: Iterable[int] = (),
+        *,
+        push_timeout: float = 10.0,  # PgStore leases for it; one host needs no lease
     ) -> list[tuple[Delivery, Sms]]:
         skip = tuple(exclude)
         not_in = _not_in("d.id", skip)

@@ -46,6 +46,7 @@ from modems.ussd import UssdAnswer, UssdError, UssdTimeout, phone_candidates
 from .backend import StoreBackend
 from .balances import parse_balance
 from .config import UssdConfig
+from .errors import StoreError
 from .inventory import Inventory
 from .networks import CALLING_CODES, international_number
 from .store import BalanceRow
@@ -176,6 +177,7 @@ class Upkeep:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._next_start = 0.0
+        self._store_failing = False  # an answer could not be kept: logged once per episode
         self._observers: list[Callable[[], None]] = []
         self.codes: dict[str, str] = {}
         self.balance_codes: dict[str, str] = {}
@@ -381,6 +383,15 @@ class Upkeep:
                 await self._ask_balance(job)
             else:
                 await self._ask_number(job)
+        except StoreError as exc:
+            # The answer could not be kept (the database is down): asked again after the
+            # job's back-off, like an unanswered request, never at once.
+            self._retry(job, "the answer could not be stored" if job.kind == NUMBER else None)
+            if not self._store_failing:
+                self._store_failing = True
+                log.error("cannot store a USSD answer; asking again later", error=str(exc))
+            else:
+                log.debug("cannot store a USSD answer", iccid=job.iccid, error=str(exc))
         finally:
             job.running = False
             self._wake.set()
@@ -452,10 +463,16 @@ class Upkeep:
             read=now,
         )
         await self.store.save_balance(iccid, row)
+        self._stored()
         self.balances[iccid] = row
         job.due = now + self.settings.balance_every
         job.backoff = self.settings.retry
         bound.info("balance read", amount=row.amount, currency=row.currency, low=self.low(iccid))
+
+    def _stored(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            log.info("USSD answers stored again")
 
     def _retry(self, job: _Job, why: str | None) -> None:
         delay = max(job.backoff, self.settings.interval)
@@ -468,6 +485,7 @@ class Upkeep:
 
     async def _learn(self, iccid: str, number: str, source: str) -> None:
         await self.store.learn_number(iccid, number, source, self.clock())
+        self._stored()
         self.inventory.learned_number(iccid, number)
         self._jobs.pop((iccid, NUMBER), None)
         self.notes.pop(iccid, None)

@@ -146,6 +146,9 @@ class Running:
         await self.until(
             lambda: len({e.port for e in self.events if isinstance(e, SimReady)}) >= count
         )
+        hosts = self.daemon.running.hosts
+        if hosts is not None:  # several hosts (PostgreSQL): published and counted too
+            await hosts.caught_up()
 
     def sms_count(self) -> int:
         return sum(1 for e in self.events if isinstance(e, SmsReceived))

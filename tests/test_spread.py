@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from modems.emulator import VirtualModem
+from modems.events import ModemState, ModemStateChanged
 from modems.modem import ModemSettings
 from modems.pool import ModemPool, expand_ports
 
@@ -92,12 +93,67 @@ def test_a_rescan_resolves_a_port_again_only_when_its_name_changed(tmp_path: Pat
     (links / "port-a").symlink_to(tmp_path / "ttyUSB0")
     resolved: dict[str, tuple[int, int, str]] = {}
     pattern = str(links / "*")
-    assert expand_ports([pattern], resolved=resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB0")}
+    assert expand_ports([pattern], resolved=resolved) == {
+        str(links / "port-a"): str(tmp_path / "ttyUSB0")
+    }
     assert list(resolved) == [str(links / "port-a")]
     # udev re-creates the link for another device: a new file under the same name.
     (links / "port-a.new").symlink_to(tmp_path / "ttyUSB1")
     os.replace(links / "port-a.new", links / "port-a")
-    assert expand_ports([pattern], resolved=resolved) == {str(links / "port-a"): str(tmp_path / "ttyUSB1")}
+    assert expand_ports([pattern], resolved=resolved) == {
+        str(links / "port-a"): str(tmp_path / "ttyUSB1")
+    }
     (links / "port-a").unlink()
     assert expand_ports([pattern], resolved=resolved) == {}
     assert resolved == {}  # names that are gone are forgotten
+
+
+def test_a_rescan_skips_dangling_links_and_directories_and_takes_one_name_per_device(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ttyUSB0").write_text("")
+    (tmp_path / "ttyUSB1").write_text("")
+    (tmp_path / "ttyUSB2").mkdir()  # a directory matching the pattern: never a port
+    links = tmp_path / "by-path"
+    links.mkdir()
+    (links / "a").symlink_to(tmp_path / "ttyUSB0")
+    (links / "b").symlink_to(tmp_path / "gone")  # dangling: its device is unplugged
+    (links / "c").symlink_to(tmp_path / "ttyUSB2")  # a link to a directory
+    resolved: dict[str, tuple[int, int, str]] = {}
+    patterns = [str(links / "*"), str(tmp_path / "ttyUSB*"), str(tmp_path / "missing")]
+    for _ in range(2):  # the second scan from what the first one resolved
+        assert expand_ports(patterns, resolved=resolved) == {
+            str(links / "a"): str(tmp_path / "ttyUSB0"),  # not ttyUSB0 again: one device
+            str(tmp_path / "ttyUSB1"): str(tmp_path / "ttyUSB1"),
+        }
+    # The dangling link's device comes back: the next scan takes it.
+    (tmp_path / "gone").write_text("")
+    assert expand_ports(patterns, resolved=resolved)[str(links / "b")] == str(tmp_path / "gone")
+
+
+async def test_an_idle_modem_sees_its_port_go_with_no_health_check_due(
+    make_bank: BankFactory,
+) -> None:
+    """An idle modem waited on two new futures per wake-up (its queue's get and its
+    port's close); now one watcher per session turns the close into a wake-up.
+    A port that goes must still end the session at once while nothing else is
+    due: no health check and no rescan for ten minutes here."""
+    bank = await make_bank(2, profiles=("generic",))
+    settings: ModemSettings = dataclasses.replace(FAST, health_interval=600.0)
+    recorder = Recorder()
+    pool = ModemPool([bank.pattern], recorder, settings, rescan_interval=600.0)
+    await pool.start()
+    try:
+        await recorder.wait_for(lambda: len(recorder.ready_ports()) == 2, timeout=20)
+        vm = bank[0]
+        vm.unplug()
+        await recorder.wait_for(
+            lambda: any(
+                e.port == vm.link and e.state is ModemState.DISCONNECTED
+                for e in recorder.of(ModemStateChanged)
+            ),
+            timeout=10,
+        )
+        assert bank[1].link in recorder.ready_ports()
+    finally:
+        await pool.stop()

@@ -1,10 +1,10 @@
 "use strict";
 const REFRESH = Math.max(1, Number(new URLSearchParams(location.search).get("refresh")) || 5) * 1000;
-const PROBLEMS = new Set(["no_signal", "no_number", "number_conflict", "unknown_network", "gone", "no_sim", "sim_locked", "unresponsive", "resetting", "disconnected", "not_modem"]);
+const PROBLEMS = new Set(["host_down", "not_ready", "no_signal", "no_number", "number_conflict", "unknown_network", "gone", "no_sim", "sim_locked", "unresponsive", "resetting", "disconnected", "not_modem"]);
 const LABELS = {ready: "ready", active: "active", no_signal: "no signal", no_number: "no number", number_conflict: "number conflict",
   unknown_network: "unknown network", gone: "gone", disabled: "out of sale", no_sim: "no SIM",
   sim_locked: "SIM locked", unresponsive: "not answering", resetting: "resetting", disconnected: "disconnected", not_modem: "not a modem",
-  probing: "probing", initializing: "starting"};
+  probing: "probing", initializing: "starting", not_ready: "not ready", host_down: "host down"};
 let sims = [], sortKey = "port", sortDesc = false, lastOk = 0;
 
 const $ = (s) => document.querySelector(s);
@@ -30,7 +30,8 @@ function short(port) { return port ? port.split("/").pop() : ""; }
 // Each card counts exactly what the state filter of the same name shows.
 const GROUPS = {ready: ["ready"], active: ["active"], no_signal: ["no_signal"],
   no_number: ["no_number", "number_conflict", "unknown_network"], no_sim: ["no_sim"],
-  errors: ["sim_locked", "unresponsive", "resetting", "disconnected"], disabled: ["disabled"], gone: ["gone"]};
+  errors: ["sim_locked", "unresponsive", "resetting", "disconnected"], disabled: ["disabled"], gone: ["gone"],
+  not_ready: ["not_ready"], host_down: ["host_down"]};
 function card(label, n, cls, id) {
   const filter = GROUPS[id] ? ' data-filter="' + id + '" role="button" tabindex="0" title="show these"' : "";
   return '<div class="card ' + (cls || "") + '" data-testid="total-' + id + '"' + filter + '><div class="n">' + n + '</div><div class="l">' + label + "</div></div>";
@@ -47,6 +48,8 @@ function renderStatus(st) {
     card("no SIM", t.no_sim, t.no_sim ? "bad" : "", "no_sim"),
     card("modem errors", t.errors, t.errors ? "bad" : "", "errors"),
     card("SIMs gone", t.gone, t.gone ? "bad" : "", "gone"),
+    ...(st.hosts.length ? [card("not ready (other hosts)", t.not_ready, t.not_ready ? "warn" : "", "not_ready"),
+      card("on hosts down", t.host_down, t.host_down ? "bad" : "", "host_down")] : []),
     card("open activations", t.open_activations, "", "open_activations"),
     card("SMS today", st.sms_today, "", "sms_today"),
   ].join("");
@@ -57,6 +60,15 @@ function renderStatus(st) {
   $("#undelivered tbody").innerHTML = Object.entries(st.undelivered).map(([hub, u]) =>
     "<tr><td>" + esc(hub) + '</td><td class="num">' + u.count + '</td><td class="num">' + (u.count ? dur(u.oldest) : "–") + "</td></tr>").join("");
   $("#logout").hidden = !st.operator;
+  // A shared database (several hosts): every host's liveness, and a Host column.
+  $("#hosts-box").hidden = !st.hosts.length;
+  $("#sims").classList.toggle("single", !st.hosts.length);
+  $("#hosts tbody").innerHTML = st.hosts.map((h) =>
+    '<tr data-host="' + esc(h.name) + '"><td>' + esc(h.name) + (h.this ? ' <span class="muted">(this host)</span>' : "") +
+    '</td><td><span class="pill s-' + (h.alive ? "ready" : "host_down") + '">' + (h.alive ? "alive" : "down") + "</span>" +
+    '</td><td class="num">' + (h.alive ? dur(h.lease_left) + " left" : "ran out " + dur(-h.lease_left) + " ago") +
+    '</td><td class="num">' + h.sims + '</td><td class="num">' + h.present +
+    "</td><td>" + (h.status_url ? esc(h.status_url) : '<span class="muted">none (actions on its modems: its own page)</span>') + "</td></tr>").join("");
 }
 
 function value(s, key) {
@@ -76,7 +88,7 @@ function matches(s) {
   if ($("#idle").checked && (s.earned_7d || !s.iccid)) return false;
   const q = $("#filter").value.trim().toLowerCase();
   if (!q) return true;
-  const hay = [s.port, s.iccid, s.number, s.country, s.operator, s.state, LABELS[s.state], s.model, s.last_error,
+  const hay = [s.host, s.port, s.iccid, s.number, s.country, s.operator, s.state, LABELS[s.state], s.model, s.last_error,
     s.activation && s.activation.service, s.activation && s.activation.hub].join(" ").toLowerCase();
   return q.split(/\s+/).every((w) => hay.includes(w));
 }
@@ -109,7 +121,8 @@ function renderSims() {
       '<td data-label="History (sold/cancelled)" class="history">' + hist + "</td>" +
       '<td data-label="Earned 30 d" class="num">' + money(s.earnings) + "</td>" +
       '<td data-label="Last SMS">' + ago(s.last_sms) + "</td>" +
-      '<td data-label="Last error" class="muted">' + esc(s.last_error || "") + "</td></tr>";
+      '<td data-label="Last error" class="muted">' + esc(s.last_error || "") + "</td>" +
+      '<td data-label="Host" class="hostcol">' + esc(s.host || "") + "</td></tr>";
   }).join("");
 }
 

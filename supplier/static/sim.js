@@ -14,7 +14,7 @@ async function load() {
   if (!r.ok) { $("#meta").textContent = data.error || ("HTTP " + r.status); $("#meta").className = "meta stale"; return; }
   sim = data.sim;
   const facts = {
-    "State": sim.state, "Port": sim.port, "Number": (sim.number ? "+" + sim.number : "unknown") + (sim.number_note ? " (" + sim.number_note + ")" : ""),
+    "State": sim.state, ...(sim.host ? {"Host": sim.host + (data.host && sim.host !== data.host ? " (another host: actions go there)" : "")} : {}), "Port": sim.port, "Number": (sim.number ? "+" + sim.number : "unknown") + (sim.number_note ? " (" + sim.number_note + ")" : ""),
     "Balance": sim.balance ? (sim.balance.amount != null ? sim.balance.amount + " " + (sim.balance.currency || "") : sim.balance.text) + (sim.balance.low ? " (low)" : "") + ", read " + when(sim.balance.read) : "–",
     "Country / operator": (sim.country || "?") + " / " + (sim.operator || "?"), "IMSI": sim.imsi,
     "Modem": sim.model, "Signal": sim.rssi == null ? "–" : sim.rssi + " (" + (sim.bars ?? "?") + " of 4 bars)",
@@ -48,6 +48,6 @@ async function act(url, body) {
 }
 $("#number-form").addEventListener("submit", (e) => { e.preventDefault(); act("/api/sims/" + encodeURIComponent(iccid) + "/number", {number: $("#number").value.trim() || null}); });
 $("#sale").addEventListener("click", () => act("/api/sims/" + encodeURIComponent(iccid) + "/sale", {enabled: !sim.enabled}));
-$("#reset").addEventListener("click", () => sim && sim.port && act("/api/modems/reset", {port: sim.port}));
+$("#reset").addEventListener("click", () => sim && sim.port && act("/api/modems/reset", sim.host ? {port: sim.port, host: sim.host} : {port: sim.port}));
 load();
 setInterval(load, 10000);

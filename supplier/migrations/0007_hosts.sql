@@ -1,0 +1,7 @@
+-- Version 7: several hosts sharing one inventory (issue 16). Nothing in SQLite:
+-- an SQLite store belongs to one daemon on one host (`DatabaseLock`), so there
+-- is no other host to publish SIMs to, no lease to keep and no hold another
+-- host must see; the inventory in memory is the whole truth. The tables this
+-- version creates in PostgreSQL (`hosts`, `live_sims`: postgresql/0007_hosts.sql)
+-- describe running hosts, not history, and are never copied between stores.
+-- The version exists so that both dialects carry the same version numbers.

@@ -1,0 +1,3 @@
+-- Version 9: where each host's status route answers, for operator actions forwarded
+-- between hosts (PostgreSQL only: with one host on SQLite nothing is forwarded).
+-- Nothing to create; the version number keeps both dialects on the same schema version.

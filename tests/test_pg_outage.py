@@ -1,0 +1,363 @@
+"""The PostgreSQL server stopped and started under the store (issue 16).
+
+While the server is down every call answers StoreError within the store's
+timeout (never a hang, never a guess), and once it is back the pool's
+connections are opened again by themselves: nothing to restart. Both ways a
+server goes away: `pg_ctl stop -m fast` (connections told to close) and
+`-m immediate` (as if the server crashed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from modems.emulator import VirtualModemBank
+from modems.events import SmsReceived
+from modems.pdu import decode_pdu, encode_deliver_parts
+from supplier.daemon import Daemon
+from supplier.errors import StoreError
+from supplier.inbox import Inbox
+from supplier.inventory import Inventory
+from supplier.pgstore import PgStore
+
+from .conftest import BankFactory
+from .hubkit import Clock, FakeHub, Running, make_config
+from .pg import Cluster
+from .test_push_faults import Captured, captured_logs
+from .test_push_leases import HUB, seed
+
+ICCID = "8970010000000000004"
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_the_store_fails_fast_while_the_server_is_down_and_resumes_by_itself(
+    pg_cluster: Cluster, pg_url: str, mode: str
+) -> None:
+    store = await PgStore.open(pg_url, timeout=2.0, host="a")
+    try:
+        [delivery_id] = await seed(pg_url, 1)
+        assert await store.next_due(HUB) == 0.0  # the pool's connection is in use
+        pg_cluster.stop(mode)
+        try:
+            for _ in range(3):  # every call, not only the first after the stop
+                started = time.monotonic()
+                with pytest.raises(StoreError) as failed:
+                    await store.due_deliveries(HUB, time.time(), 10)
+                assert time.monotonic() - started < 2.0 + 1.0
+                assert store.path in str(failed.value)
+                with pytest.raises(StoreError):
+                    await store.next_due(HUB)
+        finally:
+            pg_cluster.start()
+        # Back: the same store, no reopening.
+        [(delivery, _)] = await store.due_deliveries(HUB, time.time(), 10)
+        assert delivery.id == delivery_id
+        assert await store.settle_delivery(delivery_id, "SUCCESS", "HTTP 200", time.time())
+    finally:
+        await store.close()
+
+
+async def test_an_idle_store_does_not_reconnect_on_its_own_while_the_server_is_down(
+    pg_cluster: Cluster, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No connection floor: asyncpg's pool would reconnect by itself every 1, 2, 4… s
+    while the server is down, each try a traceback on stderr beside our own lines."""
+    store = await PgStore.open(pg_url, timeout=2.0)
+    try:
+        assert await store.schema_version() >= 8  # a connection in the pool
+        with caplog.at_level(logging.WARNING):
+            pg_cluster.stop("fast")
+            try:
+                await asyncio.sleep(2.5)  # the time measured: a floor keeper tries twice
+            finally:
+                pg_cluster.start()
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("asyncpg")] == []
+        assert await store.schema_version() >= 8  # the next call connects
+    finally:
+        await store.close()
+
+
+async def test_a_malformed_url_is_a_store_error_without_a_pool_connection_floor() -> None:
+    """With no floor the URL is read at the first connection, in `open`: still one
+    StoreError naming it (without its password), not a ValueError."""
+    with pytest.raises(StoreError, match=r"^postgresql://supplier@db:port/x: invalid literal"):
+        await PgStore.open("postgresql://supplier:secret@db:port/x", timeout=1.0)
+
+
+# -- the inbox: a part refused while the server was down ----------------------------------
+
+
+def received(iccid: str, pdu: str, index: int) -> SmsReceived:
+    return SmsReceived("/dev/x", iccid, "SM", index, pdu, decode_pdu(pdu), None, 1_800_000_000.0)
+
+
+async def test_a_part_refused_while_the_server_was_down_is_never_assembled_without_it(
+    pg_cluster: Cluster, pg_url: str
+) -> None:
+    """Part 1 is refused (it stays on the SIM) and the read that would rebuild the
+    reassembler fails too; part 2 comes first once the server is back. Part 1 must
+    not be taken from memory: its SMS would be pushed whole, then part 1 again alone
+    after the reassembly timeout."""
+    clock, queued = Clock(), []
+    store = await PgStore.open(pg_url, timeout=2.0)
+    try:
+        inventory = Inventory(store, services=["vk"], release_after=600, clock=clock)  # type: ignore[arg-type]
+        await inventory.load()
+        inbox = Inbox(store, inventory, reassembly_timeout=60, on_queued=queued.extend, clock=clock)  # type: ignore[arg-type]
+        await inbox.load()
+        text = "Код подтверждения 4821, никому не сообщайте его 😀 " * 2
+        first, second = encode_deliver_parts("Bank", text, reference=91, reference_bits=16)
+        pg_cluster.stop("fast")
+        try:
+            with pytest.raises(StoreError):
+                await inbox.accept(received(ICCID, first, 1))  # kept on the SIM
+        finally:
+            pg_cluster.start()
+        await inbox.accept(received(ICCID, second, 2))
+        assert await store.recent_sms() == []  # waiting for part 1, not assembled from memory
+        await inbox.accept(received(ICCID, first, 1))  # the modem's sweep reads it again
+        [sms] = await store.recent_sms()
+        assert (sms.text, sms.complete) == (text, True)
+        assert await store.pending_parts() == []
+        clock.advance(120)
+        assert await inbox.expire() == 0  # nothing left to give up on
+        assert len(await store.recent_sms()) == 1
+    finally:
+        await store.close()
+
+
+# -- a daemon on PostgreSQL: the server stopped and started under load --------------------
+
+
+class Load:
+    """A hub's traffic against one daemon: GET_NUMBER, SMS to the numbers sold, FINISH.
+
+    At most three activations are open at once; each gets two SMS in each phase
+    (up, down, back) it is open in, and is finished (FINISH 4: the number may be
+    sold again) once they were all pushed. Every answer is checked as it comes: a
+    SUCCESS never names a number that is held.
+    """
+
+    def __init__(self, running: Running, hub: FakeHub, logs: Captured | None = None) -> None:
+        self.logs = logs
+        self.running = running
+        self.hub = hub
+        self.phase = "up"
+        self.open: dict[int, tuple[str, str, list[str]]] = {}  # id → number, service, texts
+        self.answers: list[tuple[str, str, str]] = []  # (phase asked, phase answered, status)
+        self.sent: dict[str, str] = {}  # text → phase it was delivered in
+        self.sales: list[tuple[str, str, int]] = []  # (phase, number, activation id)
+        self.finished = 0
+        self.hold = False  # no FINISH: keep numbers sold for the SMS of the next phase
+        self._serial = 0
+        self._task: asyncio.Task[None] | None = None
+        self.changed = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def pushed(self) -> set[str]:
+        return {body["text"] for body in self.hub.received}
+
+    def state(self) -> str:
+        return (
+            f"phase {self.phase}; answers {self.answers[-8:]}; open {self.open}; "
+            f"sent {self.sent}; pushed {sorted(self.pushed())}; finished {self.finished}"
+        )
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        try:
+            await self._until(predicate, timeout)
+        except TimeoutError:
+            on_sims = {
+                m.link: [getattr(decode_pdu(x.pdu), "text", None) for x in m.stored().values()]
+                for m in self.running.bank
+            }
+            try:
+                store = self.running.daemon.running.store
+                rows = [
+                    (sms.text, [(d.attempts, d.outcome, d.last_result) for d in deliveries])
+                    for sms, deliveries in [
+                        (sms, await store.deliveries_for(sms.id))
+                        for sms in await store.recent_sms(100)
+                    ]
+                ]
+            except Exception as exc:  # a diagnosis only
+                rows = [repr(exc)]  # type: ignore[list-item]
+            pusher = self.running.daemon.running.pusher
+            workers = {
+                name: (w.task, w.in_flight, w.paused_until, w.task.done() and w.task.exception())
+                for name, w in pusher._workers.items()
+                if w.task is not None
+            }
+            lines = [
+                (e["event"], e.get("error"), e.get("port"))
+                for e in self.logs or []
+                if e["log_level"] in ("error", "warning", "info", "critical")
+                and "number given" not in e["event"]
+                and "SMS pushed" not in e["event"]
+            ][-40:]
+            raise AssertionError(
+                f"not reached in {timeout} s: {self.state()}; on SIMs {on_sims}; stored {rows}; "
+                f"logs {lines}; "
+                f"workers {workers}; unrecorded {pusher._unrecorded}; in flight {pusher._in_flight}"
+            ) from None
+
+    async def _until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self._task is not None and self._task.done():
+                    self._task.result()  # a check of the stream failed: raise it here
+                    raise AssertionError("the load stopped")
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.2):  # the hub's pushes do not set it
+                        await self.changed.wait()
+
+    async def _run(self) -> None:
+        services = ("vk", "tg", "wa")
+        while True:
+            await asyncio.sleep(0.05)  # the pace of the stream, not a wait for a result
+            self._serial += 1
+            if len(self.open) < 3 or self.phase.startswith("down"):
+                await self._sell(services[self._serial % 3])  # a SIM is free: sales fail
+            for activation_id, (number, _service, texts) in list(self.open.items()):
+                this_phase = [t for t in texts if self.sent[t] == self.phase]
+                if len(this_phase) < 2 and self._serial % 4 == 0:
+                    self._deliver(number, texts)  # two SMS per activation and phase
+                elif len(texts) >= 2 and set(texts) <= self.pushed() and not self.hold:
+                    await self._finish(activation_id)
+            self.changed.set()
+
+    async def _sell(self, service: str) -> None:
+        phase = self.phase
+        answer = await self.running.call(
+            "alpha",
+            {"action": "GET_NUMBER", "country": "russia", "operator": "any",
+             "service": service, "sum": 5},
+        )  # fmt: skip
+        self.answers.append((phase, self.phase, answer["status"]))
+        if answer["status"] != "SUCCESS":
+            return
+        number = str(answer["number"])
+        held = {n for n, _, _ in self.open.values()}
+        assert number not in held, f"{number} sold while held"
+        self.open[answer["activationId"]] = (number, service, [])
+        self.sales.append((phase, number, answer["activationId"]))
+
+    def _deliver(self, number: str, texts: list[str]) -> None:
+        [modem] = [m for m in self.running.bank if m.sim is not None and m.sim.number == number]
+        text = f"code {len(self.sent) + 1000} for {number}"
+        modem.deliver(text, "VK")
+        texts.append(text)
+        self.sent[text] = self.phase
+
+    async def _finish(self, activation_id: int) -> None:
+        answer = await self.running.call(
+            "alpha", {"action": "FINISH_ACTIVATION", "activationId": activation_id, "status": 4}
+        )
+        if answer["status"] == "SUCCESS":
+            del self.open[activation_id]
+            self.finished += 1
+        else:
+            assert answer["status"] == "ERROR", answer  # the server is down: asked again
+
+
+async def outage(
+    load: Load, cluster: Cluster, mode: str, number: int, logs: Captured, bank: VirtualModemBank
+) -> None:
+    """Stop the server under load, check what happens while it is down, start it again."""
+    await load.until(lambda: len(load.pushed()) >= 3 * number and load.finished >= number)
+    load.hold = True  # numbers sold when the server stops get SMS while it is down
+    await load.until(lambda: bool(load.open))
+    await asyncio.to_thread(cluster.stop, mode)
+    phase = load.phase = f"down {number}"
+    try:
+        # While it is down: hub requests answered ERROR, SMS kept on their SIMs.
+        await load.until(
+            lambda: (
+                [s for p, _, s in load.answers if p == phase].count("ERROR") >= 3
+                and sum(p == phase for p in load.sent.values()) >= 2
+            )
+        )
+        refused = "cannot store SMS; they stay on their SIMs until the store takes them"
+        await load.until(lambda: sum(e["event"] == refused for e in logs) == number)
+        kept = {t for t, p in load.sent.items() if p == phase}
+        assert not kept & load.pushed()
+        on_sims = {
+            getattr(decode_pdu(slot.pdu), "text", None)
+            for modem in bank
+            for slot in modem.stored().values()
+        }
+        assert kept <= on_sims
+    finally:
+        load.phase = f"starting {number}"  # an answer from here on may be a sale
+        await asyncio.to_thread(cluster.start)
+    phase = load.phase = f"back {number}"
+    load.hold = False
+    # Back by itself: what was kept is pushed, sales go on.
+    await load.until(lambda: kept <= load.pushed())
+    await load.until(lambda: any(p == phase for p, _, _ in load.sales))
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_the_server_stopped_and_started_under_load(
+    pg_cluster: Cluster, pg_url: str, tmp_path: Path, make_bank: BankFactory, mode: str
+) -> None:
+    bank = await make_bank(4)
+    hub = FakeHub()
+    await hub.start()
+    daemon = Daemon(make_config(tmp_path, bank, {"alpha": hub}, storage={"url": pg_url}))
+    load: Load | None = None
+    with captured_logs() as logs:
+        await daemon.start()
+        try:
+            running = Running(daemon, bank, {"alpha": hub})
+            await running.ready(4)
+            load = Load(running, hub, logs)
+            load.start()
+            await outage(load, pg_cluster, mode, 1, logs, bank)
+            await outage(load, pg_cluster, mode, 2, logs, bank)
+            everything = set(load.sent)
+            await load.until(lambda: everything <= load.pushed())
+            await load.stop()
+            # Nothing lost, nothing pushed twice, no SIM sold twice (checked at each sale).
+            texts = [body["text"] for body in hub.received]
+            assert sorted(texts) == sorted(load.sent)
+            assert len({body["smsId"] for body in hub.received}) == len(texts)
+            assert {s for _, _, s in load.answers} <= {"SUCCESS", "NO_NUMBERS", "ERROR"}
+            # Asked and answered while the server was down: never a sale.
+            assert not [a for a in load.answers if a[0] == a[1] != "up" and a[2] == "SUCCESS"
+                        and a[0].startswith("down")]  # fmt: skip
+            ids = [activation_id for _, _, activation_id in load.sales]
+            assert len(ids) == len(set(ids))
+            store = daemon.running.store
+            assert len([s for s in await store.recent_sms(1000) if s.kind == "text"]) == len(texts)
+        finally:
+            if load is not None:
+                await load.stop()
+            if not pg_cluster.running():
+                pg_cluster.start()
+            await daemon.stop()
+            await hub.stop()
+    # One line per episode, not one per request or SMS.
+    events = [e["event"] for e in logs if e["log_level"] in ("error", "info")]
+    assert events.count("store failed during a hub request; answering ERROR until it works") == 2
+    assert events.count("hub requests served by the store again") == 2
+    assert events.count("cannot store SMS; they stay on their SIMs until the store takes them") == 2
+    assert events.count("SMS stored again") == 2
+    kept_lines = [e for e in logs if e["event"] == "SMS not accepted; kept on the SIM"]
+    assert sum(e["log_level"] == "error" for e in kept_lines) <= 2 * 4  # once a modem an outage
