@@ -386,6 +386,23 @@ async def top_statements(url: str, requests: int) -> list[str]:
     return lines
 
 
+async def activations(storage: str, url: str | None, path: Path) -> tuple[int, int]:
+    """Activations in the store, and how many of them are unfinished."""
+    query = "SELECT count(*), count(*) FILTER (WHERE finished IS NULL) FROM activations"
+    if storage == "postgresql":
+        connection = await asyncpg.connect(url)
+        try:
+            row = await connection.fetchrow(query)
+        finally:
+            await connection.close()
+        assert row is not None
+        return int(row[0]), int(row[1])
+    query = "SELECT count(*), sum(finished IS NULL) FROM activations"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        total, open_ = db.execute(query).fetchone()
+    return int(total), int(open_ or 0)
+
+
 def stop(procs: list[subprocess.Popen[str]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -490,23 +507,7 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         spent, elapsed = meter.spent()
         out["idle_cpu"] = {k: v / elapsed * 100 for k, v in spent.items()}
 
-        # 2. Open loop, beside the floor.
-        floor, floor_url = await start_floor()
-        try:
-            floor_latencies = await open_loop(floor_url, args.rate, args.duration)
-        finally:
-            stop([floor])
-        meter.mark()
-        latencies = await open_loop(urls, args.rate, args.duration)
-        spent, elapsed = meter.spent()
-        out["open_loop"] = open_loop_table(floor_latencies, latencies)
-        out["open_loop_pcts"] = {
-            action: (statistics.median(values), pct(values, 99))
-            for action, values in latencies.items()
-        }
-        out["open_loop_cpu"] = {k: v / elapsed * 100 for k, v in spent.items()}
-
-        # 3. Closed loop: GET_NUMBER + FINISH.
+        # 2. Closed loop: GET_NUMBER + FINISH (every SIM free at its start).
         commits = await server_counts(db_url, reset=args.statements)
         meter.mark()
         numbers, elapsed, won = await load(urls, args.clients, args.requests, number_body)
@@ -520,6 +521,28 @@ async def run_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
         out["numbers_rps"] = len(numbers) / elapsed
         out["numbers_won"] = won
         out["numbers_cpu_ms"] = {k: v / max(1, len(numbers)) * 1000 for k, v in spent.items()}
+
+        # 3. Open loop, beside the floor. Its FINISH names the newest activation it
+        # opened: when answers take longer than the schedule's gap, some activations
+        # are never finished and hold their SIMs (counted below), so it runs after
+        # the closed loop, which finishes every activation it opens.
+        floor, floor_url = await start_floor()
+        try:
+            floor_latencies = await open_loop(floor_url, args.rate, args.duration)
+        finally:
+            stop([floor])
+        before = await activations(storage, db_url, db_path)
+        meter.mark()
+        latencies = await open_loop(urls, args.rate, args.duration)
+        spent, elapsed = meter.spent()
+        after = await activations(storage, db_url, db_path)
+        out["open_loop_sold"] = (after[0] - before[0], after[1] - before[1])
+        out["open_loop"] = open_loop_table(floor_latencies, latencies)
+        out["open_loop_pcts"] = {
+            action: (statistics.median(values), pct(values, 99))
+            for action, values in latencies.items()
+        }
+        out["open_loop_cpu"] = {k: v / elapsed * 100 for k, v in spent.items()}
 
         # 4. Every SIM sold once more, then the burst.
         async with aiohttp.ClientSession() as session:
@@ -623,6 +646,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"ms from the scheduled start; CPU % under it (daemons / postgres / emulators) "
             f"{cpu_cell(r['open_loop_cpu'], '%')}; "
             f"under the burst {cpu_cell(r['burst_cpu'], '%')}; "
+            f"open-loop GET_NUMBER answered SUCCESS: {r['open_loop_sold'][0]} of "
+            f"{int(args.rate * args.duration) // 4} (left unfinished: {r['open_loop_sold'][1]}); "
             f"SIMs given an activation before the burst: {r['covered']}; "
             f"deliveries unsettled at the end: {r['unsettled']}"
             + (f"; server: {r['server']}" if "server" in r else "")
