@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +98,12 @@ class Hub:
                 await self.changed.wait()
 
 
-async def start_emulator(count: int, directory: str) -> tuple[subprocess.Popen[str], str]:
+async def start_emulator(
+    count: int, directory: str, first_sim: int = 0
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "supplier", "emulate", "--modems", str(count), "--dir", directory,
-         "--control", "127.0.0.1:0"],
+         "--control", "127.0.0.1:0", "--first-sim", str(first_sim)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -136,8 +140,17 @@ async def drain_log(proc: subprocess.Popen[str]) -> None:
         pass
 
 
-async def load(url: str, clients: int, total: int, body: Any) -> tuple[list[float], float, int]:
+def round_robin(url: str | Sequence[str]) -> Callable[[], str]:
+    """The next URL for each request: one daemon, or several taken in turn (a load balancer)."""
+    urls = itertools.cycle([url] if isinstance(url, str) else url)
+    return lambda: next(urls)
+
+
+async def load(
+    url: str | Sequence[str], clients: int, total: int, body: Any
+) -> tuple[list[float], float, int]:
     latencies: list[float] = []
+    target = round_robin(url)
     statuses: dict[str, int] = {}
     remaining = total
 
@@ -147,7 +160,7 @@ async def load(url: str, clients: int, total: int, body: Any) -> tuple[list[floa
             remaining -= 1
             payload = body() if callable(body) else body
             started = time.perf_counter()
-            async with session.post(url, json=payload) as response:
+            async with session.post(target(), json=payload) as response:
                 answer = await response.json()
             latencies.append((time.perf_counter() - started) * 1000)
             statuses[answer["status"]] = statuses.get(answer["status"], 0) + 1
@@ -158,7 +171,7 @@ async def load(url: str, clients: int, total: int, body: Any) -> tuple[list[floa
                     "activationId": answer["activationId"],
                     "status": 4,
                 }
-                async with session.post(url, json=finish) as response:
+                async with session.post(target(), json=finish) as response:
                     await response.read()
 
     connector = aiohttp.TCPConnector(limit=clients)
@@ -207,8 +220,11 @@ async def start_floor() -> tuple[subprocess.Popen[str], str]:
                 await asyncio.sleep(0.1)
 
 
-async def open_loop(url: str, rate: float, duration: float) -> dict[str, list[float]]:
+async def open_loop(
+    url: str | Sequence[str], rate: float, duration: float
+) -> dict[str, list[float]]:
     """Requests started on a fixed schedule; ms from each one's scheduled start to its answer."""
+    target = round_robin(url)
     latencies: dict[str, list[float]] = {action: [] for action in OPEN_LOOP_ACTIONS}
     errors: list[str] = []
     last_activation: list[int] = []
@@ -227,7 +243,7 @@ async def open_loop(url: str, rate: float, duration: float) -> dict[str, list[fl
 
     async def one(session: aiohttp.ClientSession, action: str, due: float) -> None:
         try:
-            async with session.post(url, json=body(action)) as response:
+            async with session.post(target(), json=body(action)) as response:
                 answer = await response.json(content_type=None)
         except aiohttp.ClientError as exc:
             errors.append(f"{action}: {exc}")
