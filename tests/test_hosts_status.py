@@ -264,9 +264,11 @@ async def two_hosts(tmp_path: Path, make_bank: BankFactory, pg_url: str) -> Asyn
     b = Daemon(host_config(tmp_path / "b", bank_b, hub, pg_url, "b"))
     try:
         await a.start()
+        running_a = Running(a, bank_a, {"alpha": hub})  # listening from its start: b's SIMs
         await b.start()
-        await Running(a, bank_a, {"alpha": hub}).ready(2)
-        await Running(b, bank_b, {"alpha": hub}).ready(2)
+        running_b = Running(b, bank_b, {"alpha": hub})  # may come up while a's are awaited
+        await running_a.ready(2)
+        await running_b.ready(2)
         db = await asyncpg.connect(pg_url)
         try:
             await db.execute(HOSTS_DDL)
