@@ -18,6 +18,7 @@ import pytest
 from supplier.config import ConfigError, parse_config
 from supplier.pgstore import PgStore
 from supplier.shared import ALLOCATE_SQL, ANY_OPERATOR, MAX_OFFERS, LiveSim
+from supplier.store import StoreError
 
 SERVICES = ("vk", "tg")
 HUB = {"name": "smshub", "key": "0123456789abcdef", "push_url": "https://hub.example/api"}
@@ -477,3 +478,38 @@ async def test_allocation_walks_the_sims_in_sale_order_and_stops_at_the_first(
         await connection.close()
     got = await allocate(store)
     assert got is not None and got[0] == sims[4][0]
+
+
+async def test_a_released_connection_is_not_reset_by_a_round_trip(store: PgStore) -> None:
+    """asyncpg's default pool reset sent `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` on every release (two to three per GET_NUMBER) to undo session state the
+    store never makes. The pool's connection ends with the store's own COMMIT; a call
+    that failed inside its transaction still leaves none open."""
+    await seed(store, "A1", "79000000001")
+    await seed(store, "A2", "79000000002")
+    await store.publish("a", 15, [live("A1", "79000000001"), live("A2", "79000000002")])
+    assert await allocate(store) is not None
+    with pytest.raises(StoreError):  # A2 locked, then its activation cannot be written
+        await store.allocate(
+            hub="smshub",
+            country="russia",
+            operator="any",
+            service="vk",
+            sum="10",
+            currency=2**40,  # no ISO 4217 code: out of the column's range
+            exclude=(),
+            now=time.time(),
+            release_after=600.0,
+        )
+    connection = await asyncpg.connect(store.url)
+    try:
+        sessions = await connection.fetch(
+            "SELECT state, query FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    assert sessions, "the store keeps its connection in the pool"
+    for state, query in sessions:
+        assert state == "idle", sessions  # not "idle in transaction": the failed call rolled back
+        assert "RESET ALL" not in query and "pg_advisory_unlock_all" not in query, sessions
