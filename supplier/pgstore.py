@@ -866,7 +866,28 @@ class PgStore:
         async def op(db: Connection) -> Published:
             return await shared.publish(db, host, lease, sims, gone, whole=whole, instance=instance)
 
-        return await self._write(op, f"cannot publish the SIMs of host {host}")
+        published = await self._write(op, f"cannot publish the SIMs of host {host}")
+        if whole:
+            await self._analyze(host)
+        return published
+
+    async def _analyze(self, host: str) -> None:
+        """Bring the planner's statistics of the SIM tables up to date after a host's SIMs came.
+
+        The allocation's plan (walk SIMs in sale order, stop at the first sellable) is only
+        chosen when the planner knows how many SIMs there are; autovacuum looks at most once
+        a minute, and until it has, a fresh database reads as empty and each GET_NUMBER
+        checks and sorts every SIM (bench/RESULTS.md, "Allocation query"). Small tables:
+        a few milliseconds. If it fails, autovacuum does it later; the publish stands.
+        """
+
+        async def op(db: Connection) -> None:
+            await db.execute("ANALYZE hosts, live_sims, sims")
+
+        try:
+            await self._write(op, f"cannot update the statistics after host {host} published")
+        except StoreError as exc:
+            log.warning("statistics_not_updated", host=host, error=str(exc))
 
     async def leave(self, host: str) -> None:
         """A clean stop: this host's SIMs leave every host's counts now, not after the lease."""
