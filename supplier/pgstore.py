@@ -874,11 +874,10 @@ class PgStore:
     async def _analyze(self, host: str) -> None:
         """Bring the planner's statistics of the SIM tables up to date after a host's SIMs came.
 
-        The allocation's plan (walk SIMs in sale order, stop at the first sellable) is only
-        chosen when the planner knows how many SIMs there are; autovacuum looks at most once
-        a minute, and until it has, a fresh database reads as empty and each GET_NUMBER
-        checks and sorts every SIM (bench/RESULTS.md, "Allocation query"). Small tables:
-        a few milliseconds. If it fails, autovacuum does it later; the publish stands.
+        Autovacuum looks at most once a minute; until it has, a fresh database reads as
+        nearly empty to the planner, and the allocation and the counts are planned for a
+        handful of rows while hundreds are there. Small tables: a few milliseconds. If it
+        fails, autovacuum does it later; the publish stands.
         """
 
         async def op(db: Connection) -> None:

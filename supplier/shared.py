@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from .pgstore import Connection
 
 __all__ = [
-    "ALLOCATE_SQL",
     "ANY_OPERATOR",
     "MAX_OFFERS",
     "ROUTE_HORIZON",
@@ -55,10 +54,6 @@ ANY_OPERATOR = "any"  # networks.ANY: a request for any operator of the country
 
 # The database server's clock in epoch seconds: what leases are written and compared with.
 SERVER_NOW = "extract(epoch FROM clock_timestamp())::double precision"
-# The same clock read once per statement (when the server received it): `clock_timestamp()`
-# is volatile, so a query comparing every row with it reads the clock once per row and
-# cannot use it in an index condition; `statement_timestamp()` is stable in a statement.
-STATEMENT_NOW = "extract(epoch FROM statement_timestamp())::double precision"
 
 _ACTIVATION_COLUMNS = (
     "id, hub, iccid, number, service, country, operator, sum, currency, "
@@ -68,10 +63,6 @@ _ACTIVATION_COLUMNS = (
 # A live_sims row `ls` that may be sold: its host's lease is live, it is present,
 # its SIM is enabled in `sims` (an operator's word, shared), and no other live
 # SIM is sold under its number (both would get its SMS).
-# `OFFSET 0` keeps a NOT EXISTS a per-row check instead of an anti-join: the planner
-# reads "some live SIM has this number" as true for every row (the row itself is one)
-# and then expects nothing to pass, which made the allocation check and sort every
-# live SIM rather than walk them in sale order (migration 10) and stop at the first.
 _SELLABLE = """
     FROM live_sims ls
     JOIN hosts h ON h.name = ls.host AND h.lease_until > {server}
@@ -80,32 +71,8 @@ _SELLABLE = """
       AND NOT EXISTS (
         SELECT 1 FROM live_sims o JOIN hosts oh ON oh.name = o.host
         WHERE o.number = ls.number AND o.iccid <> ls.iccid AND oh.lease_until > {server}
-        OFFSET 0
       )
 """
-
-
-# GET_NUMBER's statement ($1 country, $2 operator, $3 service, $4 the host's now,
-# $5 MAX_OFFERS, $6 excluded prefixes, $7 ANY_OPERATOR). The plan walks
-# `sims_least_recently_used` (migration 10) and stops at the first SIM that passes
-# and is not locked: no sort of every candidate (tests/test_shared_store.py reads it).
-ALLOCATE_SQL = (
-    "SELECT ls.iccid, ls.number, ls.country, ls.operator "
-    + _SELLABLE.format(server=STATEMENT_NOW, joins="")
-    + """
-      AND ls.country = $1 AND ($2 = $7 OR ls.operator = $2)
-      AND (ls.held_until IS NULL OR ls.held_until <= $4)
-      AND NOT EXISTS (
-        SELECT 1 FROM usage u WHERE u.number = ls.number AND u.service = $3
-          AND (u.blocked OR u.offers >= $5)
-        OFFSET 0
-      )
-      AND NOT EXISTS (SELECT 1 FROM unnest($6::text[]) p WHERE starts_with(ls.number, p))
-    ORDER BY COALESCE(s.last_used, 0), ls.iccid  -- the order of sims_least_recently_used
-    LIMIT 1
-    FOR UPDATE OF ls SKIP LOCKED
-    """
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +188,24 @@ async def allocate(
     hold. Activation times are the host's clock (`now`), as with SQLite;
     leases are the server's.
     """
+    sql = (
+        "SELECT ls.iccid, ls.number, ls.country, ls.operator "
+        + _SELLABLE.format(server=SERVER_NOW, joins="")
+        + """
+      AND ls.country = $1 AND ($2 = $7 OR ls.operator = $2)
+      AND (ls.held_until IS NULL OR ls.held_until <= $4)
+      AND NOT EXISTS (
+        SELECT 1 FROM usage u WHERE u.number = ls.number AND u.service = $3
+          AND (u.blocked OR u.offers >= $5)
+      )
+      AND NOT EXISTS (SELECT 1 FROM unnest($6::text[]) p WHERE starts_with(ls.number, p))
+    ORDER BY COALESCE(s.last_used, 0), ls.iccid
+    LIMIT 1
+    FOR UPDATE OF ls SKIP LOCKED
+    """
+    )
     row = await db.fetchrow(
-        ALLOCATE_SQL, country, operator, service, now, MAX_OFFERS, list(exclude), ANY_OPERATOR
+        sql, country, operator, service, now, MAX_OFFERS, list(exclude), ANY_OPERATOR
     )
     if row is None:
         return None
@@ -275,7 +258,7 @@ async def counts(db: Connection, services: Sequence[str], now: float, host: str)
         "AND NOT COALESCE(u.blocked OR u.offers >= $3, false)"
     )
     rows = _SELLABLE.format(
-        server=STATEMENT_NOW,
+        server=SERVER_NOW,
         joins="\n    LEFT JOIN unnest($1::text[]) svc(service) ON true"
         "\n    LEFT JOIN usage u ON u.number = ls.number AND u.service = svc.service",
     )

@@ -1,3 +1,0 @@
--- Version 10: an index in GET_NUMBER's order for the allocation on PostgreSQL (issue 16).
--- Nothing to create here: one host on SQLite picks its SIM in memory (the inventory),
--- not with a query; the version number keeps both dialects on the same schema version.
