@@ -17,6 +17,7 @@ import pytest
 from supplier.config import ConfigError, parse_config
 from supplier.pgstore import PgStore
 from supplier.shared import LiveSim
+from supplier.store import StoreError
 
 SERVICES = ("vk", "tg")
 HUB = {"name": "smshub", "key": "0123456789abcdef", "push_url": "https://hub.example/api"}
@@ -402,3 +403,58 @@ async def test_two_processes_renewing_one_host_name_are_found(store: PgStore) ->
     assert (await store.publish("a", 15, [], instance="one")).rival == "two"
     await store.publish("a", 0, [], instance="one")  # one's lease runs out
     assert (await store.publish("a", 15, [], instance="two")).rival is None
+
+
+async def test_a_whole_publish_brings_the_planners_statistics_up_to_date(store: PgStore) -> None:
+    """A fresh database reads as empty to the planner until autovacuum looks (a minute);
+    after a host publishes all its SIMs the statistics count them."""
+    sims = [(f"89{i:017d}", f"7900{i:07d}") for i in range(300)]
+    connection = await asyncpg.connect(store.url)
+    try:
+        await connection.executemany(
+            "INSERT INTO sims (iccid, imsi, number, country, operator, port, enabled, "
+            "first_seen, last_seen) VALUES ($1, '25001', $2, 'russia', 'mts', '/dev/x', true, 0, 0)",
+            sims,
+        )
+        await store.publish("a", 15, [live(i, n) for i, n in sims[:10]])  # not whole: no ANALYZE
+        counted = "SELECT relname, reltuples FROM pg_class WHERE relname IN ('sims', 'live_sims')"
+        assert all(tuples < 0 for _, tuples in await connection.fetch(counted))  # never analyzed
+        await store.publish("a", 15, [live(i, n) for i, n in sims], whole=True)
+        assert dict(await connection.fetch(counted)) == {"sims": 300, "live_sims": 300}
+    finally:
+        await connection.close()
+
+
+async def test_a_released_connection_is_not_reset_by_a_round_trip(store: PgStore) -> None:
+    """asyncpg's default pool reset sent `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` on every release (two to three per GET_NUMBER) to undo session state the
+    store never makes. The pool's connection ends with the store's own COMMIT; a call
+    that failed inside its transaction still leaves none open."""
+    await seed(store, "A1", "79000000001")
+    await seed(store, "A2", "79000000002")
+    await store.publish("a", 15, [live("A1", "79000000001"), live("A2", "79000000002")])
+    assert await allocate(store) is not None
+    with pytest.raises(StoreError):  # A2 locked, then its activation cannot be written
+        await store.allocate(
+            hub="smshub",
+            country="russia",
+            operator="any",
+            service="vk",
+            sum="10",
+            currency=2**40,  # no ISO 4217 code: out of the column's range
+            exclude=(),
+            now=time.time(),
+            release_after=600.0,
+        )
+    connection = await asyncpg.connect(store.url)
+    try:
+        sessions = await connection.fetch(
+            "SELECT state, query FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    assert sessions, "the store keeps its connection in the pool"
+    for state, query in sessions:
+        assert state == "idle", sessions  # not "idle in transaction": the failed call rolled back
+        assert "RESET ALL" not in query and "pg_advisory_unlock_all" not in query, sessions
