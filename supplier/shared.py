@@ -327,6 +327,10 @@ async def held_here(
             list(known_open),
         )
     ]
+    # The history of the numbers of the activations found too: a learn that began before
+    # this host published a SIM may find another host's sale of it, and the sale's number
+    # history must come with it (the rotation and the counts read both together).
+    numbers = sorted({*numbers, *(a.number for a in activations)})
     usage = {
         (number, service): Usage(offers, sold, cancelled, returned, blocked)
         for number, service, offers, sold, cancelled, returned, blocked in await db.fetch(

@@ -383,6 +383,11 @@ async def test_what_other_hosts_did_to_a_hosts_sims(store: PgStore) -> None:
     assert by_id[first[1]].status == 3 and by_id[second[1]].finished is None
     assert usage[("79000000001", "vk")].blocked
     assert await store.held_here("b", [], []) == ([], {})
+    # Asked without its numbers (a learn that began before this host's publish), a
+    # holder still comes with its number's history: never the one without the other.
+    held, usage = await store.held_here("a", [], [])
+    assert [a.id for a in held] == [second[1]]
+    assert set(usage) == {("79000000002", "vk")}
 
 
 async def test_a_host_is_alive_since_its_lease_last_began(store: PgStore) -> None:
