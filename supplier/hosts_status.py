@@ -34,7 +34,8 @@ import structlog
 
 from .errors import StoreError
 from .inventory import NumberTaken
-from .store import Activation
+from .shared import SERVER_NOW
+from .store import ACTIVATION_COLUMNS, Activation
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -42,13 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["HostInfo", "HostsView", "RemoteSim", "follow_operators", "remote_state"]
 
 log = structlog.get_logger("supplier.hosts_status")
-
-# The database server's clock in epoch seconds: leases are written and compared with it.
-SERVER_NOW = "extract(epoch FROM clock_timestamp())::double precision"
-_ACTIVATION_COLUMNS = (
-    "id, hub, iccid, number, service, country, operator, sum, currency, "
-    "created, release_at, finished, status"
-)
 
 
 class SharedStore(Protocol):
@@ -185,7 +179,7 @@ class HostsView:
         if not ids:
             return {}
         rows = await self.store._fetch(
-            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ANY($1::bigint[])", ids
+            f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ANY($1::bigint[])", ids
         )
         return {int(row[0]): Activation(*row) for row in rows}
 

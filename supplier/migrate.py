@@ -43,9 +43,9 @@ from pathlib import Path
 import asyncpg
 
 from .errors import SupplierError
-from .pgstore import _SEQUENCES, DATABASE_ERRORS, MAX_JSON_ID, PgStore, describe, redact
+from .pgstore import DATABASE_ERRORS, PgStore, describe, redact
 from .pgstore import text as pgstore_text
-from .store import DatabaseLock, migrations
+from .store import HUB_ID_TABLES, MAX_JSON_ID, DatabaseLock, migrations
 
 __all__ = ["Copied", "MigrateError", "migrate_store"]
 
@@ -403,7 +403,7 @@ async def _continue_ids(
     if sequence is None:
         return None
     floor = issued + 1
-    if table.name in _SEQUENCES:  # hub-visible ids: above the clock too (see PgStore.open)
+    if table.name in HUB_ID_TABLES:  # hub-visible ids: above the clock too (see PgStore.open)
         floor = max(floor, int(clock * 1_000_000))
     highest = await connection.fetchval(f"SELECT COALESCE(MAX(id), 0) FROM {_quote(table.name)}")  # noqa: S608
     row = await connection.fetchrow(
@@ -411,7 +411,7 @@ async def _continue_ids(
     )
     assert row is not None  # a sequence always has its one row
     next_id = max(floor, int(highest) + 1, int(row[0]) + int(row[1]))  # never lowered
-    if table.name in _SEQUENCES and next_id >= MAX_JSON_ID:
+    if table.name in HUB_ID_TABLES and next_id >= MAX_JSON_ID:
         raise MigrateError(f"{table.name}: ids are past what a hub reads exactly ({MAX_JSON_ID})")
     await connection.execute("SELECT setval($1, $2, false)", sequence, next_id)
     return next_id

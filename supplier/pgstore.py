@@ -26,7 +26,6 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from importlib import resources
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -38,6 +37,7 @@ from .errors import StoreError, UnknownActivation
 from .shared import Counted, LiveSim, Published
 from .store import (
     FINISH_STATUSES,
+    HUB_ID_TABLES,
     Activation,
     BalanceRow,
     Delivery,
@@ -49,17 +49,17 @@ from .store import (
     Sms,
     StoredPart,
     Usage,
+    id_floor,
     identifiers,
+    migrations,
 )
 
-__all__ = ["PgStore", "pg_migrations", "probe", "redact"]
+__all__ = ["PgStore", "probe", "redact"]
 
 log = structlog.get_logger("supplier.pgstore")
 
 T = TypeVar("T")
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # what `_write` hands an op
-MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
-_SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
 _MIGRATION_LOCK = 0x5375_7070  # pg_advisory_xact_lock key: one host migrates at a time
 DEFAULT_TIMEOUT = 5.0
 # A push lease is the hub's push timeout plus the store's timeout (recording the
@@ -94,17 +94,6 @@ async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
     takes only transaction-scoped advisory locks, listens to nothing and declares no
     cursors. Whatever adds session state here must bring the default back.
     """
-
-
-def pg_migrations() -> list[tuple[int, str]]:
-    """(version, SQL) for every file `migrations/postgresql/NNNN_*.sql`, in order."""
-    folder = resources.files("supplier") / "migrations" / "postgresql"
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def describe(exc: BaseException) -> str:
@@ -304,7 +293,7 @@ class PgStore:
                 "version integer PRIMARY KEY, applied double precision NOT NULL)"
             )
             current = await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            known = pg_migrations()
+            known = migrations("postgresql")
             newest = known[-1][0] if known else 0
             if current > newest:
                 raise StoreError(
@@ -319,10 +308,8 @@ class PgStore:
                         version,
                         now,
                     )
-            floor = int(now * 1_000_000)
-            if floor >= MAX_JSON_ID:
-                raise StoreError(f"{self.path}: the clock is past what ids can follow")
-            for table in _SEQUENCES:
+            floor = id_floor(now, self.path)
+            for table in HUB_ID_TABLES:
                 # Never lower a sequence (a host whose clock is behind): the next id is
                 # above the clock, the sequence's last value and every id in the table.
                 sequence = await db.fetchval("SELECT pg_get_serial_sequence($1, 'id')", table)
@@ -656,7 +643,7 @@ class PgStore:
         width = len(_DELIVERY)
         returned = f"{_prefixed(_DELIVERY, 'd')}, {_prefixed(_SMS, 's')}"
         sql = f"""
-            WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),
+            WITH clock AS (SELECT {shared.SERVER_NOW} AS now),
             taken AS (
                 SELECT id FROM deliveries
                 WHERE hub = $1 AND done IS NULL AND next_attempt <= $2
@@ -690,7 +677,7 @@ class PgStore:
             "SELECT MIN(next_attempt) FROM deliveries "
             "WHERE hub = $1 AND done IS NULL AND id <> ALL($2::bigint[]) "
             "AND (lease_until IS NULL OR leased_by = $3 "
-            "OR lease_until <= extract(epoch FROM clock_timestamp()))",
+            f"OR lease_until <= {shared.SERVER_NOW})",
             hub,
             list(exclude),
             self.holder,

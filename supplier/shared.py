@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .store import Activation, Usage
+from .store import ACTIVATION_COLUMNS, Activation, Usage
 
 if TYPE_CHECKING:
     from .pgstore import Connection
@@ -55,10 +55,6 @@ ANY_OPERATOR = "any"  # networks.ANY: a request for any operator of the country
 # The database server's clock in epoch seconds: what leases are written and compared with.
 SERVER_NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
-_ACTIVATION_COLUMNS = (
-    "id, hub, iccid, number, service, country, operator, sum, currency, "
-    "created, release_at, finished, status"
-)
 
 # A live_sims row `ls` that may be sold: its host's lease is live, it is present,
 # its SIM is enabled in `sims` (an operator's word, shared), and no other live
@@ -214,7 +210,7 @@ async def allocate(
     inserted = await db.fetchrow(
         "INSERT INTO activations (hub, iccid, number, service, country, operator, sum, "
         "currency, created, release_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-        f"RETURNING {_ACTIVATION_COLUMNS}",
+        f"RETURNING {ACTIVATION_COLUMNS}",
         hub,
         iccid,
         number,
@@ -320,7 +316,7 @@ async def held_here(
     activations = [
         Activation(*row)
         for row in await db.fetch(
-            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id IN "
+            f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id IN "
             "(SELECT holder FROM live_sims WHERE host = $1 AND holder IS NOT NULL) "
             "OR id = ANY($2::bigint[])",
             host,

@@ -70,7 +70,7 @@ class FinishStatus(enum.IntEnum):
 
 FINISH_STATUSES = frozenset(FinishStatus)
 T = TypeVar("T")
-_SEQUENCES = ("activations", "sms")  # the tables whose ids the hubs see
+HUB_ID_TABLES = ("activations", "sms")  # the tables whose ids the hubs see
 MAX_JSON_ID = 2**53 - 1  # the largest integer a JavaScript hub reads exactly
 
 
@@ -168,7 +168,7 @@ class Usage:
     blocked: bool = False
 
 
-_ACTIVATION_COLUMNS = (
+ACTIVATION_COLUMNS = (
     "id, hub, iccid, number, service, country, operator, sum, currency, "
     "created, release_at, finished, status"
 )
@@ -205,9 +205,24 @@ def identifiers(*names: str) -> str:
     return ", ".join(names)
 
 
-def migrations() -> list[tuple[int, str]]:
-    """(version, SQL) for every file `migrations/NNNN_*.sql`, in order."""
+def id_floor(now: float, path: str) -> int:
+    """The lowest hub-visible id a store opened at `now` may issue: the clock in µs (both
+    stores; see the module). StoreError once that is past what a JSON hub reads exactly."""
+    floor = int(now * 1_000_000)
+    if floor >= MAX_JSON_ID:
+        raise StoreError(f"{path}: the clock is past what ids can follow")
+    return floor
+
+
+def migrations(dialect: str = "") -> list[tuple[int, str]]:
+    """(version, SQL) for every file `migrations/[dialect/]NNNN_*.sql`, in order.
+
+    SQLite's are in `migrations/`, PostgreSQL's (the same versions) in
+    `migrations/postgresql/`.
+    """
     folder = resources.files("supplier") / "migrations"
+    if dialect:
+        folder = folder / dialect
     found = []
     for entry in folder.iterdir():
         name = entry.name
@@ -586,10 +601,8 @@ class Store:
 
     def _raise_sequences(self, db: sqlite3.Connection, now: float) -> None:
         """Start the hub-visible ids at or above the clock in microseconds (see the module)."""
-        floor = int(now * 1_000_000)
-        if floor >= MAX_JSON_ID:
-            raise StoreError(f"{self.path}: the clock is past what ids can follow")
-        for table in _SEQUENCES:
+        floor = id_floor(now, self.path)
+        for table in HUB_ID_TABLES:
             db.execute(
                 "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (floor, table)
             )
@@ -695,7 +708,7 @@ class Store:
     async def load_activations(self, since: float) -> list[Activation]:
         """Unfinished activations, and every one created after `since`."""
         rows = await self._fetchall(
-            f"SELECT {_ACTIVATION_COLUMNS} FROM activations "
+            f"SELECT {ACTIVATION_COLUMNS} FROM activations "
             "WHERE finished IS NULL OR created >= ? ORDER BY id",
             (since,),
         )
@@ -711,7 +724,7 @@ class Store:
 
     async def get_activation(self, activation_id: int) -> Activation | None:
         rows = await self._fetchall(
-            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,)
+            f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,)
         )
         return _activation(rows[0]) if rows else None
 
@@ -818,13 +831,13 @@ class Store:
             rows = db.execute(
                 "UPDATE activations SET finished = ?, status = ? "
                 "WHERE id = ? AND finished IS NULL AND (? IS NULL OR hub = ?) "
-                f"RETURNING {_ACTIVATION_COLUMNS}",
+                f"RETURNING {ACTIVATION_COLUMNS}",
                 (now, status, activation_id, hub, hub),
             ).fetchall()
             if rows:
                 return _activation(rows[0]), True
             row = db.execute(
-                f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,)
+                f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ?", (activation_id,)
             ).fetchone()
             if row is None or (hub is not None and row[1] != hub):
                 raise UnknownActivation(f"unknown activationId {activation_id}")
@@ -1009,7 +1022,7 @@ class Store:
 
     async def activations_of(self, iccid: str, limit: int = 200) -> list[Activation]:
         rows = await self._fetchall(
-            f"SELECT {_ACTIVATION_COLUMNS} FROM activations WHERE iccid = ? "
+            f"SELECT {ACTIVATION_COLUMNS} FROM activations WHERE iccid = ? "
             "ORDER BY id DESC LIMIT ?",
             (iccid, limit),
         )

@@ -19,8 +19,8 @@ from supplier.backend import StoreBackend, open_store
 from supplier.bankstore import BankStore, ModuleRow, SlotRow
 from supplier.config import StorageConfig
 from supplier.errors import StoreError, UnknownActivation
-from supplier.pgstore import MAX_JSON_ID, Connection, PgStore
-from supplier.store import BalanceRow, Delivery, NewPart, NewSms, Sms, Usage
+from supplier.pgstore import Connection, PgStore
+from supplier.store import MAX_JSON_ID, BalanceRow, Delivery, NewPart, NewSms, Sms, Usage
 
 from .pg import Cluster, Stores, set_read_only
 
