@@ -652,6 +652,7 @@ class Inventory:
             return None
         if (country, operator) in self._markets:
             self.demand[(country, operator, service)] += 1
+        amount = None if sum is None else format(sum, "f")  # as stored: 10, not 1E+1
         if self.hosts is not None:
             return await self._allocate(
                 self.hosts,
@@ -659,7 +660,7 @@ class Inventory:
                 country=country,
                 operator=operator,
                 service=service,
-                sum=sum,
+                sum=amount,
                 currency=currency,
                 exclude=tuple(exclude),
             )
@@ -681,7 +682,7 @@ class Inventory:
                 service=service,
                 country=sim.country,
                 operator=sim.operator,
-                sum=None if sum is None else format(sum, "f"),  # 10, not 1E+1
+                sum=amount,
                 currency=currency,
                 now=now,
                 release_at=now + self.release_after,
@@ -710,7 +711,7 @@ class Inventory:
         country: str,
         operator: str,
         service: str,
-        sum: Decimal | None,
+        sum: str | None,
         currency: int | None,
         exclude: tuple[str, ...],
     ) -> Activation | None:
@@ -722,7 +723,7 @@ class Inventory:
             country=country,
             operator=operator,
             service=service,
-            sum=None if sum is None else format(sum, "f"),  # 10, not 1E+1
+            sum=sum,
             currency=currency,
             exclude=exclude,
             release_after=self.release_after,
