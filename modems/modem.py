@@ -8,6 +8,9 @@ reopened after a capped exponential back-off. A port that answers `AT` only
 with errors is a modem still starting up: probed again after the back-off.
 The first command that gets no answer takes the SIM out of sale
 (UNRESPONSIVE, `SimLost`); a health check that is answered brings it back.
+A `SimReady` the owner's handler raised on (its store refused the write) is
+reported again after a capped back-off while the SIM stays in, as an SMS
+the owner refused stays on the SIM for the next sweep.
 A modem that stops answering (`hang_after` timeouts in a row) is reset with
 `AT+CFUN=1,1` and reopened.
 
@@ -157,6 +160,10 @@ class Modem:
         self._wake: asyncio.Queue[_Wake | _CmtiWake | _JobWake] = asyncio.Queue(settings.wake_queue)
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(settings.reconnect_initial, settings.reconnect_max)
+        # The SIM's SimReady the owner has not taken yet: when to report it again.
+        self._report_at: float | None = None
+        self._report_backoff = Backoff(settings.ready_retry_initial, settings.ready_retry_max)
+        self._reports_refused = 0
         self._log = log.bind(port=port)
 
     # -- what the owner reads ------------------------------------------------------------
@@ -385,10 +392,35 @@ class Modem:
         await self._refresh_network(force_operator=True)
         await self._set_state(ModemState.READY)
         self._backoff.reset()
-        await self._emit(SimReady(self.port, self.device, self.sim, self.network))
+        await self._report_ready()
         await self._messaging.sweep(self._accept)
 
+    async def _report_ready(self) -> None:
+        """Tell the owner the SIM is ready; if it cannot take it now, again after a back-off."""
+        if self.sim is None or self.state is not ModemState.READY:
+            self._forget_report()  # nothing to report (`_lose_sim` forgot it already)
+            return
+        try:
+            await self._handler(SimReady(self.port, self.device, self.sim, self.network))
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the SIM is reported again
+            delay = self._report_backoff.next()
+            self._report_at = asyncio.get_running_loop().time() + delay
+            # One line per episode (an owner's store that is down refuses every report).
+            level = self._log.debug if self._reports_refused else self._log.error
+            level("SIM ready not taken; reporting it again", error=repr(exc), retry_in=delay)
+            self._reports_refused += 1
+            return
+        if self._reports_refused:
+            self._log.info("SIM ready taken again", refused_reports=self._reports_refused)
+        self._forget_report()
+
+    def _forget_report(self) -> None:
+        self._report_at = None
+        self._report_backoff.reset()
+        self._reports_refused = 0
+
     async def _lose_sim(self, reason: str) -> None:
+        self._forget_report()  # a SimReady not taken yet: the SIM it was for is gone
         if self.sim is None:
             return
         sim, self.sim = self.sim, None
@@ -420,12 +452,16 @@ class Modem:
         while True:
             now = loop.time()
             deadline = min(next_health, next_sweep) if self.ready else next_health
+            if self._report_at is not None:
+                deadline = min(deadline, self._report_at)
             wake = await self._next_wake(max(0.0, deadline - now))
             if not channel.is_open:
                 raise ModemDisconnected(f"{self.port}: {channel.lost_reason or 'port lost'}")
             try:
                 await self._on_wake(wake)
                 now = loop.time()
+                if self._report_at is not None and now >= self._report_at:
+                    await self._report_ready()
                 if now >= next_health:
                     next_health = now + spread(self.settings.health_interval)
                     await self._health()

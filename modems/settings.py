@@ -20,6 +20,10 @@ class ModemSettings:
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
     not_modem_retry: float = 60.0
+    # A SimReady the owner could not take (its store refused the write): reported again
+    # after this back-off (doubling to the cap), so the SIM comes into sale once it can.
+    ready_retry_initial: float = 1.0
+    ready_retry_max: float = 30.0
     busy_retries: int = 5
     busy_delay: float = 0.5
     storage_preference: tuple[str, ...] = ("SM", "ME")

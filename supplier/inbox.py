@@ -78,6 +78,10 @@ class Inbox:
         self._stale = False
         self._failing_since: float | None = None  # the store refuses SMS: this episode
         self._refused = 0  # SMS left on their SIMs in this episode
+        # Episodes begun so far. Only a write asked during the current episode can end it:
+        # one asked before it began may commit after a later one failed (the server
+        # stopping with both in flight), and says nothing about the store now.
+        self._episodes = 0
         self.received = 0
         self.duplicates = 0
 
@@ -112,6 +116,7 @@ class Inbox:
         self._refused += 1
         if self._failing_since is None:
             self._failing_since = self.clock()
+            self._episodes += 1
             log.error(
                 "cannot store SMS; they stay on their SIMs until the store takes them",
                 error=str(exc),
@@ -119,8 +124,13 @@ class Inbox:
         else:
             log.debug("cannot store SMS", error=str(exc))
 
-    def _storing(self) -> None:
-        if self._failing_since is not None:
+    def _asked(self) -> int | None:
+        """The episode a write is asked in (None: none under way), for `_storing`."""
+        return self._episodes if self._failing_since is not None else None
+
+    def _storing(self, asked: int | None) -> None:
+        """A write asked in episode `asked` was committed: the episode ends if it is this one."""
+        if self._failing_since is not None and asked == self._episodes:
             log.info(
                 "SMS stored again",
                 after=round(self.clock() - self._failing_since, 1),
@@ -168,6 +178,7 @@ class Inbox:
             sms = self._assembled(assembled, message) if assembled is not None else None
         else:
             sms = self._single(event, digest)
+        asked = self._asked()
         try:
             duplicate, stored, deliveries = await self.store.receive(part, sms)
         except Exception as exc:
@@ -176,7 +187,7 @@ class Inbox:
                 self._refusing(exc)
             await self._rebuild_after_failure()
             raise
-        self._storing()
+        self._storing(asked)
         if duplicate:
             self.duplicates += 1
             if piece is not None and self._reassembler.discard(piece):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from typing import Any
 
 import pytest
@@ -25,7 +28,7 @@ from .hubkit import (
 )
 from .hubkit import sim_ready as hub_sim_ready
 from .pg import Stores
-from .test_push_faults import set_writable
+from .test_push_faults import captured_logs, set_writable
 
 pytestmark = pytest.mark.backends  # every test here on SQLite and on PostgreSQL
 
@@ -187,34 +190,49 @@ async def test_a_sim_claiming_a_sold_number_never_feeds_its_buyer(run: RunFactor
     assert r.hubs["alpha"].received[0]["phone"] == answer["number"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a SimReady whose store write fails (disk full for a moment) is dropped "
-    "(the modem logs 'event handler failed'); the SIM stays offline in the inventory, "
-    "unsold, until its modem happens to report it again",
-)
 async def test_a_sim_that_came_up_while_the_store_failed_is_sold_once_it_works(
     run: RunFactory,
 ) -> None:
-    r = await run(1)
-    inventory, store = r.daemon.running.inventory, r.daemon.running.store
-    sim = r.bank[0].sim
-    assert sim is not None
-    await set_writable(store, False)
-    vm = r.bank[0]
-    start = len(vm.commands)
-    assert r.daemon.running.pool.reset(vm.link)
+    """Its SimReady is reported again (a back-off, never at once) until the store takes it."""
+    reported = "SIM ready not taken; reporting it again"
+    with captured_logs() as logs:  # before the modems bind their loggers
+        r = await run(1)
+        inventory, store = r.daemon.running.inventory, r.daemon.running.store
+        sim = r.bank[0].sim
+        assert sim is not None
+        await set_writable(store, False)
+        vm = r.bank[0]
+        start = len(vm.commands)
+        assert r.daemon.running.pool.reset(vm.link)
 
-    def swept_after_reset() -> bool:
-        after = vm.commands[start:]
-        resets = [i for i, c in enumerate(after) if c.upper().startswith("AT+CFUN=1,1")]
-        return bool(resets) and any(c.upper().startswith("AT+CMGL") for c in after[resets[0] :])
+        def swept_after_reset() -> bool:
+            after = vm.commands[start:]
+            resets = [i for i, c in enumerate(after) if c.upper().startswith("AT+CFUN=1,1")]
+            return bool(resets) and any(c.upper().startswith("AT+CMGL") for c in after[resets[0] :])
 
-    await vm.wait_until(swept_after_reset, timeout=10)  # its SimReady was handled (and failed)
-    assert not inventory.present(inventory.sims[sim.iccid])  # the write failed
-    await set_writable(store, True)
-    await r.until(lambda: inventory.present(inventory.sims[sim.iccid]), timeout=10)
-    await r.number("alpha", "mts")
+        await vm.wait_until(swept_after_reset, timeout=10)  # its SimReady was handled (and failed)
+        assert not inventory.present(inventory.sims[sim.iccid])  # the write failed
+        count = lambda: sum(e["event"] == reported for e in logs)  # noqa: E731
+        already = count()
+        assert already >= 1
+        times: list[float] = []  # when each later refused report was seen (two of them)
+        async with asyncio.timeout(15):
+            while len(times) < 2:
+                logs.changed.clear()
+                await logs.changed.wait()
+                times += [time.monotonic()] * (count() - already - len(times))
+        await set_writable(store, True)
+        await r.until(lambda: inventory.present(inventory.sims[sim.iccid]), timeout=10)
+        await r.number("alpha", "mts")
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps and min(gaps) >= 0.5, gaps  # never a hot loop
+    delays = [e["retry_in"] for e in logs if e["event"] == reported]
+    assert all(b > a for a, b in itertools.pairwise(delays[:4])), delays  # a back-off
+    levels = [e["log_level"] for e in logs if e["event"] == reported]
+    assert levels[0] == "error" and set(levels[1:]) == {"debug"}  # one line for the episode
+    [back] = [e for e in logs if e["event"] == "SIM ready taken again"]
+    assert back["refused_reports"] == len(levels)
+    assert not [e for e in logs if e["event"] == "event handler failed"]
 
 
 # -- the inbox on its own: duplicates, pending parts across a restart, the timeout ------
