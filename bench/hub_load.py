@@ -37,16 +37,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
+import uvloop
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from hubclient import Client, HttpError  # noqa: E402
 
 from modems.pool import raise_open_file_limit  # noqa: E402
 
@@ -154,14 +158,13 @@ async def load(
     statuses: dict[str, int] = {}
     remaining = total
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client(http: Client) -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
             payload = body() if callable(body) else body
             started = time.perf_counter()
-            async with session.post(target(), json=payload) as response:
-                answer = await response.json()
+            _, answer = await http.post(target(), payload)
             latencies.append((time.perf_counter() - started) * 1000)
             statuses[answer["status"]] = statuses.get(answer["status"], 0) + 1
             if answer["status"] == "SUCCESS" and "activationId" in answer:
@@ -171,28 +174,35 @@ async def load(
                     "activationId": answer["activationId"],
                     "status": 4,
                 }
-                async with session.post(target(), json=finish) as response:
-                    await response.read()
+                await http.post(target(), finish)
 
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with Client(limit=clients) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
+        await asyncio.gather(*(client(http) for _ in range(clients)))
         elapsed = time.perf_counter() - started
     return latencies, elapsed, statuses.get("SUCCESS", 0)
 
 
 FLOOR_SERVER = """
-import sys
+import asyncio, sys
+import uvloop
 from aiohttp import web
 
 async def answer(request):
     await request.read()
     return web.json_response({"status": "SUCCESS", "activationId": 1, "number": "79000000000"})
 
-app = web.Application()
-app.router.add_post("/", answer)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+async def serve():
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1])).start()
+    await asyncio.Event().wait()
+
+# The same stack as the daemon's: aiohttp on uvloop.
+with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    runner.run(serve())
 """
 
 GET_NUMBER_SECONDS = "supplier_get_number_seconds"
@@ -210,13 +220,12 @@ async def start_floor() -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port)], cwd=ROOT, text=True)
     url = f"http://127.0.0.1:{port}/"
-    async with asyncio.timeout(30), aiohttp.ClientSession() as session:
+    async with asyncio.timeout(30), Client() as http:
         while True:
             try:
-                async with session.post(url, json={}) as response:
-                    await response.read()
+                await http.post(url, {})
                 return proc, url
-            except aiohttp.ClientConnectionError:
+            except OSError:
                 await asyncio.sleep(0.1)
 
 
@@ -241,19 +250,17 @@ async def open_loop(
             return {"key": KEY, "action": action, "activationId": activation, "status": 4}
         return {"key": KEY, "action": action}
 
-    async def one(session: aiohttp.ClientSession, action: str, due: float) -> None:
+    async def one(http: Client, action: str, due: float) -> None:
         try:
-            async with session.post(target(), json=body(action)) as response:
-                answer = await response.json(content_type=None)
-        except aiohttp.ClientError as exc:
+            _, answer = await http.post(target(), body(action))
+        except (OSError, HttpError) as exc:
             errors.append(f"{action}: {exc}")
             return
         latencies[action].append((time.perf_counter() - due) * 1000)
         if action == "GET_NUMBER" and answer.get("status") == "SUCCESS":
             last_activation.append(int(answer["activationId"]))
 
-    connector = aiohttp.TCPConnector(limit=200)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with Client(limit=200) as http:
         start = time.perf_counter() + 0.1
         total = int(rate * duration)
         for k in range(total):
@@ -261,7 +268,7 @@ async def open_loop(
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one(session, OPEN_LOOP_ACTIONS[k % 4], due))
+            task = asyncio.create_task(one(http, OPEN_LOOP_ACTIONS[k % 4], due))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         async with asyncio.timeout(60):
@@ -415,7 +422,12 @@ storage: {{path: "{work}/supplier.db"}}
             # GET_NUMBER with an activation, so each is followed by its FINISH too):
             # what this client and machine reach when the server costs nothing.
             floor, floor_url = await start_floor()
+            floor_process = psutil.Process(floor.pid)
+            floor_cpu0 = floor_process.cpu_times()
             floor_numbers, elapsed, _ = await load(floor_url, clients, requests, number_body)
+            floor_cpu1 = floor_process.cpu_times()
+            floor_cpu = sum(floor_cpu1[:2]) - sum(floor_cpu0[:2])
+            out["floor_numbers_cpu_ms"] = f"{floor_cpu / max(1, len(floor_numbers)) * 1000:.3f}"
             floor.terminate()
             floor.wait(timeout=20)
             floor = None
@@ -432,9 +444,24 @@ storage: {{path: "{work}/supplier.db"}}
 
         # The GET_NUMBER + FINISH load is what --profile records in this phase.
         spy = py_spy(daemon.pid, profile, 3600) if profile and phase == "closed-loop" else None
-        cpu0 = me.cpu_times()
+        cpu0, threads0, switches0 = me.cpu_times(), thread_times(me), loop_switches(me)
+        ours0 = psutil.Process().cpu_times()
         numbers, elapsed, won = await load(url, clients, requests, number_body)
-        cpu1 = me.cpu_times()
+        cpu1, threads1, switches1 = me.cpu_times(), thread_times(me), loop_switches(me)
+        ours1 = psutil.Process().cpu_times()
+        # The load generator's own share: the daemon cannot go faster than it asks.
+        out["client_cpu"] = f"{(sum(ours1[:2]) - sum(ours0[:2])) / elapsed * 100:.0f}"
+        # Why the loop's thread is not busy all the time: it waited (for the GIL, or for
+        # work: voluntary) or was preempted by another thread or process (involuntary).
+        out["numbers_switches"] = " / ".join(
+            f"{(after - before) / max(1, len(numbers)):.2f}"
+            for before, after in zip(switches0, switches1, strict=True)
+        )
+        # The event loop's thread (the process's first) against all the others (the
+        # store's writer): which one is saturated.
+        loop_cpu = threads1.get(daemon.pid, 0.0) - threads0.get(daemon.pid, 0.0)
+        others = sum(threads1.values()) - sum(threads0.values()) - loop_cpu
+        out["numbers_threads"] = f"{loop_cpu / elapsed * 100:.0f} / {others / elapsed * 100:.0f}"
         if spy is not None:
             await stop_py_spy(spy)
         cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
@@ -525,6 +552,18 @@ storage: {{path: "{work}/supplier.db"}}
     return out
 
 
+def loop_switches(process: psutil.Process) -> tuple[int, int]:
+    """The event loop's thread's context switches so far: (voluntary, involuntary)."""
+    status = Path(f"/proc/{process.pid}/task/{process.pid}/status").read_text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"])
+
+
+def thread_times(process: psutil.Process) -> dict[int, float]:
+    """CPU seconds (user + system) of each of a process's threads, by thread id."""
+    return {t.id: t.user_time + t.system_time for t in process.threads()}
+
+
 def py_spy(pid: int, output: str, seconds: float) -> subprocess.Popen[bytes]:
     """py-spy recording the daemon's collapsed stacks, every thread, idle frames left out."""
     return subprocess.Popen(
@@ -549,6 +588,13 @@ async def cmti_times(session: aiohttp.ClientSession, control: str, count: int) -
             for at, _, pdu in await response.json():
                 stamps[pdu] = at
     return stamps
+
+
+def on_uvloop(main: Coroutine[Any, Any, dict[str, str]]) -> dict[str, str]:
+    """The load generator on uvloop, like the daemon: its own cost per request is what caps
+    the rates this machine can measure."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def main() -> int:
@@ -591,27 +637,30 @@ def main() -> int:
     if args.phase == "closed-loop":
         print(
             "| modems | idle CPU % | GET_SERVICES p50 / p99 / max ms | rps "
-            "| GET_NUMBER | rps | won | daemon CPU % under GET_NUMBER | daemon CPU ms per GET_NUMBER "
-            "| floor GET_NUMBER p50 / p99 / max ms | floor rps |"
+            "| GET_NUMBER | rps | won | daemon CPU % under GET_NUMBER (loop / other threads) "
+            "| loop's switches per GET_NUMBER (waited / preempted) | load generator CPU % "
+            "| daemon CPU ms per GET_NUMBER "
+            "| floor GET_NUMBER p50 / p99 / max ms | floor rps | floor CPU ms per GET_NUMBER |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for count in args.modems or [512]:
-            r = asyncio.run(
+            r = on_uvloop(
                 run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
                     phase="closed-loop", idle=args.idle, profile=args.profile,
                     idle_profile=args.idle_profile)
             )  # fmt: skip
             print(
                 f"| {count} | {r['idle_cpu']} | {r['services']} | {r['services_rps']} | "
-                f"{r['numbers']} | {r['numbers_rps']} | {r['numbers_won']} | {r['numbers_cpu']} | "
+                f"{r['numbers']} | {r['numbers_rps']} | {r['numbers_won']} | "
+                f"{r['numbers_cpu']} ({r['numbers_threads']}) | {r['numbers_switches']} | {r['client_cpu']} | "
                 f"{r['numbers_cpu_ms']} | "
-                f"{r['floor_numbers']} | {r['floor_numbers_rps']} |",
+                f"{r['floor_numbers']} | {r['floor_numbers_rps']} | {r['floor_numbers_cpu_ms']} |",
                 flush=True,
             )
         return 0
     if args.phase == "open-loop":
         for count in args.modems or [512]:
-            r = asyncio.run(
+            r = on_uvloop(
                 run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
                     phase="open-loop", rate=args.rate, duration=args.duration,
                     profile=args.profile, idle=args.idle, idle_profile=args.idle_profile)
@@ -628,7 +677,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     reports = []
     for count in args.modems or [64, 256, 512]:
-        r = asyncio.run(
+        r = on_uvloop(
             run(count, args.clients, args.requests, args.sms, args.burst, args.spread,
                 rate=args.rate, duration=args.duration, idle=args.idle, phase=args.phase)
         )  # fmt: skip

@@ -162,13 +162,17 @@ class _Stock:
         before = self._entered.get(iccid)
         if before == entered:
             return
-        if before is not None:
+        if before is None:
+            self._count(present, stock, keys, +1)
+        elif before[0] != present or before[2] != keys:  # not only its last use changed
             self._count(before[0], before[3], before[2], -1)
-        self._count(present, stock, keys, +1)
+            self._count(present, stock, keys, +1)
         if present is None:
             self._entered.pop(iccid, None)
         else:
             self._entered[iccid] = entered
+        if not keys and (before is None or not before[2]):
+            return  # in no heap before or now (held, reserved): no entry to replace
         stamp = self._stamps[iccid] = self._stamps.get(iccid, 0) + 1
         for key in keys:
             heap = self.heaps.setdefault(key, [])

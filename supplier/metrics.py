@@ -10,6 +10,7 @@ loop delays every hub answer and every modem at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -162,9 +163,12 @@ class Metrics:
 
 
 async def watch_loop_lag(observe: Callable[[float], None], interval: float = LAG_INTERVAL) -> None:
-    """Observe, every `interval`, how much later than asked a timer fired; runs until cancelled."""
-    loop = asyncio.get_running_loop()
+    """Observe, every `interval`, how much later than asked a timer fired; runs until cancelled.
+
+    Timed by the clock, not `loop.time()`: uvloop's loop time counts whole
+    milliseconds, as of the start of the loop's current iteration.
+    """
     while True:
-        due = loop.time() + interval
+        due = time.monotonic() + interval
         await asyncio.sleep(interval)
-        observe(max(0.0, loop.time() - due))
+        observe(max(0.0, time.monotonic() - due))

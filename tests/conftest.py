@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import structlog
+import uvloop
 
 from modems.emulator import VirtualModemBank
 from modems.events import PoolEvent, SimLost, SimReady, SmsReceived
@@ -37,6 +38,13 @@ FAST = ModemSettings(
     not_modem_retry=0.5,
     busy_delay=0.02,
 )
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test on uvloop: the loop the daemon, the emulator and the CLI run on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def shared_dir(*parts: str) -> Path:

@@ -14,6 +14,7 @@ import pytest
 
 from modems.emulator import VirtualModemBank
 from modems.pdu import SmsDeliver, decode_pdu
+from supplier import cli
 from supplier.demo import DEMO_TEXTS, SHOWN, demo_sms, plural, shorten
 
 from .conftest import BankFactory
@@ -45,6 +46,14 @@ async def test_help_everywhere(command: list[str]) -> None:
     code, out, _ = await supplier(*command, "--help")
     assert code == 0
     assert out.startswith("usage: supplier")
+
+
+def test_every_command_runs_on_uvloop() -> None:
+    # The loop the measurements in bench/RESULTS.md (issue 17) were made on.
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert cli._run_loop(loop_module()).startswith("uvloop")
 
 
 async def test_bad_usage_is_one_line_and_exit_2() -> None:

@@ -14,6 +14,8 @@ import asyncio
 import gzip
 import json
 import logging
+import random
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +25,7 @@ from aiohttp import ClientSession
 
 from supplier.logs import Sampled
 from supplier.metrics import Metrics
-from supplier.protocol import SERVICE, ProtocolService
+from supplier.protocol import SERVICE, ProtocolService, _gzip
 
 from .test_protocol import SERVICES, SMSHUB, AgentFactory, agent  # noqa: F401 (the fixture)
 
@@ -167,6 +169,17 @@ async def test_a_large_answer_is_gzip_too(agent: AgentFactory) -> None:  # noqa:
     assert answer["status"] == "SUCCESS"
     russia = next(c for c in answer["countryList"] if c["country"] == "russia")
     assert all(len(counts) == 304 for counts in russia["operatorMap"].values())
+
+
+@pytest.mark.parametrize("size", [0, 1, 80, 256, 257, 4096, 4097, 70_000])
+def test_every_answer_size_is_gzip_that_any_reader_takes(size: int) -> None:
+    # Tiny answers are one stored block, short ones a small window, large ones
+    # zlib's defaults; the standard readers check the CRC and the length.
+    data = bytes(random.Random(size).choices(b'{}":, abcdefghij0123456789', k=size))
+    packed = _gzip(data)
+    assert gzip.decompress(packed) == data
+    assert zlib.decompress(packed, 16 + zlib.MAX_WBITS) == data
+    assert packed[:2] == b"\x1f\x8b"
 
 
 def test_request_counts_are_kept_per_hub_action_and_result() -> None:

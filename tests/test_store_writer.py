@@ -97,6 +97,39 @@ async def test_a_failing_write_leaves_nothing_and_the_others_in_its_transaction_
     assert await learned(store) == {"a": "79000000002", "b": "79000000003"}  # no "half"
 
 
+def sale(store: Store, service: str) -> Awaitable[Any]:
+    return store.open_activation(
+        hub="h", iccid=ICCID, number="79000000009", service=service, country="russia",
+        operator="mts", sum=None, currency=None, now=5.0, release_at=1205.0,
+    )  # fmt: skip
+
+
+async def test_a_sale_the_database_refuses_leaves_nothing_and_its_transaction_commits(
+    store: Store,
+) -> None:
+    # A sale is one INSERT whose triggers count the offer: it runs without a
+    # savepoint, so what undoes a refused one (the count included) is SQLite's
+    # own statement rollback, while the transaction goes on for the others.
+    await store._db.execute(
+        "CREATE TRIGGER refuse_boom AFTER INSERT ON activations WHEN NEW.service = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    held = Held(store)
+    sold, refused, other = await queued(
+        sale(store, "vk"), sale(store, "boom"), learn(store, "a", "79000000002")
+    )
+    await held.release()
+    with pytest.raises(StoreError, match="cannot open an activation: refused"):
+        await asyncio.wait_for(refused, 10)
+    activation = await asyncio.wait_for(sold, 10)
+    await asyncio.wait_for(other, 10)
+    usage = await store.load_usage()
+    assert ("79000000009", "boom") not in usage
+    assert usage[("79000000009", "vk")].offers == 1
+    assert [a.id for a in await store.load_activations(0.0)] == [activation.id]
+    assert await learned(store) == {"a": "79000000002"}
+
+
 async def test_an_error_of_the_protocol_reaches_its_caller_as_it_is(store: Store) -> None:
     held = Held(store)
     unknown, other = await queued(
