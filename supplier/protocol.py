@@ -75,6 +75,10 @@ class ProtocolService:
         # The store refuses hub requests (a database down): logged once per episode.
         self.store_failing_since: float | None = None
         self.store_refused = 0
+        # Episodes begun so far. Only a request asked during the current episode ends
+        # it: one asked before may commit after a later one failed (a server stopping
+        # with both in flight), and says nothing about the store now.
+        self._episodes = 0
         self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
             "GET_SERVICES": self.get_services,
             "GET_NUMBER": self.get_number,
@@ -105,6 +109,7 @@ class ProtocolService:
         self.store_refused += 1
         if self.store_failing_since is None:
             self.store_failing_since = time.monotonic()
+            self._episodes += 1
             log.error(
                 "store failed during a hub request; answering ERROR until it works",
                 error=str(exc),
@@ -113,10 +118,17 @@ class ProtocolService:
         else:
             log.debug("store failed during a hub request", error=str(exc), **seen)
 
-    def store_works(self, action: str, answer: Answer) -> None:
-        """A sale or a FINISH went through the store: the episode, if any, is over."""
+    def asked(self) -> int | None:
+        """The episode a request is asked in (None: none under way), for `store_works`."""
+        return self._episodes if self.store_failing_since is not None else None
+
+    def store_works(self, action: str, answer: Answer, asked: int | None) -> None:
+        """A sale or a FINISH asked in episode `asked` went through the store: that
+        episode, if it is still the current one, is over."""
         if self.store_failing_since is None or answer.get("status") != "SUCCESS":
             return
+        if asked != self._episodes:
+            return  # asked before this episode began
         if action not in ("GET_NUMBER", "FINISH_ACTIVATION"):
             return  # answered from memory: says nothing about the store
         log.info(
@@ -442,9 +454,10 @@ async def handle(request: web.Request) -> web.Response:
     started = time.perf_counter()
     seen = {"hub": "-", "action": "-"}
     status = 200
+    asked = service.asked()
     try:
         answer = await _dispatch(request, service, seen)
-        service.store_works(seen["action"], answer)
+        service.store_works(seen["action"], answer, asked)
     except ProtocolError as exc:
         answer = {"status": "ERROR", "error": str(exc)}
         status = 405 if isinstance(exc, _WrongMethod) else 200

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -22,14 +23,16 @@ import pytest
 from modems.emulator import VirtualModemBank
 from modems.events import SmsReceived
 from modems.pdu import decode_pdu, encode_deliver_parts
+from supplier.config import HubConfig
 from supplier.daemon import Daemon
 from supplier.errors import StoreError
 from supplier.inbox import Inbox
 from supplier.inventory import Inventory
 from supplier.pgstore import PgStore
+from supplier.protocol import ProtocolService, create_protocol_app
 
 from .conftest import BankFactory
-from .hubkit import Clock, FakeHub, Running, make_config
+from .hubkit import Clock, FakeHub, Running, make_config, sim_ready
 from .pg import Cluster
 from .test_push_faults import Captured, captured_logs
 from .test_push_leases import HUB, seed
@@ -197,6 +200,53 @@ async def test_an_sms_write_asked_before_the_store_failed_does_not_end_the_episo
         assert back["refused"] == 2
         assert logs.index(back) == len(logs) - 2  # at the write asked after, before its line
         assert {sms.text for sms in await store.recent_sms()} == {"code 0", "code 3"}
+    finally:
+        await watcher.close()
+        await locker.close()
+        await store.close()
+
+
+async def test_a_sale_asked_before_the_store_failed_does_not_end_the_hub_episode(
+    pg_url: str, aiohttp_client: Any
+) -> None:
+    """The same for hub requests: two GET_NUMBERs in flight, the newer one's backend
+    ended (answered ERROR: the episode begins), then the older one commits. The
+    episode goes on until a request asked after the failure goes through."""
+    store = await PgStore.open(pg_url, timeout=10.0)
+    locker = await asyncpg.connect(pg_url)
+    watcher = await asyncpg.connect(pg_url)
+    try:
+        inventory = Inventory(store, services=["vk"], release_after=600, clock=Clock())  # type: ignore[arg-type]
+        await inventory.load()
+        for slot in range(3):
+            event = sim_ready(slot)
+            await inventory.sim_ready(event.port, event.sim, event.network)
+        hub = HubConfig(name="alpha", key="key-alpha-0001", push_url="http://127.0.0.1:9/p")
+        client = await aiohttp_client(create_protocol_app(ProtocolService(inventory, [hub])))
+        body = {"key": "key-alpha-0001", "action": "GET_NUMBER", "country": "russia",
+                "operator": "any", "service": "vk"}  # fmt: skip
+
+        async def sale() -> str:
+            async with client.post("/", json=body) as response:
+                return str((await response.json())["status"])
+
+        with captured_logs() as logs:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE activations IN SHARE MODE")  # sales wait
+                first = asyncio.create_task(sale())
+                await _blocked_writers(watcher, 1)
+                second = asyncio.create_task(sale())  # asked after `first`
+                [*_, pid] = await _blocked_writers(watcher, 2)
+                await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+                assert await asyncio.wait_for(second, 10) == "ERROR"
+            assert await asyncio.wait_for(first, 10) == "SUCCESS"  # committed after it
+            back = "hub requests served by the store again"
+            assert [e["event"] for e in logs if e["event"] == back] == []
+            assert await sale() == "SUCCESS"  # asked after the failure: the store works
+        failing = "store failed during a hub request; answering ERROR until it works"
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == [failing]
+        [line] = [e for e in logs if e["event"] == back]
+        assert line["answered_error"] == 1
     finally:
         await watcher.close()
         await locker.close()
