@@ -35,6 +35,7 @@ from modems.reassembly import Assembled, Part, PartKey, Reassembler
 from .backend import StoreBackend
 from .errors import StoreError
 from .inventory import Inventory
+from .logs import Episode
 from .store import Delivery, NewPart, NewSms
 
 __all__ = ["Inbox"]
@@ -76,12 +77,7 @@ class Inbox:
         # rebuilt nothing is added to it, so no message is assembled from a part whose
         # SMS is still on its SIM (it would be pushed twice: whole, then that part alone).
         self._stale = False
-        self._failing_since: float | None = None  # the store refuses SMS: this episode
-        self._refused = 0  # SMS left on their SIMs in this episode
-        # Episodes begun so far. Only a write asked during the current episode can end it:
-        # one asked before it began may commit after a later one failed (the server
-        # stopping with both in flight), and says nothing about the store now.
-        self._episodes = 0
+        self._refusals = Episode(clock)  # the store refuses SMS (left on their SIMs)
         self.received = 0
         self.duplicates = 0
 
@@ -113,10 +109,7 @@ class Inbox:
 
     def _refusing(self, exc: Exception) -> None:
         """The store did not take an SMS: one error line per episode."""
-        self._refused += 1
-        if self._failing_since is None:
-            self._failing_since = self.clock()
-            self._episodes += 1
+        if self._refusals.failed():
             log.error(
                 "cannot store SMS; they stay on their SIMs until the store takes them",
                 error=str(exc),
@@ -124,20 +117,11 @@ class Inbox:
         else:
             log.debug("cannot store SMS", error=str(exc))
 
-    def _asked(self) -> int | None:
-        """The episode a write is asked in (None: none under way), for `_storing`."""
-        return self._episodes if self._failing_since is not None else None
-
     def _storing(self, asked: int | None) -> None:
         """A write asked in episode `asked` was committed: the episode ends if it is this one."""
-        if self._failing_since is not None and asked == self._episodes:
-            log.info(
-                "SMS stored again",
-                after=round(self.clock() - self._failing_since, 1),
-                refused=self._refused,
-            )
-            self._failing_since = None
-            self._refused = 0
+        ended = self._refusals.ended(asked)
+        if ended is not None:
+            log.info("SMS stored again", after=round(ended[0], 1), refused=ended[1])
 
     def next_deadline(self) -> float | None:
         return self._reassembler.next_deadline()
@@ -178,7 +162,7 @@ class Inbox:
             sms = self._assembled(assembled, message) if assembled is not None else None
         else:
             sms = self._single(event, digest)
-        asked = self._asked()
+        asked = self._refusals.asked()
         try:
             duplicate, stored, deliveries = await self.store.receive(part, sms)
         except Exception as exc:

@@ -13,12 +13,12 @@ import asyncio
 import logging
 import sys
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["Sampled", "Throttled", "configure"]
+__all__ = ["Episode", "Sampled", "Throttled", "configure"]
 
 # The modem layer's info lines that the daemon's own lines replace at info level.
 _MODEM_STEPS = frozenset({"modem state", "port found", "port gone", "SIM lost"})
@@ -161,3 +161,42 @@ class Sampled:
     def close(self) -> None:
         """At a stop: what is held back so far, and no timer left behind."""
         self.flush()
+
+
+class Episode:
+    """A failure that lasts (the store refusing writes), logged once when it begins and
+    once when it ends: when it began and how many attempts it refused.
+
+    Only an attempt asked during the current episode ends it: one asked before
+    may succeed after a later one failed (a server stopping with both in
+    flight) and says nothing about now. So a caller takes `asked()` before the
+    attempt and hands it to `ended` after a success.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.since: float | None = None  # when the current episode began
+        self.refused = 0  # attempts refused in it
+        self._number = 0  # episodes begun so far
+
+    def asked(self) -> int | None:
+        """The episode an attempt is asked in (None: none under way)."""
+        return self._number if self.since is not None else None
+
+    def failed(self) -> bool:
+        """Count a refused attempt; True when it begins an episode (log it then)."""
+        self.refused += 1
+        if self.since is not None:
+            return False
+        self.since = self.clock()
+        self._number += 1
+        return True
+
+    def ended(self, asked: int | None) -> tuple[float, int] | None:
+        """A success of an attempt asked in `asked`: if that ends the current episode,
+        its length in seconds and how many it refused (log them), else None."""
+        if self.since is None or asked != self._number:
+            return None
+        seconds, refused = self.clock() - self.since, self.refused
+        self.since, self.refused = None, 0
+        return seconds, refused

@@ -36,7 +36,7 @@ from aiohttp import hdrs, web
 from .config import SLUG_RE, HubConfig
 from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
-from .logs import Sampled, Throttled
+from .logs import Episode, Sampled, Throttled
 from .networks import ANY
 from .store import FINISH_STATUSES
 
@@ -73,12 +73,7 @@ class ProtocolService:
         # under a hub's full load, the first ones and a count each second.
         self.handed = Sampled(log)
         # The store refuses hub requests (a database down): logged once per episode.
-        self.store_failing_since: float | None = None
-        self.store_refused = 0
-        # Episodes begun so far. Only a request asked during the current episode ends
-        # it: one asked before may commit after a later one failed (a server stopping
-        # with both in flight), and says nothing about the store now.
-        self._episodes = 0
+        self.store_episode = Episode(time.monotonic)
         self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
             "GET_SERVICES": self.get_services,
             "GET_NUMBER": self.get_number,
@@ -106,10 +101,7 @@ class ProtocolService:
 
     def store_failed(self, exc: StoreError, seen: Mapping[str, str]) -> None:
         """A hub request answered ERROR because of the store: one error line per episode."""
-        self.store_refused += 1
-        if self.store_failing_since is None:
-            self.store_failing_since = time.monotonic()
-            self._episodes += 1
+        if self.store_episode.failed():
             log.error(
                 "store failed during a hub request; answering ERROR until it works",
                 error=str(exc),
@@ -118,26 +110,26 @@ class ProtocolService:
         else:
             log.debug("store failed during a hub request", error=str(exc), **seen)
 
-    def asked(self) -> int | None:
-        """The episode a request is asked in (None: none under way), for `store_works`."""
-        return self._episodes if self.store_failing_since is not None else None
+    @property
+    def store_failing_since(self) -> float | None:
+        return self.store_episode.since
+
+    @property
+    def store_refused(self) -> int:
+        return self.store_episode.refused
 
     def store_works(self, action: str, answer: Answer, asked: int | None) -> None:
         """A sale or a FINISH asked in episode `asked` went through the store: that
         episode, if it is still the current one, is over."""
-        if self.store_failing_since is None or answer.get("status") != "SUCCESS":
-            return
-        if asked != self._episodes:
-            return  # asked before this episode began
-        if action not in ("GET_NUMBER", "FINISH_ACTIVATION"):
-            return  # answered from memory: says nothing about the store
-        log.info(
-            "hub requests served by the store again",
-            after=round(time.monotonic() - self.store_failing_since, 1),
-            answered_error=self.store_refused,
-        )
-        self.store_failing_since = None
-        self.store_refused = 0
+        if answer.get("status") != "SUCCESS" or action not in ("GET_NUMBER", "FINISH_ACTIVATION"):
+            return  # not a write (answered from memory): says nothing about the store
+        ended = self.store_episode.ended(asked)
+        if ended is not None:
+            log.info(
+                "hub requests served by the store again",
+                after=round(ended[0], 1),
+                answered_error=ended[1],
+            )
 
     def observe(self, hub: str, action: str, result: str, seconds: float) -> None:
         if self._on_request is not None:
@@ -454,7 +446,7 @@ async def handle(request: web.Request) -> web.Response:
     started = time.perf_counter()
     seen = {"hub": "-", "action": "-"}
     status = 200
-    asked = service.asked()
+    asked = service.store_episode.asked()
     try:
         answer = await _dispatch(request, service, seen)
         service.store_works(seen["action"], answer, asked)
