@@ -20,8 +20,6 @@ import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
-HEAD_LIMIT = 64 * 1024
-
 
 class HttpError(Exception):
     """An answer this client cannot read, or a connection that closed mid-answer."""
