@@ -51,6 +51,7 @@ from . import __version__
 from .backend import StoreBackend
 from .config import HubConfig
 from .errors import StoreError
+from .logs import Episode
 from .store import Delivery, Sms
 
 __all__ = ["MAX_ANSWER", "ONLINESIM_FINAL", "Pusher", "judge", "push_body"]
@@ -166,7 +167,8 @@ class Pusher:
         # Delivery id → (outcome, answer, when): the hub answered, the store could not
         # record it. Recorded on the next turn instead of pushing the SMS again.
         self._unrecorded: dict[int, tuple[str, str, float]] = {}
-        self._store_failing = False
+        # The store refuses push results or outbox reads: logged once per episode.
+        self._store_episode = Episode(clock)
         self._sends: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
@@ -301,6 +303,7 @@ class Pusher:
                 outcome, described = await self._post(hub, sms)
                 now = self.clock()
                 self.sent += 1
+            asked = self._store_episode.asked()  # before the write: see logs.Episode
             try:
                 await self._record(
                     worker=worker,
@@ -314,6 +317,7 @@ class Pusher:
                 if outcome is not None:  # a failed attempt is simply pushed again later
                     self._unrecorded[delivery.id] = (outcome, described, now)
                 raise
+            self._store_works(asked)
             if unrecorded is None:
                 self._observe(worker, delivery, sms, outcome, described)
             if self.on_result is not None:
@@ -342,7 +346,6 @@ class Pusher:
         hub = worker.hub
         if outcome is not None:
             await self.store.settle_delivery(delivery.id, outcome, described, now)
-            self._store_works()
             self.delivered += outcome == "SUCCESS"
             log.info(
                 "SMS pushed",
@@ -354,7 +357,6 @@ class Pusher:
             )
         else:
             await self.store.retry_delivery(delivery.id, described, now, now + hub.retry_interval)
-            self._store_works()
             log.debug(
                 "SMS push failed; will retry",
                 hub=hub.name,
@@ -371,17 +373,20 @@ class Pusher:
         worker.paused_until = max(worker.paused_until, loop.time() + worker.hub.retry_interval)
 
     def _store_failed(self, worker: _HubWorker, what: str, exc: StoreError, **context: int) -> None:
+        """The store refused a read or a write: the hub pauses; one error line per episode."""
         self._pause(worker)
-        if not self._store_failing:
-            self._store_failing = True
+        if self._store_episode.failed():
             log.error(what, hub=worker.hub.name, error=str(exc), **context)
         else:
             log.debug(what, hub=worker.hub.name, error=str(exc), **context)
 
-    def _store_works(self) -> None:
-        if self._store_failing:
-            self._store_failing = False
-            log.info("the store takes push results again")
+    def _store_works(self, asked: int | None) -> None:
+        """A push result asked in episode `asked` was committed: the episode ends if it is
+        the current one (one asked before it may commit after a later one failed)."""
+        ended = self._store_episode.ended(asked)
+        if ended is not None:
+            seconds, refused = ended
+            log.info("the store takes push results again", after=round(seconds, 1), refused=refused)
 
     def _observe(
         self,
