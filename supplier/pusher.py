@@ -43,6 +43,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 import structlog
@@ -128,6 +129,16 @@ async def _read_whole(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Answer(NamedTuple):
+    """A hub's final answer the store could not record: recorded later, never pushed again."""
+
+    outcome: str
+    described: str
+    when: float
+    sms_id: int
+    hub: str
+
+
 @dataclass
 class _HubWorker:
     hub: HubConfig
@@ -164,9 +175,10 @@ class Pusher:
         self._hubs = {hub.name: hub for hub in hubs}
         self._workers: dict[str, _HubWorker] = {}
         self._in_flight: set[int] = set()
-        # Delivery id → (outcome, answer, when): the hub answered, the store could not
-        # record it. Recorded on the next turn instead of pushing the SMS again.
-        self._unrecorded: dict[int, tuple[str, str, float]] = {}
+        # Delivery id → the hub's final answer, which the store could not record. Recorded
+        # when the delivery is taken again instead of pushing the SMS again; forgotten
+        # once the store says the delivery is done (another host settled it).
+        self._unrecorded: dict[int, _Answer] = {}
         # The store refuses push results or outbox reads: logged once per episode.
         self._store_episode = Episode(clock)
         self._sends: set[asyncio.Task[None]] = set()
@@ -278,6 +290,8 @@ class Pusher:
                 task = asyncio.create_task(self._send(worker, delivery, sms, limit))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
+            if self._unrecorded:
+                await self._forget_settled(worker, {delivery.id for delivery, _ in due})
             if due:
                 continue
             if next_at is None and idle:
@@ -298,7 +312,7 @@ class Pusher:
             outcome: str | None
             unrecorded = self._unrecorded.pop(delivery.id, None)
             if unrecorded is not None:
-                outcome, described, now = unrecorded  # answered before; only record it
+                outcome, described, now = unrecorded[:3]  # answered before; only record it
             else:
                 outcome, described = await self._post(hub, sms)
                 now = self.clock()
@@ -315,7 +329,9 @@ class Pusher:
                 )
             except StoreError:
                 if outcome is not None:  # a failed attempt is simply pushed again later
-                    self._unrecorded[delivery.id] = (outcome, described, now)
+                    self._unrecorded[delivery.id] = _Answer(
+                        outcome, described, now, sms.id, hub.name
+                    )
                 raise
             self._store_works(asked)
             if unrecorded is None:
@@ -332,6 +348,39 @@ class Pusher:
             worker.in_flight -= 1
             limit.release()
             worker.wake.set()
+
+    async def _forget_settled(self, worker: _HubWorker, taken: set[int]) -> None:
+        """Forget the answers kept for the hub's deliveries that are done (or gone).
+
+        A delivery whose answer this host could not record may be settled by
+        another host (this host's lease ran out while the store was down) and
+        never come back here; its answer would be kept for ever. One that is
+        not done is kept whoever holds it now: it may come back to this host,
+        which then records the answer instead of pushing the SMS again.
+        """
+        name = worker.hub.name
+        waiting = [
+            (delivery_id, answer)
+            for delivery_id, answer in self._unrecorded.items()
+            if answer.hub == name and delivery_id not in taken | self._in_flight
+        ]
+        for delivery_id, answer in waiting:
+            try:
+                deliveries = await self.store.deliveries_for(answer.sms_id)
+            except StoreError as exc:
+                self._store_failed(worker, "cannot read the outbox", exc)
+                return
+            stored = next((d for d in deliveries if d.id == delivery_id), None)
+            if stored is not None and stored.done is None:
+                continue  # may still be pushed by this host: keep its answer
+            del self._unrecorded[delivery_id]  # only this worker takes the hub's deliveries
+            log.info(
+                "push answer not recorded: the delivery was settled elsewhere",
+                hub=name,
+                sms_id=answer.sms_id,
+                answer=answer.outcome,
+                settled=stored.outcome if stored is not None else None,
+            )
 
     async def _record(
         self,

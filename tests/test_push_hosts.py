@@ -24,6 +24,7 @@ from supplier.store import Delivery, Sms
 
 from .hubkit import FakeHub
 from .pg import set_read_only
+from .test_push_faults import captured_logs
 from .test_push_leases import HUB, row, seed
 
 
@@ -234,3 +235,85 @@ async def test_a_success_the_database_cannot_record_is_recorded_not_pushed_again
     done = await row(pg_url, delivery_id)
     assert (done["outcome"], done["attempts"], done["lease_until"]) == ("SUCCESS", 1, None)
     assert len(fake_hub.received) == 1  # recorded, not pushed again
+
+
+# -- answers the store could not record ----------------------------------------------------
+
+
+async def waiting_for_lock(watcher: asyncpg.Connection[asyncpg.Record], count: int) -> list[int]:
+    """The backends of this database waiting for a lock, once there are `count` of them."""
+    async with asyncio.timeout(10):
+        while True:
+            rows = await watcher.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+            if len(rows) >= count:
+                return [row[0] for row in rows]
+            await asyncio.sleep(0.01)  # polling the server's view, under the timeout
+
+
+async def test_an_answer_kept_for_a_delivery_another_host_settled_is_forgotten(
+    pg_url: str, fake_hub: FakeHub
+) -> None:
+    """Two SUCCESS answers this host could not record (their settles' backends ended
+    while row locks held them). One delivery is then settled by another host: its
+    answer is forgotten, not kept for ever. The other, not done (locked by another
+    session meanwhile), keeps its answer, which is recorded once it comes back here:
+    neither SMS is pushed again."""
+    store = await CountingStore.open(pg_url, host="a", timeout=10.0)
+    lockers = [await asyncpg.connect(pg_url) for _ in range(2)]
+    watcher = await asyncpg.connect(pg_url)
+    gates = [asyncio.Event(), asyncio.Event()]
+    fake_hub.answers = [late_success(gate) for gate in gates]
+    recorded = asyncio.Event()
+    config = HubConfig(
+        name=HUB, key="alpha-key-0001", push_url=fake_hub.url, retry_interval=0.3,
+        push_timeout=30.0,
+    )  # fmt: skip
+    pusher = Pusher(store, [config], on_result=lambda hub, outcome: recorded.set())
+    try:
+        with captured_logs() as logs:
+            ids = await seed(pg_url, 2)
+            await pusher.start()
+            await fake_hub.wait_for(2)  # both taken and pushed; the hub holds the answers
+            for locker, delivery_id in zip(lockers, ids, strict=True):
+                await locker.execute("BEGIN")
+                await locker.execute(
+                    "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id
+                )
+            for gate in gates:
+                gate.set()  # SUCCESS: both settles wait for their rows
+            for pid in await waiting_for_lock(watcher, 2):
+                await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+            async with asyncio.timeout(10):
+                while len(pusher._unrecorded) < 2:
+                    logs.changed.clear()
+                    await logs.changed.wait()
+            # Another host's attempt settles the first (as its store does), and its lock goes.
+            await lockers[0].execute(
+                "UPDATE deliveries SET done = 1, outcome = 'SUCCESS', attempts = attempts + 1, "
+                "lease_until = NULL, leased_by = 'b#0001' WHERE id = $1",
+                ids[0],
+            )
+            await lockers[0].execute("COMMIT")
+            await logs.wait_for("push answer not recorded: the delivery was settled elsewhere")
+            assert set(pusher._unrecorded) == {ids[1]}
+            await reads_after(store, 3)  # turns that do not find it: still kept
+            assert set(pusher._unrecorded) == {ids[1]}
+            await lockers[1].execute("ROLLBACK")
+            async with asyncio.timeout(10):
+                await recorded.wait()
+        assert pusher._unrecorded == {}
+        assert len(fake_hub.received) == 2  # recorded, not pushed again
+        first, second = await row(pg_url, ids[0]), await row(pg_url, ids[1])
+        assert (first["leased_by"], first["attempts"]) == ("b#0001", 1)
+        assert (second["outcome"], second["attempts"], second["leased_by"]) == (
+            "SUCCESS", 1, store.holder,
+        )  # fmt: skip
+    finally:
+        await pusher.stop()
+        await watcher.close()
+        for locker in lockers:
+            await locker.close()
+        await store.close()
