@@ -29,9 +29,10 @@ run out) it finds by polling the outbox every `POLL_INTERVAL` seconds.
 No failure path is a hot loop: when the store cannot be read or written,
 the hub's worker pauses `retry_interval` before it tries anything again,
 and an answer the store could not record is recorded later, not pushed
-again. Failures are logged per hub and episode: the first one with the
-hub's answer, then one summary a minute, then one line when the hub's
-backlog is delivered.
+again (or forgotten, once another host settled its delivery). Failures
+are logged per hub and episode: the first one with the hub's answer,
+then one summary a minute, then one line when the hub's backlog is
+delivered.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class _HubWorker:
     task: asyncio.Task[None] | None = None
     in_flight: int = 0
     paused_until: float = 0.0  # loop time: the store failed, nothing before this
+    forget_check: float = 0.0  # loop time: the next look for kept answers settled elsewhere
     # The current failure episode (None: the hub takes its pushes).
     failing_since: float | None = None
     last_answer: str = ""
@@ -290,7 +292,8 @@ class Pusher:
                 task = asyncio.create_task(self._send(worker, delivery, sms, limit))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
-            if self._unrecorded:
+            if self._unrecorded and loop.time() >= worker.forget_check:
+                worker.forget_check = loop.time() + POLL_INTERVAL  # a read per kept answer
                 await self._forget_settled(worker, {delivery.id for delivery, _ in due})
             if due:
                 continue
@@ -356,7 +359,8 @@ class Pusher:
         another host (this host's lease ran out while the store was down) and
         never come back here; its answer would be kept for ever. One that is
         not done is kept whoever holds it now: it may come back to this host,
-        which then records the answer instead of pushing the SMS again.
+        which then records the answer instead of pushing the SMS again. Looked
+        for every POLL_INTERVAL at most: one read per answer kept.
         """
         name = worker.hub.name
         waiting = [
