@@ -204,7 +204,9 @@ class Pusher:
     async def stop(self, grace: float = 0.0) -> None:
         """Stop sending. Pushes in flight get `grace` seconds to be answered and recorded
         (so a hub's SUCCESS is not thrown away at a clean stop); after that they are
-        abandoned and stay due in the store."""
+        abandoned and stay due in the store. Answers kept unrecorded are recorded if the
+        store takes them now; on a shared store the leases of what this host did not
+        finish are given back, so another host pushes it now, not when they run out."""
         workers = [w.task for w in self._workers.values() if w.task is not None]
         for task in workers:
             task.cancel()  # no new pushes start
@@ -216,9 +218,42 @@ class Pusher:
         for task in sends:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
+        await self._record_kept()
+        await self._give_back()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _record_kept(self) -> None:
+        """At a stop: record the answers the store could not take before, while it takes
+        them (a SUCCESS left unrecorded is pushed again by whoever takes its delivery)."""
+        for delivery_id, answer in list(self._unrecorded.items()):
+            try:
+                await self.store.settle_delivery(
+                    delivery_id, answer.outcome, answer.described, answer.when
+                )
+            except StoreError as exc:
+                log.warning(
+                    "cannot record push answers at the stop; their SMS will be pushed again",
+                    kept=len(self._unrecorded),
+                    error=str(exc),
+                )
+                return
+            del self._unrecorded[delivery_id]
+
+    async def _give_back(self) -> None:
+        """At a stop: end this host's leases on the deliveries it did not finish (not those
+        whose answer it still holds), so another host takes them at once."""
+        try:
+            given = await self.store.release_leases(self._hubs, keep=self._unrecorded)
+        except StoreError as exc:
+            log.warning(
+                "cannot give back push leases; other hosts take them when they run out",
+                error=str(exc),
+            )
+            return
+        if given:
+            log.info("push leases given back to other hosts", deliveries=given)
 
     async def set_hubs(self, hubs: Sequence[HubConfig]) -> None:
         """New hub list (SIGHUP): workers for removed hubs stop, new ones start."""
