@@ -398,10 +398,11 @@ class Pusher:
         for every POLL_INTERVAL at most: one read per answer kept.
         """
         name = worker.hub.name
+        busy = taken | self._in_flight
         waiting = [
             (delivery_id, answer)
             for delivery_id, answer in self._unrecorded.items()
-            if answer.hub == name and delivery_id not in taken | self._in_flight
+            if answer.hub == name and delivery_id not in busy
         ]
         for delivery_id, answer in waiting:
             try:
