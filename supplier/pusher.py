@@ -350,7 +350,8 @@ class Pusher:
             outcome: str | None
             unrecorded = self._unrecorded.pop(delivery.id, None)
             if unrecorded is not None:
-                outcome, described, now = unrecorded[:3]  # answered before; only record it
+                # Answered before: only record it.
+                outcome, described, now = unrecorded.outcome, unrecorded.described, unrecorded.when
             else:
                 outcome, described = await self._post(hub, sms)
                 now = self.clock()
