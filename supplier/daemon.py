@@ -164,6 +164,7 @@ class Daemon:
             BankCollector(lambda: self._running.rotation if self._running else None)
         )
         self._observers: list[Callable[[PoolEvent], None]] = []
+        self._reloading = asyncio.Lock()  # two SIGHUPs close together: one reload at a time
 
     @property
     def running(self) -> Running:
@@ -424,6 +425,10 @@ class Daemon:
         Activations and modems stay. What cannot change without a restart (a
         bank's ports, a bank added or removed) is logged, each time, as needing one.
         """
+        async with self._reloading:
+            await self._reload(config)
+
+    async def _reload(self, config: Config) -> None:
         running = self.running
         running.inventory.reconfigure_from(config)
         running.protocol.set_hubs(config.hubs)

@@ -139,6 +139,11 @@ class Rotation:
                 for slot in range(1, bank.slots + 1):
                     key = (bank.name, number, slot)
                     self.slots[key] = slots.get(key) or SlotRow(bank.name, number, slot)
+                # Slots above `slots` (lowered since): kept, so a module found holding
+                # one's SIM is recognised; out of the rotation, the grid and the counts.
+                for key, stored in slots.items():
+                    if key[:2] == (bank.name, number):
+                        self.slots.setdefault(key, stored)
                 row = modules.get((bank.name, number)) or ModuleRow(bank.name, number)
                 module = _Module(bank, number, port, row)
                 self.modules[(bank.name, number)] = module
@@ -166,18 +171,9 @@ class Rotation:
         Every change in memory is made at once (no await in between), so a module's
         task sees the old settings or the new, never a mix; then a rename is written
         to the store. Modules are woken: a shorter dwell or a slot out of use acts now.
+        Every slot row the store has for a module is in memory since `start` (those
+        above `slots` too), so slots that come back keep what was learned of them.
         """
-        grown = any(
-            bank.slots > self._slot_count(renamed, bank) for bank in banks
-        )  # slots that were out of use (or never in) come back: their identities too
-        stored: dict[tuple[str, int, int], SlotRow] = {}
-        if renamed or grown:
-            try:
-                stored = {(r.bank, r.module, r.slot): r for r in await self.records.load_slots()}
-            except StoreError as exc:
-                log.error(
-                    "bank records not read at reload; added slots start unknown", error=str(exc)
-                )
         was = {new: old for old, new in renamed.items()}
         slots: dict[tuple[str, int, int], SlotRow] = {}
         modules: dict[tuple[str, int], _Module] = {}
@@ -192,10 +188,10 @@ class Rotation:
                 modules[(bank.name, number)] = module
                 if module.task is not None:
                     module.task.set_name(f"rotation {bank.name}/{number}")
-                known = {s for (b, n, s) in (*self.slots, *stored) if (b, n) == (old, number)}
+                known = {s for (b, n, s) in self.slots if (b, n) == (old, number)}
                 for slot in sorted(known | set(range(1, bank.slots + 1))):
                     key = (old, number, slot)
-                    row = self.slots.get(key) or stored.get(key) or SlotRow(old, number, slot)
+                    row = self.slots.get(key) or SlotRow(old, number, slot)
                     row.bank = bank.name
                     slots[(bank.name, number, slot)] = row
         switches: Counter[tuple[str, str]] = Counter()
@@ -214,11 +210,6 @@ class Rotation:
         for old, new in renamed.items():
             await self._move_records(old, new)
 
-    def _slot_count(self, renamed: dict[str, str], bank: BankConfig) -> int:
-        """How many slots `bank` (by its new name) has now."""
-        old = next((o for o, n in renamed.items() if n == bank.name), bank.name)
-        return next((b.slots for b in self.banks if b.name == old), bank.slots)
-
     async def _move_records(self, old: str, new: str) -> None:
         """A renamed bank's rows under its new name; the old name's rows emptied.
 
@@ -227,17 +218,16 @@ class Rotation:
         """
         modules = [m.row for m in self.modules.values() if m.row.bank == new]
         rows = [row for row in self.slots.values() if row.bank == new]
-        in_use = any(bank.name == old for bank in self.banks)  # two banks swapped names
         try:
             for module_row in modules:
                 await self.records.save_module(module_row)
             for row in rows:
                 await self.records.save_slot(row)
-            if not in_use:
-                for module_row in modules:
-                    await self.records.save_module(ModuleRow(old, module_row.module))
-                for row in rows:
-                    await self.records.save_slot(SlotRow(old, row.module, row.slot))
+            # (The old name is listed nowhere now: bank_reload.py renames only then.)
+            for module_row in modules:
+                await self.records.save_module(ModuleRow(old, module_row.module))
+            for row in rows:
+                await self.records.save_slot(SlotRow(old, row.module, row.slot))
         except StoreError as exc:
             log.error(
                 "bank renamed, but its slot records not moved to the new name in the store; "
@@ -568,15 +558,20 @@ class Rotation:
         sim = modem.sim if modem is not None else None
         if sim is None:
             return
-        row = self.slots[(module.bank.name, module.number, slot)]
+        row = self._row(module, slot)
         row.iccid, row.imsi, row.number = sim.iccid, sim.imsi, sim.number
         row.state, row.last_in, row.failures, row.retry_at = SlotState.KNOWN, now, 0, None
         await self.records.save_slot(row)
         module.iccid = sim.iccid
         self.inventory.withhold(sim.iccid, False)
 
+    def _row(self, module: _Module, slot: int) -> SlotRow:
+        """`slot`'s row; made if missing (a slot above a lowered `slots`, never seen)."""
+        key = (module.bank.name, module.number, slot)
+        return self.slots.setdefault(key, SlotRow(*key))
+
     async def _mark(self, module: _Module, slot: int, state: SlotState, now: float) -> None:
-        row = self.slots[(module.bank.name, module.number, slot)]
+        row = self._row(module, slot)
         row.state = state
         row.failures += 1
         delay = self.settings.retry_after * 2 ** min(row.failures - 1, 16)

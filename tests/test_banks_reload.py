@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,49 @@ async def test_sighup_refuses_a_bad_banks_section_then_applies_a_good_one(
             await process.stop(signal.SIGKILL)
         await hub.stop()
         bank.stop()
+
+
+async def test_a_held_module_in_a_slot_taken_out_of_use_survives_a_restart(
+    bench: Factory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An operator's hold keeps it there; a restart recognises its SIM; resumed, it moves off."""
+    running = await bench(1, 3, rotation={"dwell": "1h", "settle": "3s", "grace": "100ms"})
+    rotation = running.rotation
+    module = rotation.module("pool1", 1)
+    await running.until(lambda: module.status is ModuleStatus.IN and running.sellable(1))
+    rotation.switch_now("pool1", 1, 3)
+    await running.until(lambda: module.row.slot == 3 and running.sellable(1))
+    third = running.sim_in(1)
+    await rotation.hold("pool1", 1, True)
+    raw = copy.deepcopy(running.raw)
+    raw["banks"][0]["slots"] = 2
+    path = tmp_path / "reloaded.yaml"
+    await reload(running, raw, path)
+    await running.until(lambda: module.status is ModuleStatus.HELD)
+    assert module.row.slot == 3 and running.sim_in(1) == third and running.sellable(1)
+
+    await running.daemon.stop()
+    again = Daemon(load_config(path))
+    try:
+        await again.start()
+        rotation = again.running.rotation
+        assert rotation is not None
+        changed = asyncio.Event()
+        rotation.subscribe(changed.set)
+
+        async def until(predicate: Callable[[], bool]) -> None:
+            async with asyncio.timeout(20):
+                while not predicate():
+                    changed.clear()
+                    await changed.wait()
+
+        module = rotation.module("pool1", 1)
+        await until(lambda: module.status is ModuleStatus.HELD)
+        assert module.row.slot == 3 and module.iccid == third
+        assert sum(rotation.slot_counts().values()) == 2
+        await rotation.hold("pool1", 1, False)
+        await until(lambda: module.row.slot in (1, 2) and module.status is ModuleStatus.IN)
+        assert running.bank.switches[-1][1] in (1, 2)
+    finally:
+        await again.stop()
