@@ -185,6 +185,8 @@ class Rotation:
             for number in sorted(bank.modules):
                 module = self.modules[(old, number)]
                 module.bank, module.row.bank = bank, bank.name
+                if module.requested is not None and module.requested > bank.slots:
+                    module.requested = None  # an operator's switch to a slot now out of use
                 modules[(bank.name, number)] = module
                 if module.task is not None:
                     module.task.set_name(f"rotation {bank.name}/{number}")

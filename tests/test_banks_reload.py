@@ -260,3 +260,32 @@ async def test_a_held_module_in_a_slot_taken_out_of_use_survives_a_restart(
         assert running.bank.switches[-1][1] in (1, 2)
     finally:
         await again.stop()
+
+
+async def test_a_switch_asked_to_a_slot_taken_out_of_use_is_dropped(
+    bench: Factory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Asked while an activation held the SIM; the slot leaves at a reload: no switch to it."""
+    running = await bench(1, 3, rotation={"dwell": "1h", "settle": "3s", "grace": "100ms"})
+    rotation, bank = running.rotation, running.bank
+    module = rotation.module("pool1", 1)
+    await running.until(lambda: module.status is ModuleStatus.IN and running.sellable(1))
+    inventory = running.daemon.running.inventory
+    sim = inventory.sims[running.sim_in(1) or ""]
+    answer = await running.call(
+        {"action": "GET_NUMBER", "country": sim.country, "operator": sim.operator, "service": "vk"}
+    )
+    assert answer["status"] == "SUCCESS", answer
+    rotation.switch_now("pool1", 1, 3)
+    await running.until(lambda: module.status is ModuleStatus.WAITING)
+    raw = copy.deepcopy(running.raw)
+    raw["banks"][0]["slots"] = 2
+    await reload(running, raw, tmp_path / "reloaded.yaml")
+    switched = len(bank.switches)
+    finished = await running.call(
+        {"action": "FINISH_ACTIVATION", "activationId": answer["activationId"], "status": 3}
+    )
+    assert finished["status"] == "SUCCESS"
+    await running.until(lambda: module.status is ModuleStatus.IN)
+    assert bank.switches[switched:] == [] and running.sim_in(1) == sim.iccid
