@@ -65,6 +65,8 @@ def render_switch(template: str, module: int, slot: int) -> str:
 class SlotSwitch(Protocol):
     """Connects `slot`'s SIM to `module`; raises `SwitchError` if it cannot."""
 
+    template: str  # the command's template; a new one applies from the next switch
+
     async def switch(self, module: int, slot: int) -> str: ...
 
     async def close(self) -> None: ...

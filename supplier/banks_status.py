@@ -2,7 +2,9 @@
 
 Routes (added to the status app by `add_bank_routes`, behind its token guard):
 
-    GET  /banks                                        the grid page (banks.html + banks.js)
+    GET  /banks                                        the grid page (banks.html; its scripts,
+                                                       banks.js and session.js, are the status
+                                                       app's static files)
     GET  /api/banks                                    every bank as module x slot
     POST /api/banks/{bank}/modules/{module}/switch     {"slot": n}: switch now (activations wait)
     POST /api/banks/{bank}/modules/{module}/hold       {"held": true|false}: stop/resume rotating
@@ -73,12 +75,6 @@ def _rotation(request: web.Request) -> Rotation | None:
 async def banks_page(request: web.Request) -> web.Response:
     return web.Response(
         text=request.app[_FILES]["banks.html"], content_type="text/html", charset="utf-8"
-    )
-
-
-async def banks_js(request: web.Request) -> web.Response:
-    return web.Response(
-        text=request.app[_FILES]["banks.js"], content_type="text/javascript", charset="utf-8"
     )
 
 
@@ -158,11 +154,8 @@ def add_bank_routes(app: web.Application, rotation_of: RotationOf, action_body: 
     folder = resources.files("supplier") / "static"
     app[_ROTATION] = rotation_of
     app[_BODY] = action_body
-    app[_FILES] = {
-        name: (folder / name).read_text(encoding="utf-8") for name in ("banks.html", "banks.js")
-    }
+    app[_FILES] = {"banks.html": (folder / "banks.html").read_text(encoding="utf-8")}
     app.router.add_get("/banks", banks_page)
-    app.router.add_get("/banks.js", banks_js)
     app.router.add_get("/api/banks", api_banks)
     prefix = "/api/banks/{bank}/modules/{module}"
     app.router.add_post(f"{prefix}/switch", switch_now)

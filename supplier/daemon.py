@@ -43,8 +43,9 @@ from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
 from .backend import StoreBackend, open_store
+from .bank_reload import changed_fields, plan_banks
 from .banks_status import BankCollector
-from .config import Config
+from .config import Config, RotationConfig
 from .errors import StoreError, SupplierError
 from .hosts import Hosts
 from .hosts_status import HostsView, follow_operators
@@ -163,6 +164,7 @@ class Daemon:
             BankCollector(lambda: self._running.rotation if self._running else None)
         )
         self._observers: list[Callable[[PoolEvent], None]] = []
+        self._reloading = asyncio.Lock()  # two SIGHUPs close together: one reload at a time
 
     @property
     def running(self) -> Running:
@@ -418,13 +420,22 @@ class Daemon:
             log.info("daemon stopped")
 
     async def reload(self, config: Config) -> None:
-        """SIGHUP: new hubs, services and SIM overrides; activations and modems stay."""
+        """SIGHUP: new hubs, services, SIM overrides, bank and rotation settings.
+
+        Activations and modems stay. What cannot change without a restart (a
+        bank's ports, a bank added or removed) is logged, each time, as needing one.
+        """
+        async with self._reloading:
+            await self._reload(config)
+
+    async def _reload(self, config: Config) -> None:
         running = self.running
         running.inventory.reconfigure_from(config)
         running.protocol.set_hubs(config.hubs)
         running.upkeep.set_codes(_number_codes(config), _balance_codes(config))
         await running.pusher.set_hubs(config.hubs)
         running.view.hubs = [hub.name for hub in config.hubs]
+        banks = await self._reload_banks(config)
         self.config = config
         log.info(
             "configuration reloaded",
@@ -432,7 +443,29 @@ class Daemon:
             services=list(config.services),
             sim_overrides=len(config.sims),
             network_overrides=len(config.networks),
+            banks=banks,
         )
+
+    async def _reload_banks(self, config: Config) -> list[str]:
+        """Apply what `banks:`/`rotation:` may change live; name what needs a restart."""
+        rotation = self.running.rotation
+        plan = plan_banks(rotation.banks if rotation is not None else (), config.banks)
+        applied = list(plan.applied)
+        if rotation is not None:
+            applied += changed_fields(
+                "rotation", rotation.settings, config.rotation, list(RotationConfig.model_fields)
+            )
+            await rotation.reconfigure(plan.banks, plan.renamed, config.rotation)
+        for change in applied:
+            log.info("bank setting changed", key=change.key, value=change.value, was=change.running)
+        for change in plan.restart:
+            log.warning(
+                "configuration change needs a restart; not applied until then",
+                key=change.key,
+                value=change.value,
+                running=change.running,
+            )
+        return [bank.name for bank in plan.banks]
 
     async def on_pool_event(self, event: PoolEvent) -> None:
         inventory, inbox = self.running.inventory, self.running.inbox

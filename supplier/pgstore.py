@@ -727,6 +727,25 @@ class PgStore:
 
         await self._write(op, f"{self.path}: cannot reschedule delivery {delivery_id}")
 
+    async def release_leases(self, hubs: Iterable[str], keep: Iterable[int] = ()) -> int:
+        """A clean stop: end this store's leases on the hubs' deliveries that are not done
+        (pushes abandoned in flight, or taken and not sent yet), so another host takes
+        them now rather than when the leases run out. Nothing else changes: they stay
+        due, no attempt is counted. `keep`: leases left to run out. How many ended."""
+
+        async def op(db: Connection) -> int:
+            status = await db.execute(
+                "UPDATE deliveries SET lease_until = NULL "
+                "WHERE hub = ANY($1::text[]) AND done IS NULL AND leased_by = $2 "
+                "AND lease_until IS NOT NULL AND id <> ALL($3::bigint[])",
+                list(hubs),
+                self.holder,
+                list(keep),
+            )
+            return rows_changed(status)
+
+        return await self._write(op, f"{self.path}: cannot give back push leases")
+
     async def deliveries_for(self, sms_id: int) -> list[Delivery]:
         rows = await self._fetch(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE sms_id = $1 ORDER BY id", sms_id

@@ -29,9 +29,10 @@ run out) it finds by polling the outbox every `POLL_INTERVAL` seconds.
 No failure path is a hot loop: when the store cannot be read or written,
 the hub's worker pauses `retry_interval` before it tries anything again,
 and an answer the store could not record is recorded later, not pushed
-again. Failures are logged per hub and episode: the first one with the
-hub's answer, then one summary a minute, then one line when the hub's
-backlog is delivered.
+again (or forgotten, once another host settled its delivery). Failures
+are logged per hub and episode: the first one with the hub's answer,
+then one summary a minute, then one line when the hub's backlog is
+delivered.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 import structlog
@@ -51,6 +53,7 @@ from . import __version__
 from .backend import StoreBackend
 from .config import HubConfig
 from .errors import StoreError
+from .logs import Episode
 from .store import Delivery, Sms
 
 __all__ = ["MAX_ANSWER", "ONLINESIM_FINAL", "Pusher", "judge", "push_body"]
@@ -127,6 +130,16 @@ async def _read_whole(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Answer(NamedTuple):
+    """A hub's final answer the store could not record: recorded later, never pushed again."""
+
+    outcome: str
+    described: str
+    when: float
+    sms_id: int
+    hub: str
+
+
 @dataclass
 class _HubWorker:
     hub: HubConfig
@@ -134,6 +147,7 @@ class _HubWorker:
     task: asyncio.Task[None] | None = None
     in_flight: int = 0
     paused_until: float = 0.0  # loop time: the store failed, nothing before this
+    forget_check: float = 0.0  # loop time: the next look for kept answers settled elsewhere
     # The current failure episode (None: the hub takes its pushes).
     failing_since: float | None = None
     last_answer: str = ""
@@ -163,10 +177,12 @@ class Pusher:
         self._hubs = {hub.name: hub for hub in hubs}
         self._workers: dict[str, _HubWorker] = {}
         self._in_flight: set[int] = set()
-        # Delivery id → (outcome, answer, when): the hub answered, the store could not
-        # record it. Recorded on the next turn instead of pushing the SMS again.
-        self._unrecorded: dict[int, tuple[str, str, float]] = {}
-        self._store_failing = False
+        # Delivery id → the hub's final answer, which the store could not record. Recorded
+        # when the delivery is taken again instead of pushing the SMS again; forgotten
+        # once the store says the delivery is done (another host settled it).
+        self._unrecorded: dict[int, _Answer] = {}
+        # The store refuses push results or outbox reads: logged once per episode.
+        self._store_episode = Episode(clock)
         self._sends: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
@@ -188,7 +204,9 @@ class Pusher:
     async def stop(self, grace: float = 0.0) -> None:
         """Stop sending. Pushes in flight get `grace` seconds to be answered and recorded
         (so a hub's SUCCESS is not thrown away at a clean stop); after that they are
-        abandoned and stay due in the store."""
+        abandoned and stay due in the store. Answers kept unrecorded are recorded if the
+        store takes them now; on a shared store the leases of what this host did not
+        finish are given back, so another host pushes it now, not when they run out."""
         workers = [w.task for w in self._workers.values() if w.task is not None]
         for task in workers:
             task.cancel()  # no new pushes start
@@ -200,9 +218,42 @@ class Pusher:
         for task in sends:
             task.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
+        await self._record_kept()
+        await self._give_back()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _record_kept(self) -> None:
+        """At a stop: record the answers the store could not take before, while it takes
+        them (a SUCCESS left unrecorded is pushed again by whoever takes its delivery)."""
+        for delivery_id, answer in list(self._unrecorded.items()):
+            try:
+                await self.store.settle_delivery(
+                    delivery_id, answer.outcome, answer.described, answer.when
+                )
+            except StoreError as exc:
+                log.warning(
+                    "cannot record push answers at the stop; their SMS will be pushed again",
+                    kept=len(self._unrecorded),
+                    error=str(exc),
+                )
+                return
+            del self._unrecorded[delivery_id]
+
+    async def _give_back(self) -> None:
+        """At a stop: end this host's leases on the deliveries it did not finish (not those
+        whose answer it still holds), so another host takes them at once."""
+        try:
+            given = await self.store.release_leases(self._hubs, keep=self._unrecorded)
+        except StoreError as exc:
+            log.warning(
+                "cannot give back push leases; other hosts take them when they run out",
+                error=str(exc),
+            )
+            return
+        if given:
+            log.info("push leases given back to other hosts", deliveries=given)
 
     async def set_hubs(self, hubs: Sequence[HubConfig]) -> None:
         """New hub list (SIGHUP): workers for removed hubs stop, new ones start."""
@@ -276,6 +327,9 @@ class Pusher:
                 task = asyncio.create_task(self._send(worker, delivery, sms, limit))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
+            if self._unrecorded and loop.time() >= worker.forget_check:
+                worker.forget_check = loop.time() + POLL_INTERVAL  # a read per kept answer
+                await self._forget_settled(worker, {delivery.id for delivery, _ in due})
             if due:
                 continue
             if next_at is None and idle:
@@ -296,11 +350,13 @@ class Pusher:
             outcome: str | None
             unrecorded = self._unrecorded.pop(delivery.id, None)
             if unrecorded is not None:
-                outcome, described, now = unrecorded  # answered before; only record it
+                # Answered before: only record it.
+                outcome, described, now = unrecorded.outcome, unrecorded.described, unrecorded.when
             else:
                 outcome, described = await self._post(hub, sms)
                 now = self.clock()
                 self.sent += 1
+            asked = self._store_episode.asked()  # before the write: see logs.Episode
             try:
                 await self._record(
                     worker=worker,
@@ -312,8 +368,11 @@ class Pusher:
                 )
             except StoreError:
                 if outcome is not None:  # a failed attempt is simply pushed again later
-                    self._unrecorded[delivery.id] = (outcome, described, now)
+                    self._unrecorded[delivery.id] = _Answer(
+                        outcome, described, now, sms.id, hub.name
+                    )
                 raise
+            self._store_works(asked)
             if unrecorded is None:
                 self._observe(worker, delivery, sms, outcome, described)
             if self.on_result is not None:
@@ -329,6 +388,41 @@ class Pusher:
             limit.release()
             worker.wake.set()
 
+    async def _forget_settled(self, worker: _HubWorker, taken: set[int]) -> None:
+        """Forget the answers kept for the hub's deliveries that are done (or gone).
+
+        A delivery whose answer this host could not record may be settled by
+        another host (this host's lease ran out while the store was down) and
+        never come back here; its answer would be kept for ever. One that is
+        not done is kept whoever holds it now: it may come back to this host,
+        which then records the answer instead of pushing the SMS again. Looked
+        for every POLL_INTERVAL at most: one read per answer kept.
+        """
+        name = worker.hub.name
+        busy = taken | self._in_flight
+        waiting = [
+            (delivery_id, answer)
+            for delivery_id, answer in self._unrecorded.items()
+            if answer.hub == name and delivery_id not in busy
+        ]
+        for delivery_id, answer in waiting:
+            try:
+                deliveries = await self.store.deliveries_for(answer.sms_id)
+            except StoreError as exc:
+                self._store_failed(worker, "cannot read the outbox", exc)
+                return
+            stored = next((d for d in deliveries if d.id == delivery_id), None)
+            if stored is not None and stored.done is None:
+                continue  # may still be pushed by this host: keep its answer
+            del self._unrecorded[delivery_id]  # only this worker takes the hub's deliveries
+            log.info(
+                "push answer not recorded: the delivery was settled elsewhere",
+                hub=name,
+                sms_id=answer.sms_id,
+                answer=answer.outcome,
+                settled=stored.outcome if stored is not None else None,
+            )
+
     async def _record(
         self,
         *,
@@ -342,7 +436,6 @@ class Pusher:
         hub = worker.hub
         if outcome is not None:
             await self.store.settle_delivery(delivery.id, outcome, described, now)
-            self._store_works()
             self.delivered += outcome == "SUCCESS"
             log.info(
                 "SMS pushed",
@@ -354,7 +447,6 @@ class Pusher:
             )
         else:
             await self.store.retry_delivery(delivery.id, described, now, now + hub.retry_interval)
-            self._store_works()
             log.debug(
                 "SMS push failed; will retry",
                 hub=hub.name,
@@ -371,17 +463,20 @@ class Pusher:
         worker.paused_until = max(worker.paused_until, loop.time() + worker.hub.retry_interval)
 
     def _store_failed(self, worker: _HubWorker, what: str, exc: StoreError, **context: int) -> None:
+        """The store refused a read or a write: the hub pauses; one error line per episode."""
         self._pause(worker)
-        if not self._store_failing:
-            self._store_failing = True
+        if self._store_episode.failed():
             log.error(what, hub=worker.hub.name, error=str(exc), **context)
         else:
             log.debug(what, hub=worker.hub.name, error=str(exc), **context)
 
-    def _store_works(self) -> None:
-        if self._store_failing:
-            self._store_failing = False
-            log.info("the store takes push results again")
+    def _store_works(self, asked: int | None) -> None:
+        """A push result asked in episode `asked` was committed: the episode ends if it is
+        the current one (one asked before it may commit after a later one failed)."""
+        ended = self._store_episode.ended(asked)
+        if ended is not None:
+            seconds, refused = ended
+            log.info("the store takes push results again", after=round(seconds, 1), refused=refused)
 
     def _observe(
         self,

@@ -139,6 +139,11 @@ class Rotation:
                 for slot in range(1, bank.slots + 1):
                     key = (bank.name, number, slot)
                     self.slots[key] = slots.get(key) or SlotRow(bank.name, number, slot)
+                # Slots above `slots` (lowered since): kept, so a module found holding
+                # one's SIM is recognised; out of the rotation, the grid and the counts.
+                for key, stored in slots.items():
+                    if key[:2] == (bank.name, number):
+                        self.slots.setdefault(key, stored)
                 row = modules.get((bank.name, number)) or ModuleRow(bank.name, number)
                 module = _Module(bank, number, port, row)
                 self.modules[(bank.name, number)] = module
@@ -157,6 +162,82 @@ class Rotation:
             module.task = None
         for switch in self._switches.values():
             await switch.close()
+
+    async def reconfigure(
+        self, banks: Sequence[BankConfig], renamed: dict[str, str], settings: RotationConfig
+    ) -> None:
+        """SIGHUP: new settings, names and slot counts for the same ports (bank_reload.py).
+
+        Every change in memory is made at once (no await in between), so a module's
+        task sees the old settings or the new, never a mix; then a rename is written
+        to the store. Modules are woken: a shorter dwell or a slot out of use acts now.
+        Every slot row the store has for a module is in memory since `start` (those
+        above `slots` too), so slots that come back keep what was learned of them.
+        """
+        was = {new: old for old, new in renamed.items()}
+        slots: dict[tuple[str, int, int], SlotRow] = {}
+        modules: dict[tuple[str, int], _Module] = {}
+        mechanisms: dict[str, SlotSwitch] = {}
+        for bank in banks:
+            old = was.get(bank.name, bank.name)
+            mechanisms[bank.name] = self._switches[old]
+            mechanisms[bank.name].template = bank.switch
+            for number in sorted(bank.modules):
+                module = self.modules[(old, number)]
+                module.bank, module.row.bank = bank, bank.name
+                if module.requested is not None and module.requested > bank.slots:
+                    module.requested = None  # an operator's switch to a slot now out of use
+                modules[(bank.name, number)] = module
+                if module.task is not None:
+                    module.task.set_name(f"rotation {bank.name}/{number}")
+                known = {s for (b, n, s) in self.slots if (b, n) == (old, number)}
+                for slot in sorted(known | set(range(1, bank.slots + 1))):
+                    key = (old, number, slot)
+                    row = self.slots.get(key) or SlotRow(old, number, slot)
+                    row.bank = bank.name
+                    slots[(bank.name, number, slot)] = row
+        switches: Counter[tuple[str, str]] = Counter()
+        for (name, outcome), count in self.switches.items():
+            switches[(renamed.get(name, name), outcome)] += count
+        self.banks, self.settings = tuple(banks), settings
+        self.slots, self.modules, self._switches, self.switches = (
+            slots,
+            modules,
+            mechanisms,
+            switches,
+        )
+        for module in modules.values():
+            module.wake.set()
+        self._changed()
+        for old, new in renamed.items():
+            await self._move_records(old, new)
+
+    async def _move_records(self, old: str, new: str) -> None:
+        """A renamed bank's rows under its new name; the old name's rows emptied.
+
+        An emptied row reads as a slot never seen, so a bank given the old name
+        later does not inherit this bank's SIMs (the store has no delete for them).
+        """
+        modules = [m.row for m in self.modules.values() if m.row.bank == new]
+        rows = [row for row in self.slots.values() if row.bank == new]
+        try:
+            for module_row in modules:
+                await self.records.save_module(module_row)
+            for row in rows:
+                await self.records.save_slot(row)
+            # (The old name is listed nowhere now: bank_reload.py renames only then.)
+            for module_row in modules:
+                await self.records.save_module(ModuleRow(old, module_row.module))
+            for row in rows:
+                await self.records.save_slot(SlotRow(old, row.module, row.slot))
+        except StoreError as exc:
+            log.error(
+                "bank renamed, but its slot records not moved to the new name in the store; "
+                "they are written again as each slot changes",
+                old=old,
+                bank=new,
+                error=str(exc),
+            )
 
     def _mechanism(self, bank: BankConfig) -> SlotSwitch:
         if bank.control is not None:
@@ -192,7 +273,6 @@ class Rotation:
     # -- one module's loop ----------------------------------------------------------------
 
     async def _run(self, module: _Module) -> None:
-        log_ = log.bind(bank=module.bank.name, module=module.number, port=module.port)
         while True:
             try:
                 if module.status is ModuleStatus.STARTING:
@@ -200,7 +280,13 @@ class Rotation:
                 else:
                     await self._step(module)
             except StoreError as exc:
-                log_.error("bank record not saved; trying again", error=str(exc))
+                log.error(
+                    "bank record not saved; trying again",
+                    bank=module.bank.name,  # its name now: a reload may rename it
+                    module=module.number,
+                    port=module.port,
+                    error=str(exc),
+                )
                 await self._idle(module, 5.0)
 
     async def _adopt(self, module: _Module) -> None:
@@ -263,7 +349,9 @@ class Rotation:
             await self._idle(module, module.retry_at - now)
             return
         target = module.requested
-        if target is None:
+        slot = module.row.slot
+        out_of_use = slot is not None and slot > module.bank.slots  # `slots:` lowered by a reload
+        if target is None and not out_of_use:
             due = module.since + self.settings.dwell if module.iccid is not None else now
             if now < due:
                 self._status(module, ModuleStatus.IN)
@@ -393,7 +481,7 @@ class Rotation:
                 outcome = SwitchOutcome.ADOPTED
                 break
             log_.warning("switch did not take", outcome=outcome.value, attempt=attempt)
-        self.switches[(bank.name, outcome.value)] += 1
+        self.switches[(module.bank.name, outcome.value)] += 1  # renamed meanwhile: the new
         await self._settle(module, target, old, old_slot, outcome)
         log_.info("switch", outcome=outcome.value, old_iccid=old, iccid=module.iccid)
         self._changed()
@@ -472,15 +560,20 @@ class Rotation:
         sim = modem.sim if modem is not None else None
         if sim is None:
             return
-        row = self.slots[(module.bank.name, module.number, slot)]
+        row = self._row(module, slot)
         row.iccid, row.imsi, row.number = sim.iccid, sim.imsi, sim.number
         row.state, row.last_in, row.failures, row.retry_at = SlotState.KNOWN, now, 0, None
         await self.records.save_slot(row)
         module.iccid = sim.iccid
         self.inventory.withhold(sim.iccid, False)
 
+    def _row(self, module: _Module, slot: int) -> SlotRow:
+        """`slot`'s row; made if missing (a slot above a lowered `slots`, never seen)."""
+        key = (module.bank.name, module.number, slot)
+        return self.slots.setdefault(key, SlotRow(*key))
+
     async def _mark(self, module: _Module, slot: int, state: SlotState, now: float) -> None:
-        row = self.slots[(module.bank.name, module.number, slot)]
+        row = self._row(module, slot)
         row.state = state
         row.failures += 1
         delay = self.settings.retry_after * 2 ** min(row.failures - 1, 16)
@@ -521,7 +614,7 @@ class Rotation:
     async def set_in_rotation(self, bank: str, number: int, slot: int, enabled: bool) -> None:
         """Take a slot out of rotation (or put it back); a faulty one is retried at once."""
         module = self.module(bank, number)
-        row = self.slots.get((bank, number, slot))
+        row = self.slots.get((bank, number, slot)) if 1 <= slot <= module.bank.slots else None
         if row is None:
             raise ValueError(f"slot {slot}: expected 1-{module.bank.slots}")
         row.in_rotation = enabled
@@ -600,8 +693,10 @@ class Rotation:
     def slot_counts(self) -> Counter[tuple[str, str]]:
         """(bank, state) → slots, for Prometheus."""
         counts: Counter[tuple[str, str]] = Counter()
-        for (bank, number, _), row in self.slots.items():
-            counts[(bank, self.slot_state(self.modules[(bank, number)], row))] += 1
+        for (bank, number, slot), row in self.slots.items():
+            module = self.modules[(bank, number)]
+            if slot <= module.bank.slots:  # slots above it left the bank at a reload
+                counts[(bank, self.slot_state(module, row))] += 1
         return counts
 
     # -- waiting ---------------------------------------------------------------------------

@@ -543,7 +543,8 @@ MAX_SESSIONS = 256  # the oldest is dropped beyond this (each login makes one)
 FAILURE_WINDOW = 60.0  # failed tokens are counted per client address over this window
 MAX_FAILURES = 10  # ... and beyond this many, tokens from that address are not even checked
 MAX_FAILURES_ALL = 100  # the same across all addresses (guessing spread over many of them)
-STATIC = ("index.js", "sim.js", "login.js", "ussd.js", "style.css")  # served without a token
+# Served without a token (no data in them); session.js is every page's shared helper.
+STATIC = ("session.js", "index.js", "sim.js", "banks.js", "login.js", "ussd.js", "style.css")
 HEADERS = {
     # Scripts and styles come only from our own files: no inline script can run.
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "

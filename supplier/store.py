@@ -1002,6 +1002,11 @@ class Store:
 
         await self._write(op, f"cannot reschedule delivery {delivery_id}")
 
+    async def release_leases(self, hubs: Iterable[str], keep: Iterable[int] = ()) -> int:
+        """Nothing to give back at a stop: one host pushes from this file, without leases
+        (PgStore's gives another host the pushes this host abandoned)."""
+        return 0
+
     async def deliveries_for(self, sms_id: int) -> list[Delivery]:
         rows = await self._fetchall(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE sms_id = ? ORDER BY id", (sms_id,)

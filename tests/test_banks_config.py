@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from supplier.config import ConfigError, parse_config
+from supplier.bank_reload import plan_banks
+from supplier.config import BankConfig, ConfigError, parse_config
 
 HUBS = [{"name": "alpha", "key": "k" * 16, "push_url": "http://127.0.0.1:1/"}]
 
@@ -97,3 +98,35 @@ def test_module_switching_itself_needs_only_the_slot() -> None:
 def test_rotation_durations_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"rotation\.dwell: 'soon': expected a duration"):
         parse_config({"hubs": HUBS, "rotation": {"dwell": "soon"}})
+
+
+def banks_of(*banks: dict[str, Any]) -> tuple[BankConfig, ...]:
+    return parse_config({"hubs": HUBS, "banks": list(banks)}).banks
+
+
+def test_a_reload_matches_banks_by_name_or_by_their_ports() -> None:
+    other = bank(name="pool2", control="/dev/c2", modules={1: "/dev/m2"})
+    running = banks_of(bank(), other)
+    # Renamed (same ports, old name gone) and fewer slots: applied.
+    plan = plan_banks(running, banks_of(bank(name="left", slots=8), other))
+    assert plan.renamed == {"pool1": "left"}
+    assert [(b.name, b.slots) for b in plan.banks] == [("left", 8), ("pool2", 32)]
+    assert [(c.key, c.value, c.running) for c in plan.applied] == [
+        ("banks[0].name", "left", "pool1"),
+        ("banks[0].slots", 8, 32),
+    ]
+    assert plan.restart == ()
+    # Renamed *and* moved: neither the name nor the ports say which bank it is.
+    plan = plan_banks(running, banks_of(bank(name="left", control="/dev/c9"), other))
+    assert plan.renamed == {} and plan.applied == ()
+    assert [(c.key, c.value) for c in plan.restart] == [
+        ("banks[0]", "bank left (new)"),
+        ("banks", "bank pool1 not listed"),
+    ]
+    assert [b.name for b in plan.banks] == ["pool2", "pool1"]  # both go on as they run
+    # Same name, a control port moved: the whole bank waits for the restart.
+    plan = plan_banks(running, banks_of(bank(control="/dev/c9", slots=4), other))
+    assert [(c.key, c.value, c.running) for c in plan.restart] == [
+        ("banks[0].control", "/dev/c9", running[0].control)
+    ]
+    assert plan.banks == running and plan.applied == ()

@@ -39,6 +39,7 @@ class Bench:
         self.rotation: Rotation = daemon.running.rotation
         self.rotation.subscribe(self._changed.set)
         self._session: aiohttp.ClientSession | None = None
+        self.raw: dict[str, Any] = {}  # the configuration it was started with
 
     async def until(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         async with asyncio.timeout(timeout):
@@ -146,6 +147,7 @@ async def bench(tmp_path: Path, stores: Stores) -> AsyncIterator[Factory]:
         started.append((None, daemon, bank, hub))
         await daemon.start()
         running = Bench(daemon, bank, hub)
+        running.raw = raw
         started[-1] = (running, daemon, bank, hub)
         return running
 

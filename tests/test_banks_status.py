@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
 from supplier.rotation import ModuleStatus
+from supplier.status import Sessions, create_status_app
 
+from .hubkit import Clock
 from .test_banks_rotation import Bench, Factory, bench  # noqa: F401 - the fixture
+from .test_status_security import serve
 
 TOKEN = "status-token-for-banks-0001"
 
@@ -98,3 +104,82 @@ async def test_actions_need_the_token(bench: Factory) -> None:  # noqa: F811
     ):
         assert response.status == 403
     assert running.rotation.module("pool1", 1).row.held is False
+
+
+async def test_an_expired_or_missing_session_is_treated_as_on_the_other_pages(
+    bench: Factory,  # noqa: F811
+) -> None:
+    """/banks and /api/banks answer as / and /api/sims do; its scripts are served as index.js."""
+    running = await bench(
+        1,
+        2,
+        rotation={"dwell": "1h", "settle": "2s", "grace": "100ms"},
+        config={"status": {"listen": "127.0.0.1:0", "token": TOKEN}},
+    )
+    clock = Clock(1000.0)
+    app = create_status_app(
+        running.daemon.running.view,
+        running.daemon.metrics,
+        TOKEN,
+        sessions=Sessions(ttl=3600, clock=clock),
+    )
+    runner, url = await serve(app)
+
+    async def answers(client: aiohttp.ClientSession, path: str) -> tuple[int, str, str]:
+        async with client.get(url + path, allow_redirects=False) as response:
+            body = await response.text()
+            kind = response.content_type
+            if response.status == 401:
+                assert json.loads(body)["status"] == "ERROR"
+            return response.status, response.headers.get("Location", ""), kind
+
+    def as_other_pages(answered: dict[str, tuple[int, str, str]]) -> None:
+        # A page: to the login form, which comes back here; its data: 401 JSON.
+        for page in ("/", "/banks"):
+            status, location, _ = answered[page]
+            assert (status, location.partition("?")[0]) == (303, "/login"), page
+            assert parse_qs(urlsplit(location).query)["next"] == [page], page
+        for data in ("/api/sims", "/api/banks"):
+            assert answered[data] == (401, "", "application/json"), data
+
+    paths = ("/", "/banks", "/api/sims", "/api/banks")
+    scripts = ("/index.js", "/banks.js", "/session.js")
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            # No session at all; the scripts (no data in them) come without one, as index.js.
+            as_other_pages({path: await answers(browser, path) for path in paths})
+            for script in scripts:
+                assert await answers(browser, script) == (200, "", "text/javascript"), script
+            # Logged in: everything answers.
+            async with browser.post(
+                f"{url}/login", data={"token": TOKEN, "next": "/banks"}, allow_redirects=False
+            ) as response:
+                assert (response.status, response.headers["Location"]) == (303, "/banks")
+            for path in paths:
+                assert (await answers(browser, path))[0] == 200, path
+            # The session runs out: the same answers as with none.
+            clock.advance(3601)
+            as_other_pages({path: await answers(browser, path) for path in paths})
+            # ?next= keeps the grid's query: the login form brings the operator back to it.
+            async with browser.get(url + "/banks?refresh=1", allow_redirects=False) as response:
+                location = urlsplit(response.headers["Location"])
+                assert parse_qs(location.query)["next"] == ["/banks?refresh=1"]
+    finally:
+        await runner.cleanup()
+
+
+def test_every_page_takes_an_expired_session_to_the_login_form_with_one_helper() -> None:
+    """session.js is loaded before each page's script, and no script keeps its own copy."""
+    folder = Path(__file__).resolve().parents[1] / "supplier" / "static"
+    for page, script in (
+        ("index.html", "index.js"),
+        ("sim.html", "sim.js"),
+        ("banks.html", "banks.js"),
+    ):
+        html = (folder / page).read_text()
+        assert html.index('src="/session.js"') < html.index(f'src="/{script}"'), page
+    helper = (folder / "session.js").read_text()
+    assert "/login?next=" in helper and "401" in helper
+    for script in ("index.js", "sim.js", "banks.js", "ussd.js"):
+        text = (folder / script).read_text()
+        assert "/login" not in text and "fetch(" not in text, script

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,14 @@ from supplier.inbox import Inbox
 from supplier.inventory import Inventory
 from supplier.pgstore import PgStore
 from supplier.protocol import ProtocolService, create_protocol_app
+from supplier.pusher import Pusher
 
 from .conftest import BankFactory
 from .hubkit import Clock, FakeHub, Running, make_config, sim_ready
 from .pg import Cluster
 from .test_push_faults import Captured, captured_logs
-from .test_push_leases import HUB, seed
+from .test_push_hosts import late_success
+from .test_push_leases import HUB, row, seed
 
 ICCID = "8970010000000000004"
 
@@ -249,6 +251,106 @@ async def test_a_sale_asked_before_the_store_failed_does_not_end_the_hub_episode
         assert line["answered_error"] == 1
     finally:
         await watcher.close()
+        await locker.close()
+        await store.close()
+
+
+async def _waiting(
+    watcher: asyncpg.Connection[asyncpg.Record],
+    *,
+    not_in: Collection[int] = (),
+) -> int:
+    """The backend of this database waiting for a lock that is none of `not_in`."""
+    async with asyncio.timeout(10):
+        while True:
+            for pid in await _blocked_writers(watcher, 1):
+                if pid not in not_in:
+                    return pid
+            await asyncio.sleep(0.01)  # polling the server's view, under the timeout
+
+
+async def test_a_push_result_asked_before_the_store_failed_does_not_end_the_episode(
+    pg_url: str,
+) -> None:
+    """The same for the pusher: two SUCCESS answers being recorded, held by row locks;
+    the newer one's backend is ended (the episode begins: its answer is kept to be
+    recorded later), then the older one commits. That ends nothing: the next refusal
+    (the outbox read that comes next) is the same episode, and the episode ends when
+    the answer kept is recorded, asked after the failure."""
+    store = await PgStore.open(pg_url, timeout=10.0, host="a")
+    locker = await asyncpg.connect(pg_url)
+    fence = await asyncpg.connect(pg_url)
+    watcher = await asyncpg.connect(pg_url)
+    hub = FakeHub()
+    await hub.start()
+    gates = [asyncio.Event(), asyncio.Event()]
+    hub.answers = [late_success(gate) for gate in gates]
+    results: list[str] = []
+    recorded = asyncio.Event()
+
+    def on_result(name: str, outcome: str) -> None:
+        results.append(outcome)
+        recorded.set()
+
+    async def until_recorded(count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(results) < count:
+                recorded.clear()
+                await recorded.wait()
+
+    config = HubConfig(
+        name=HUB, key="alpha-key-0001", push_url=hub.url, retry_interval=0.3, push_timeout=30.0
+    )
+    pusher = Pusher(store, [config], on_result=on_result)
+    back = "the store takes push results again"
+    try:
+        with captured_logs() as logs:
+            ids = await seed(pg_url, 2)
+            await pusher.start()
+            await hub.wait_for(2)  # both taken and pushed (found by polling); answers held
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute(
+                "SELECT 1 FROM deliveries WHERE id = ANY($1::bigint[]) FOR UPDATE", ids
+            )
+            gates[0].set()  # SUCCESS: its settle waits for the row
+            older = await _waiting(watcher)
+            gates[1].set()
+            newer = await _waiting(watcher, not_in={older})
+            # Queued behind both: once the older one commits, the pusher's next outbox
+            # read waits here (taking pushes is a write), whenever that read comes.
+            fenced = fence.transaction()
+            await fenced.start()
+            fence_pid = await fence.fetchval("SELECT pg_backend_pid()")
+            fencing = asyncio.create_task(fence.execute("LOCK TABLE deliveries IN SHARE MODE"))
+            await _waiting(watcher, not_in={older, newer})
+            await watcher.execute("SELECT pg_terminate_backend($1)", newer)
+            await logs.wait_for("cannot record a push answer")  # the episode begins
+            await transaction.rollback()
+            await until_recorded(1)  # the older one committed after the failure
+            assert [e for e in logs if e["event"] == back] == []
+            await asyncio.wait_for(fencing, 10)
+            reader = await _waiting(watcher, not_in={fence_pid})
+            await watcher.execute("SELECT pg_terminate_backend($1)", reader)
+            await logs.wait_for("cannot read the outbox")  # the same episode
+            await fenced.rollback()
+            await until_recorded(2)  # the answer kept is recorded: asked after the failure
+            await logs.wait_for(back)
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+            "cannot record a push answer"
+        ]
+        [line] = [e for e in logs if e["event"] == back]
+        assert line["refused"] == 2 and line["after"] >= 0
+        assert results == ["SUCCESS", "SUCCESS"]
+        assert len(hub.received) == 2  # the answer kept was recorded, not pushed again
+        for delivery_id in ids:
+            done = await row(pg_url, delivery_id)
+            assert (done["outcome"], done["attempts"], done["lease_until"]) == ("SUCCESS", 1, None)
+    finally:
+        await pusher.stop()
+        await hub.stop()
+        await watcher.close()
+        await fence.close()
         await locker.close()
         await store.close()
 

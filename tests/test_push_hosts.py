@@ -22,8 +22,9 @@ from supplier.pgstore import PgStore
 from supplier.pusher import POLL_FLOOR, POLL_INTERVAL, Pusher
 from supplier.store import Delivery, Sms
 
-from .hubkit import FakeHub
+from .hubkit import FakeHub, success
 from .pg import set_read_only
+from .test_push_faults import captured_logs
 from .test_push_leases import HUB, row, seed
 
 
@@ -234,3 +235,176 @@ async def test_a_success_the_database_cannot_record_is_recorded_not_pushed_again
     done = await row(pg_url, delivery_id)
     assert (done["outcome"], done["attempts"], done["lease_until"]) == ("SUCCESS", 1, None)
     assert len(fake_hub.received) == 1  # recorded, not pushed again
+
+
+# -- answers the store could not record ----------------------------------------------------
+
+
+async def waiting_for_lock(watcher: asyncpg.Connection[asyncpg.Record], count: int) -> list[int]:
+    """The backends of this database waiting for a lock, once there are `count` of them."""
+    async with asyncio.timeout(10):
+        while True:
+            rows = await watcher.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+            if len(rows) >= count:
+                return [row[0] for row in rows]
+            await asyncio.sleep(0.01)  # polling the server's view, under the timeout
+
+
+async def test_an_answer_kept_for_a_delivery_another_host_settled_is_forgotten(
+    pg_url: str, fake_hub: FakeHub
+) -> None:
+    """Two SUCCESS answers this host could not record (their settles' backends ended
+    while row locks held them). One delivery is then settled by another host: its
+    answer is forgotten, not kept for ever. The other, not done (locked by another
+    session meanwhile), keeps its answer, which is recorded once it comes back here:
+    neither SMS is pushed again."""
+    store = await CountingStore.open(pg_url, host="a", timeout=10.0)
+    lockers = [await asyncpg.connect(pg_url) for _ in range(2)]
+    watcher = await asyncpg.connect(pg_url)
+    gates = [asyncio.Event(), asyncio.Event()]
+    fake_hub.answers = [late_success(gate) for gate in gates]
+    recorded = asyncio.Event()
+    config = HubConfig(
+        name=HUB, key="alpha-key-0001", push_url=fake_hub.url, retry_interval=0.3,
+        push_timeout=30.0,
+    )  # fmt: skip
+    pusher = Pusher(store, [config], on_result=lambda hub, outcome: recorded.set())
+    try:
+        with captured_logs() as logs:
+            ids = await seed(pg_url, 2)
+            await pusher.start()
+            await fake_hub.wait_for(2)  # both taken and pushed; the hub holds the answers
+            for locker, delivery_id in zip(lockers, ids, strict=True):
+                await locker.execute("BEGIN")
+                await locker.execute(
+                    "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id
+                )
+            for gate in gates:
+                gate.set()  # SUCCESS: both settles wait for their rows
+            for pid in await waiting_for_lock(watcher, 2):
+                await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+            async with asyncio.timeout(10):
+                while len(pusher._unrecorded) < 2:
+                    logs.changed.clear()
+                    await logs.changed.wait()
+            # Another host's attempt settles the first (as its store does), and its lock goes.
+            await lockers[0].execute(
+                "UPDATE deliveries SET done = 1, outcome = 'SUCCESS', attempts = attempts + 1, "
+                "lease_until = NULL, leased_by = 'b#0001' WHERE id = $1",
+                ids[0],
+            )
+            await lockers[0].execute("COMMIT")
+            await logs.wait_for("push answer not recorded: the delivery was settled elsewhere")
+            assert set(pusher._unrecorded) == {ids[1]}
+            await reads_after(store, 3)  # turns that do not find it: still kept
+            assert set(pusher._unrecorded) == {ids[1]}
+            await lockers[1].execute("ROLLBACK")
+            async with asyncio.timeout(10):
+                await recorded.wait()
+        assert pusher._unrecorded == {}
+        assert len(fake_hub.received) == 2  # recorded, not pushed again
+        first, second = await row(pg_url, ids[0]), await row(pg_url, ids[1])
+        assert (first["leased_by"], first["attempts"]) == ("b#0001", 1)
+        assert (second["outcome"], second["attempts"], second["leased_by"]) == (
+            "SUCCESS", 1, store.holder,
+        )  # fmt: skip
+    finally:
+        await pusher.stop()
+        await watcher.close()
+        for locker in lockers:
+            await locker.close()
+        await store.close()
+
+
+# -- a clean stop ---------------------------------------------------------------------------
+
+
+async def test_a_clean_stop_gives_its_pushes_to_another_host_at_once(
+    pg_url: str, pushing_host: Hosts, fake_hub: FakeHub
+) -> None:
+    """Host a stops cleanly with three pushes in flight (the hub holds their answers
+    past the grace) and one answered SUCCESS. Host b pushes the three on its next
+    poll, long before a's leases (20 s) would have run out; the one answered is not
+    pushed again, and the abandoned attempts are not counted."""
+    gate = asyncio.Event()  # opened at the end only: a's three pushes are never answered
+    fake_hub.answers = [success, *[late_success(gate)] * 3]
+    recorded = asyncio.Event()
+    a = await PgStore.open(pg_url, host="a")
+    config = HubConfig(
+        name=HUB, key="alpha-key-0001", push_url=fake_hub.url, retry_interval=0.5,
+        push_timeout=10.0,
+    )  # fmt: skip
+    pusher = Pusher(a, [config], on_result=lambda hub, outcome: recorded.set())
+    try:
+        ids = await seed(pg_url, 4)
+        await pusher.start()
+        await fake_hub.wait_for(4)  # found by polling, all four pushed
+        async with asyncio.timeout(10):
+            await recorded.wait()  # the first answer is recorded
+        answered = fake_hub.received[0]["smsId"]
+        held = [i for i in ids if await row_sms(pg_url, i) != answered]
+        lease = await row(pg_url, held[0])
+        assert lease["lease_until"] - lease["server_now"] > 15.0  # 10 + 5 + 5 s from taking
+        b, _ = await pushing_host("b")
+        await pusher.stop(grace=0.2)
+        started = time.monotonic()
+        await fake_hub.wait_for(7, timeout=10)
+        took = time.monotonic() - started
+    finally:
+        gate.set()
+        await pusher.stop()
+        await a.close()
+    assert took < 10.0  # b's next poll (every POLL_INTERVAL), not a's leases running out
+    pushed = [body["smsId"] for body in fake_hub.received]
+    assert pushed.count(answered) == 1
+    assert sorted(pushed[4:]) == sorted([await row_sms(pg_url, i) for i in held])
+    for delivery_id in held:
+        done = await row(pg_url, delivery_id)
+        assert (done["outcome"], done["attempts"], done["leased_by"]) == ("SUCCESS", 1, b.holder)
+    await asyncio.sleep(POLL_INTERVAL + 0.5)  # a poll of b's goes by: nothing more to push
+    assert len(fake_hub.received) == 7
+
+
+async def test_an_answer_kept_unrecorded_is_recorded_at_a_clean_stop(
+    pg_url: str, pushing_host: Hosts, fake_hub: FakeHub
+) -> None:
+    """A SUCCESS the store could not record (its settle's backend ended under a row
+    lock) is recorded when the pusher stops, not left to another host to push again."""
+    a = await PgStore.open(pg_url, host="a", timeout=10.0)
+    locker, watcher = await asyncpg.connect(pg_url), await asyncpg.connect(pg_url)
+    gate = asyncio.Event()
+    fake_hub.answers = [late_success(gate)]
+    # A long retry interval: after the failure a's worker waits, so only the stop records.
+    config = HubConfig(
+        name=HUB, key="alpha-key-0001", push_url=fake_hub.url, retry_interval=60.0,
+        push_timeout=10.0,
+    )  # fmt: skip
+    pusher = Pusher(a, [config])
+    try:
+        with captured_logs() as logs:
+            [delivery_id] = await seed(pg_url, 1)
+            await pusher.start()
+            await fake_hub.wait_for(1)
+            await locker.execute("BEGIN")
+            await locker.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
+            gate.set()  # SUCCESS: its settle waits for the row
+            [pid] = await waiting_for_lock(watcher, 1)
+            await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+            await logs.wait_for("cannot record a push answer")
+            await locker.execute("ROLLBACK")
+            assert set(pusher._unrecorded) == {delivery_id}
+            await pusher.stop(grace=0.2)
+        done = await row(pg_url, delivery_id)
+        assert (done["outcome"], done["attempts"], done["lease_until"]) == ("SUCCESS", 1, None)
+        b, _ = await pushing_host("b")
+        assert isinstance(b, CountingStore)
+        await reads_after(b, 2)  # b looks at the outbox: nothing to push
+        assert len(fake_hub.received) == 1
+    finally:
+        await pusher.stop()
+        await watcher.close()
+        await locker.close()
+        await a.close()

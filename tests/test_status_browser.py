@@ -10,13 +10,17 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from modems.events import SimLost
+from supplier.status import Sessions, create_status_app
 
-from .hubkit import RunFactory, Running
+from .hubkit import Clock, RunFactory, Running
+from .test_banks_rotation import Factory, bench  # noqa: F401 - the fixture
 from .test_status import TOKEN, status_url
+from .test_status_security import serve
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
@@ -209,3 +213,58 @@ async def check_sim_page(page: Any) -> None:
     assert gap < 40, f"{gap:.0f} px of empty space under the operator actions"
     # Every action says what it does.
     assert await page.locator("#actions-card .action p").count() == 3
+
+
+async def test_the_banks_grid_goes_to_the_login_form_when_the_session_runs_out(
+    bench: Factory,  # noqa: F811
+    browser: Any,
+) -> None:
+    """As the SIM pages do: no "HTTP 401" left on screen; after the login, the grid again."""
+    running = await bench(
+        1,
+        2,
+        rotation={"dwell": "1h", "settle": "2s", "grace": "100ms"},
+        config={"status": {"listen": "127.0.0.1:0", "token": TOKEN}},
+    )
+    clock = Clock(1000.0)
+    app = create_status_app(
+        running.daemon.running.view,
+        running.daemon.metrics,
+        TOKEN,
+        sessions=Sessions(ttl=3600, clock=clock),
+    )
+    runner, url = await serve(app)
+    page = await browser.new_page()
+    page.set_default_timeout(15_000)
+    problems: list[str] = []
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(str(e)))
+
+    def login(address: str) -> bool:
+        """The login form, asked to come back to the grid (server and script encode it apart)."""
+        where = urlsplit(address)
+        return where.path == "/login" and parse_qs(where.query)["next"] == ["/banks?refresh=1"]
+
+    try:
+        await page.goto(f"{url}/banks?refresh=1")
+        await page.wait_for_url(login)
+        await page.fill("input[name=token]", TOKEN)
+        await page.click("button[type=submit]")
+        await expect(page).to_have_url(f"{url}/banks?refresh=1")
+        await expect(page.locator('[data-testid="bank-pool1"]')).to_be_visible()
+        # The session runs out while the grid is open: its next refresh (1 s) goes to the form.
+        clock.advance(3601)
+        await page.wait_for_url(login, timeout=5000)
+        await page.fill("input[name=token]", TOKEN)
+        await page.click("button[type=submit]")
+        await expect(page.locator('[data-testid="bank-pool1"]')).to_be_visible()
+        # An action with an expired session goes there too (not an alert with the 401).
+        clock.advance(3601)
+        page.on("dialog", lambda d: problems.append(f"alert: {d.message}"))
+        await page.locator("button", has_text="hold").click()
+        await page.wait_for_url(login, timeout=5000)
+        assert running.rotation.module("pool1", 1).row.held is False
+    finally:
+        await page.close()
+        await runner.cleanup()
+    assert not [p for p in problems if "401" not in p], problems

@@ -1,5 +1,8 @@
-// The SIM-bank grid: GET /api/banks every 5 s; actions POST JSON (same origin).
+// The SIM-bank grid: GET /api/banks every 5 s (`?refresh=N`: every N s); actions POST JSON
+// (same origin). `api` (session.js) takes an expired session to the login form.
 "use strict";
+const REFRESH = Math.max(1, Number(new URLSearchParams(location.search).get("refresh")) || 5) * 1000;
+let lastOk = 0;
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -18,7 +21,7 @@ function ago(seconds) {
 }
 
 async function act(path, body) {
-  const response = await fetch(path, {
+  const response = await api(path, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body),
@@ -57,12 +60,18 @@ function moduleRow(bank, module) {
 }
 
 async function refresh() {
-  const response = await fetch("/api/banks", { headers: { Accept: "application/json" } });
-  if (!response.ok) {
-    document.getElementById("meta").textContent = "HTTP " + response.status;
+  const meta = document.getElementById("meta");
+  let data;
+  try {
+    const response = await api("/api/banks", { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    data = await response.json();
+  } catch (e) {
+    const since = lastOk ? new Date(lastOk).toLocaleTimeString() : "start";
+    meta.textContent = "not updated since " + since + ": " + e.message;
+    meta.className = "meta stale";
     return;
   }
-  const data = await response.json();
   const root = document.getElementById("banks");
   root.replaceChildren();
   for (const bank of data.banks) {
@@ -75,10 +84,12 @@ async function refresh() {
     root.append(table);
   }
   if (!data.banks.length) root.append(el("p", "No SIM banks configured (banks: in the config)."));
-  document.getElementById("meta").textContent = "updated " + new Date().toLocaleTimeString();
+  lastOk = Date.now();
+  meta.textContent = "updated " + new Date().toLocaleTimeString();
+  meta.className = "meta";
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   refresh();
-  window.setInterval(refresh, 5000);
+  window.setInterval(refresh, REFRESH);
 });

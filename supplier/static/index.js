@@ -129,8 +129,7 @@ function renderSims() {
 async function refresh() {
   try {
     const [st, list] = await Promise.all(["/api/status", "/api/sims"].map(async (u) => {
-      const r = await fetch(u, {credentials: "same-origin"});
-      if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("login"); }
+      const r = await api(u);
       if (!r.ok) throw new Error(u + ": HTTP " + r.status);
       return r.json();
     }));

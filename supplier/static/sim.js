@@ -8,8 +8,7 @@ let sim = null;
 $("#title").textContent = iccid;
 
 async function load() {
-  const r = await fetch("/api/sims/" + encodeURIComponent(iccid), {credentials: "same-origin"});
-  if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); return; }
+  const r = await api("/api/sims/" + encodeURIComponent(iccid));
   const data = await r.json();
   if (!r.ok) { $("#meta").textContent = data.error || ("HTTP " + r.status); $("#meta").className = "meta stale"; return; }
   sim = data.sim;
@@ -40,7 +39,7 @@ async function load() {
   $("#meta").textContent = "updated " + new Date().toLocaleTimeString();
 }
 async function act(url, body) {
-  const r = await fetch(url, {method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const r = await api(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
   const data = await r.json().catch(() => ({error: "HTTP " + r.status}));
   $("#result").textContent = r.ok ? "done" : (data.error || "failed");
   $("#result").className = r.ok ? "muted" : "error";

@@ -13,7 +13,7 @@
     answer.className = "muted";
     answer.textContent = body.close ? "closing…" : "waiting for the network (up to 30 s)…";
     try {
-      const r = await fetch(url, {method: "POST", credentials: "same-origin",
+      const r = await api(url, {method: "POST",
         headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
       const data = await r.json().catch(() => ({error: "HTTP " + r.status}));
       if (!r.ok) {
