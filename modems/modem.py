@@ -10,7 +10,8 @@ The first command that gets no answer takes the SIM out of sale
 (UNRESPONSIVE, `SimLost`); a health check that is answered brings it back.
 A `SimReady` the owner's handler raised on (its store refused the write) is
 reported again after a capped back-off while the SIM stays in, as an SMS
-the owner refused stays on the SIM for the next sweep.
+the owner refused stays on the SIM for the next sweep; once the owner takes
+any modem's SimReady, the pool has every waiting one reported at once.
 A modem that stops answering (`hang_after` timeouts in a row) is reset with
 `AT+CFUN=1,1` and reopened.
 
@@ -117,6 +118,7 @@ class _Wake(enum.Enum):
     NETWORK = "network"
     SWEEP = "sweep"
     RESET = "reset"
+    REPORT = "report"  # a waiting SimReady is due sooner (`report_soon`): wait anew
     CLOSED = "closed"  # the port closed: `_serve` finds it closed and ends the session
 
 
@@ -148,10 +150,19 @@ _CLOSED_STATES = frozenset({ModemState.REMOVED, ModemState.NOT_MODEM})
 class Modem:
     """A GSM modem on one serial port. Create, `start()`, and later `stop()`."""
 
-    def __init__(self, port: str, handler: EventHandler, settings: ModemSettings) -> None:
+    def __init__(
+        self,
+        port: str,
+        handler: EventHandler,
+        settings: ModemSettings,
+        *,
+        on_report_taken: Callable[[], None] | None = None,
+    ) -> None:
         self.port = port
         self.settings = settings
         self._handler = handler
+        # Called when the owner took a SimReady: the pool has the others waiting report now.
+        self._on_report_taken = on_report_taken
         self.state = ModemState.DISCONNECTED
         self.detail: str | None = None
         self.device = DeviceInfo()
@@ -238,6 +249,22 @@ class Modem:
     def request_reset(self) -> None:
         """Ask for a reset (`AT+CFUN=1,1` and reopen), e.g. from an operator."""
         self._queue(_Wake.RESET)
+
+    @property
+    def report_waiting(self) -> bool:
+        """A SimReady the owner refused waits for its back-off to be reported again."""
+        return self._report_at is not None
+
+    def report_soon(self, within: float = 0.5) -> None:
+        """The owner takes reports again (it took another modem's): report the waiting
+        SimReady within `within` seconds (jittered: a pool's worth do not come at once)
+        instead of at the end of its back-off, up to `ready_retry_max` away."""
+        if self._report_at is None:
+            return
+        soon = asyncio.get_running_loop().time() + random.uniform(0.0, within)
+        if soon < self._report_at:
+            self._report_at = soon
+            self._queue(_Wake.REPORT)
 
     async def sweep(self, timeout: float) -> None:
         """Read every stored SMS now and wait until each is durable with the owner.
@@ -426,6 +453,8 @@ class Modem:
         if self._reports_refused:
             self._log.info("SIM ready taken again", refused_reports=self._reports_refused)
         self._forget_report()
+        if self._on_report_taken is not None:
+            self._on_report_taken()
 
     def _forget_report(self) -> None:
         self._report_at = None
