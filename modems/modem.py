@@ -183,9 +183,8 @@ class Modem:
         self._report_at: float | None = None
         self._report_backoff = Backoff(settings.ready_retry_initial, settings.ready_retry_max)
         self._reports_refused = 0
-        # The health check's commands on one line (`_health`), until the modem has
-        # refused that line `_ONE_LINE_REFUSALS` times in a row while it was healthy.
-        self._one_line_health = True
+        # Refusals in a row of the health check's line while each command alone worked:
+        # at `_ONE_LINE_REFUSALS`, `session.concatenation` goes off (`_health`).
         self._one_line_refused = 0
         self._log = log.bind(port=port)
 
@@ -387,7 +386,7 @@ class Modem:
             imei=digits_of(await session.text("AT+CGSN", "+CGSN")),
         )
         session.quirks = quirks_for(self.device.manufacturer, self.device.model)
-        self._one_line_health, self._one_line_refused = True, 0  # maybe another device
+        session.concatenation, self._one_line_refused = True, 0  # maybe another device
         for command in session.quirks.init_commands:
             await session.attempt(command)
         self._bind_log()
@@ -572,7 +571,7 @@ class Modem:
         ready: one exchange instead of three (at 512 modems, every 10 s, the health
         checks were most of the idle daemon's CPU). Anything but a ready SIM in the
         line's answer falls back to one command at a time, which says what it is."""
-        tried = self.ready and self._one_line_health
+        tried = self.ready and self._session.concatenation
         if tried:
             try:
                 reply = await self._session.command(HEALTH_LINE, info_grace=self._sim.cpin_grace)
@@ -594,7 +593,7 @@ class Modem:
         does not take concatenated commands (or drops parts) is asked one at a time."""
         self._one_line_refused += 1
         if self._one_line_refused >= _ONE_LINE_REFUSALS:
-            self._one_line_health = False
+            self._session.concatenation = False  # the sweep's line goes too (messaging.py)
             self._log.info("health check on one line refused; one command at a time")
 
     async def _refresh_network(

@@ -1,7 +1,8 @@
 """A ready modem's health check is one command line, `AT+CSQ;+CREG?;+CPIN?`
 (issue 17: at 512 modems, three exchanges per check every 10 s were most of the
-idle daemon's CPU). It reads what the three commands alone read; a SIM that is
-not ready in its answer, or a modem that refuses the line, gets the commands
+idle daemon's CPU), and a periodic sweep of an empty storage is one too,
+`AT+CMGL=4;+CPMS?`. They read what the commands alone read; a SIM that is
+not ready in the answer, or a modem that refuses such lines, gets the commands
 one at a time. Real emulated modems on ptys, the real serial path."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .conftest import FAST, BankFactory, Recorder
 from .test_push_faults import captured_logs
 
 ALONE = ("AT+CSQ", "AT+CREG?", "AT+CPIN?")
+SWEEP_LINE = "AT+CMGL=4;+CPMS?"
 PoolOf = Callable[..., Awaitable[tuple[ModemPool, Recorder]]]
 
 
@@ -111,3 +113,41 @@ async def test_a_modem_that_refuses_the_line_is_asked_one_command_at_a_time(
     modem = pool.get(vm.link)
     assert modem is not None and modem.state is ModemState.READY
     assert not recorder.of(SimLost)  # the refusals never took the SIM out of sale
+
+
+async def test_a_sweep_is_one_line_and_usage_follows_what_it_read(
+    make_bank: BankFactory, pool_of: PoolOf
+) -> None:
+    bank = await make_bank(1, profiles=("generic",))
+    vm = bank[0]
+    settings = dataclasses.replace(FAST, sweep_interval=0.3)
+    pool, recorder = await pool_of(bank, settings)
+    await recorder.wait_for(lambda: len(recorder.ready_ports()) == 1, timeout=20)
+    modem = pool.get(vm.link)
+    assert modem is not None
+    await _heard(vm, lambda lines: SWEEP_LINE in lines, 0)
+    since = len(vm.commands)
+    await _heard(vm, lambda lines: lines.count(SWEEP_LINE) >= 3, since)
+    assert "AT+CPMS?" not in vm.commands[since:]  # an empty storage: its usage came along
+    assert (modem.storage_used, modem.storage_total) == (0, vm.profile.capacity)
+    # Messages that came while nobody listened (no +CMTI): the next sweep reads them all;
+    # the usage its line reported is from before the deletes, so it is asked again.
+    stored = vm.fill_storage()
+    await recorder.wait_for(lambda: len(recorder.sms()) == stored, timeout=10)
+    await _heard(vm, lambda lines: "AT+CPMS?" in lines, since)
+    await recorder.wait_for(lambda: modem.storage_used == 0, timeout=5)
+    assert not vm.stored()
+
+
+async def test_a_modem_that_refuses_lines_still_has_its_storage_swept(
+    make_bank: BankFactory, pool_of: PoolOf
+) -> None:
+    bank = await make_bank(1, profiles=("generic",))
+    vm = bank[0]
+    vm.concatenation = False
+    settings = dataclasses.replace(FAST, sweep_interval=0.3)
+    _, recorder = await pool_of(bank, settings)
+    await recorder.wait_for(lambda: len(recorder.ready_ports()) == 1, timeout=20)
+    stored = vm.fill_storage()
+    await recorder.wait_for(lambda: len(recorder.sms()) == stored, timeout=10)
+    assert not vm.stored()
