@@ -116,18 +116,19 @@ async def main(source: Path) -> None:
             now = time.time()
             await seed(db, now)
             capture = Capture()
-            await shared.allocate(
-                capture,  # type: ignore[arg-type]
-                hub="hub",
-                country="ru",
-                operator="any",
-                service="tg",
-                sum=None,
-                currency=None,
-                exclude=["79001"],
-                now=now,
-                release_after=1200,
-            )
+            wanted = {"hub": "hub", "country": "ru", "operator": "any", "service": "tg",
+                      "sum": None, "currency": None, "exclude": ("79001",)}  # fmt: skip
+            try:
+                from supplier.sale import SaleRequest
+            except ImportError:  # a tree from before the request was one value (--source)
+                await shared.allocate(capture, **wanted, now=now, release_after=1200)
+            else:
+                await shared.allocate(
+                    capture,  # type: ignore[arg-type]
+                    SaleRequest(**wanted),
+                    now=now,
+                    release_after=1200,
+                )
             sql, args = capture.sql, capture.args
             async with db.transaction():
                 for (line,) in await db.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args):

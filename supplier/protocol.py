@@ -38,6 +38,7 @@ from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
 from .logs import Episode, Sampled, Throttled
 from .networks import ANY
+from .sale import SaleRequest
 from .store import FINISH_STATUSES
 
 __all__ = ["ProtocolService", "create_protocol_app"]
@@ -156,28 +157,28 @@ class ProtocolService:
         return {"status": "SUCCESS", "countryList": country_list}
 
     async def get_number(self, hub: HubConfig, body: Body) -> Answer:
+        # Checked in this order: a body with several bad fields names the same one as ever.
         country = _slug(body, "country")
         operator = _slug(body, "operator")
         service = _slug(body, "service")
         amount = _decimal(body, "sum")
-        currency = _optional_int(body, "currency", 1, 999)
-        exclude = _prefixes(body.get("exceptionPhoneSet"))
-        activation = await self.inventory.get_number(
+        request = SaleRequest(
             hub=hub.name,
             country=country,
             operator=operator,
             service=service,
-            sum=amount,
-            currency=currency,
-            exclude=exclude,
+            sum=None if amount is None else format(amount, "f"),  # as stored: 10, not 1E+1
+            currency=_optional_int(body, "currency", 1, 999),
+            exclude=_prefixes(body.get("exceptionPhoneSet")),
         )
+        activation = await self.inventory.get_number(request)
         if activation is None:
             return {"status": "NO_NUMBERS"}
         self.handed(
             "number given",
             hub=hub.name,
             activation_id=activation.id,
-            service=service,
+            service=request.service,
             iccid=activation.iccid,
         )
         return {

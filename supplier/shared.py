@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .sale import SaleRequest
 from .store import ACTIVATION_COLUMNS, Activation, Usage
 
 if TYPE_CHECKING:
@@ -160,17 +161,7 @@ async def publish(
 
 
 async def allocate(
-    db: Connection,
-    *,
-    hub: str,
-    country: str,
-    operator: str,
-    service: str,
-    sum: str | None,
-    currency: int | None,
-    exclude: Sequence[str],
-    now: float,
-    release_after: float,
+    db: Connection, request: SaleRequest, *, now: float, release_after: float
 ) -> Activation | None:
     """Hand out the least recently used SIM of any live host, or None (NO_NUMBERS).
 
@@ -201,7 +192,14 @@ async def allocate(
     """
     )
     row = await db.fetchrow(
-        sql, country, operator, service, now, MAX_OFFERS, list(exclude), ANY_OPERATOR
+        sql,
+        request.country,
+        request.operator,
+        request.service,
+        now,
+        MAX_OFFERS,
+        list(request.exclude),
+        ANY_OPERATOR,
     )
     if row is None:
         return None
@@ -211,14 +209,14 @@ async def allocate(
         "INSERT INTO activations (hub, iccid, number, service, country, operator, sum, "
         "currency, created, release_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
         f"RETURNING {ACTIVATION_COLUMNS}",
-        hub,
+        request.hub,
         iccid,
         number,
-        service,
+        request.service,
         sim_country,
         sim_operator or ANY_OPERATOR,
-        sum,
-        currency,
+        request.sum,
+        request.currency,
         now,
         now + release_after,
     )

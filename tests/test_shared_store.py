@@ -16,6 +16,7 @@ import pytest
 
 from supplier.config import ConfigError, parse_config
 from supplier.pgstore import PgStore
+from supplier.sale import SaleRequest
 from supplier.shared import LiveSim
 from supplier.store import StoreError
 
@@ -78,13 +79,7 @@ async def allocate(
     release_after: float = 600.0,
 ) -> tuple[str, int] | None:
     activation = await store.allocate(
-        hub="smshub",
-        country="russia",
-        operator=operator,
-        service=service,
-        sum="10",
-        currency=643,
-        exclude=exclude,
+        SaleRequest("smshub", "russia", operator, service, sum="10", currency=643, exclude=exclude),
         now=time.time() if now is None else now,
         release_after=release_after,
     )
@@ -441,13 +436,8 @@ async def test_a_released_connection_is_not_reset_by_a_round_trip(store: PgStore
     assert await allocate(store) is not None
     with pytest.raises(StoreError):  # A2 locked, then its activation cannot be written
         await store.allocate(
-            hub="smshub",
-            country="russia",
-            operator="any",
-            service="vk",
-            sum="10",
-            currency=2**40,  # no ISO 4217 code: out of the column's range
-            exclude=(),
+            # currency: no ISO 4217 code, out of the column's range
+            SaleRequest("smshub", "russia", "any", "vk", sum="10", currency=2**40),
             now=time.time(),
             release_after=600.0,
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -26,6 +25,7 @@ from supplier.backend import StoreBackend
 from supplier.inventory import Inventory, NumberTaken, SimState
 from supplier.networks import ANY
 from supplier.pgstore import PgStore
+from supplier.sale import SaleRequest
 from supplier.store import FinishStatus, Store
 
 from .hubkit import Clock, sim_ready
@@ -164,13 +164,7 @@ async def replay(history: list[tuple[Any, ...]], pg_url: str | None = None) -> N
                 _, country, operator, service, exclude = step
                 expected = scan_pick(inventory, country, operator, service, exclude)
                 activation = await inventory.get_number(
-                    hub="alpha",
-                    country=country,
-                    operator=operator,
-                    service=service,
-                    sum=Decimal(1),
-                    currency=None,
-                    exclude=exclude,
+                    SaleRequest("alpha", country, operator, service, sum="1", exclude=exclude)
                 )
                 if service not in inventory.services:
                     assert activation is None
