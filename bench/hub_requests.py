@@ -9,7 +9,7 @@ by FINISH 4) is asked with an exceptionPhoneSet of 0, 100 and 10,000
 prefixes. Every set but the empty one bars the same SIMs: the full numbers
 of a quarter of the bank's Russian SIMs (those are never sold, so they stay
 the least recently used and every request passes them over), the rest is
-prefixes that match no SIM, 5 to 11 digits long. The set goes as a list of
+prefixes that match no SIM, 5 to 11 digits long, all in a random order. The set goes as a list of
 integers (as OnlineSim sends it); 10,000 numbers are ~120 KB of JSON, so the
 daemon's `server.max_body` is raised to 1 MiB here. Every number handed out
 is checked against the set.
@@ -76,8 +76,12 @@ def prefix_sets(count: int) -> dict[int, list[int]]:
         # 798…: the bank's Russian numbers are 7915, 7926, 7903, 7950 and 7701.
         digits = "798" + "".join(rnd.choice("0123456789") for _ in range(rnd.randint(2, 8)))
         padding.append(int(digits))
-    listed = [int(n) for n in sorted(barred)] + padding
-    return {size: listed[:size] for size in SIZES}
+    sets = {}
+    for size in SIZES:
+        listed = [int(n) for n in sorted(barred)][:size] + padding[: max(0, size - len(barred))]
+        rnd.shuffle(listed)  # a hub's set comes in no particular order
+        sets[size] = listed
+    return sets
 
 
 def summary(values: list[float]) -> str:

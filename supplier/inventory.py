@@ -36,7 +36,7 @@ from .backend import StoreBackend
 from .config import Config, SimOverride
 from .errors import SupplierError
 from .networks import ANY, international_number, slugs_for
-from .sale import SaleRequest
+from .sale import NO_PREFIXES, Prefixes, SaleRequest
 from .shared import MAX_OFFERS, ROUTE_HORIZON
 from .store import Activation, FinishStatus, SimRow, Usage
 
@@ -210,6 +210,10 @@ class _Stock:
         for entry in skipped:
             heapq.heappush(heap, entry)
         return found
+
+
+def _never(iccid: str) -> bool:
+    return False
 
 
 class Inventory:
@@ -622,17 +626,18 @@ class Inventory:
         return out
 
     def pick(
-        self, country: str, operator: str, service: str, exclude: Iterable[str] = ()
+        self, country: str, operator: str, service: str, exclude: Prefixes = NO_PREFIXES
     ) -> SimState | None:
         """The least recently used SIM sellable for this request (ties: the lower ICCID)."""
         self._release_due(self.clock())
-        prefixes = tuple(exclude)
+        sims = self.sims
 
         def excluded(iccid: str) -> bool:
-            number = self.sims[iccid].number  # only present SIMs (with a number) are indexed
-            return bool(prefixes) and number is not None and number.startswith(prefixes)
+            number = sims[iccid].number  # only present SIMs (with a number) are indexed
+            return number is not None and exclude.bar(number)
 
-        iccid = self._stock.first((country, operator, service), excluded)
+        key = (country, operator, service)
+        iccid = self._stock.first(key, excluded if exclude else _never)
         return None if iccid is None else self.sims[iccid]
 
     async def get_number(self, request: SaleRequest) -> Activation | None:

@@ -38,7 +38,7 @@ from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
 from .logs import Episode, Sampled, Throttled
 from .networks import ANY
-from .sale import SaleRequest
+from .sale import NO_PREFIXES, Prefixes, SaleRequest
 from .store import FINISH_STATUSES
 
 __all__ = ["ProtocolService", "create_protocol_app"]
@@ -261,9 +261,9 @@ def _decimal(body: Body, name: str) -> Decimal | None:
     return amount.quantize(Decimal("0.0001")).normalize()
 
 
-def _prefixes(value: Any) -> tuple[str, ...]:
+def _prefixes(value: Any) -> Prefixes:
     if value is None or value == "":
-        return ()
+        return NO_PREFIXES
     if isinstance(value, str):
         value = [v for v in re.split(r"[\s,;]+", value) if v]
     if not isinstance(value, list) or len(value) > 10_000:
@@ -274,7 +274,7 @@ def _prefixes(value: Any) -> tuple[str, ...]:
         if isinstance(item, bool) or not text.isascii() or not text.isdigit() or len(text) > 15:
             raise BadRequest("exceptionPhoneSet: expected prefixes of 1-15 digits")
         out.append(text)
-    return tuple(out)
+    return Prefixes.of(out)
 
 
 # -- HTTP ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from supplier.config import HubConfig
 from supplier.inventory import MAX_OFFERS, Inventory
 from supplier.protocol import ProtocolService, create_protocol_app
 
-from .hubkit import Clock, sim_ready
+from .hubkit import Clock, prefix_set, sim_ready
 from .pg import Stores
 
 pytestmark = pytest.mark.backends  # every test here on SQLite and on PostgreSQL
@@ -91,14 +91,17 @@ AgentFactory = Callable[..., Awaitable[Agent]]
 @pytest.fixture
 async def agent(stores: Stores, aiohttp_client) -> AgentFactory:  # type: ignore[no-untyped-def]
     async def factory(
-        release_after: float = 1200.0, db: str = "agent", clock: Clock | None = None
+        release_after: float = 1200.0,
+        db: str = "agent",
+        clock: Clock | None = None,
+        max_body: int = 4096,
     ) -> Agent:
         clock = clock or Clock()
         store = await stores.open(db)
         inventory = Inventory(store, services=SERVICES, release_after=release_after, clock=clock)
         await inventory.load()
         service = ProtocolService(inventory, [SMSHUB, ONLINESIM])
-        client = await aiohttp_client(create_protocol_app(service, max_body=4096))
+        client = await aiohttp_client(create_protocol_app(service, max_body=max_body))
         return Agent(client, inventory, store, clock)
 
     return factory
@@ -173,6 +176,34 @@ async def test_exception_phone_set_prefixes_are_never_handed_out(agent: AgentFac
     assert (await a.number("vk", exceptionPhoneSet=["79", "7926"]))["status"] == "NO_NUMBERS"
     answer = await a.number("vk", exceptionPhoneSet=["7926", "79150000008"])
     assert answer["number"] == 79150000000
+
+
+async def test_ten_thousand_prefixes_are_honoured(agent: AgentFactory) -> None:
+    # The protocol's largest exceptionPhoneSet (10,000 prefixes, as OnlineSim sends them:
+    # integers) with the SIMs it bars anywhere in it: a whole number (slot 0), a 4-digit
+    # prefix (slots 1 and 9) and a 9-digit one (slots 2 and 10). Only the others are sold.
+    a = await agent(max_body=256 * 1024)
+    await a.add_sims(*range(16))  # Russian: 0-3 and 8-11
+    barred = ["79150000000", "7926", "790300000"]
+    listed = prefix_set(barred)
+    body = [int(p) for p in listed]
+    sold = set()
+    for _ in range(8):
+        answer = await a.number("vk", exceptionPhoneSet=body)
+        if answer["status"] == "NO_NUMBERS":
+            break
+        sold.add(str(answer["number"]))
+    assert sold == {"79150000008", "79500000003", "79500000011"}
+    assert not any(n.startswith(p) for n in sold for p in listed)
+    # The holds over, the same set as one string for another service: the same three.
+    a.clock.advance(1201)
+    again = set()
+    for _ in range(4):
+        answer = await a.number("tg", exceptionPhoneSet=",".join(listed))
+        if answer["status"] == "NO_NUMBERS":
+            break
+        again.add(str(answer["number"]))
+    assert again == sold
 
 
 async def test_finish_is_idempotent_and_unknown_ids_are_errors(agent: AgentFactory) -> None:
