@@ -25,6 +25,7 @@ import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -47,6 +48,7 @@ log = structlog.get_logger("supplier.protocol")
 
 Body = dict[str, Any]
 Answer = dict[str, Any]
+Counts = dict[str, dict[str, dict[str, int]]]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_ID = 2**63 - 1
@@ -54,6 +56,24 @@ _ASCII_INT = re.compile(r"\s*[0-9]{1,19}\s*")
 _ASCII_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 # Content-Encoding → zlib's wbits for it; "deflate" is zlib-wrapped by the RFC, raw in practice.
 _ENCODINGS = {"gzip": (31,), "x-gzip": (31,), "deflate": (15, -15)}
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An answer encoded once, sent as it is for as long as it holds: GET_SERVICES' while
+    the stock it shows is unchanged (hubs ask every few seconds, each of them)."""
+
+    answer: Answer
+    json: bytes
+    gzipped: bytes
+
+    @classmethod
+    def of(cls, answer: Answer) -> Encoded:
+        body = json.dumps(answer).encode()
+        return cls(answer, body, _gzip(body))
+
+
+Reply = Answer | Encoded
 
 
 class ProtocolService:
@@ -75,7 +95,12 @@ class ProtocolService:
         self.handed = Sampled(log)
         # The store refuses hub requests (a database down): logged once per episode.
         self.store_episode = Episode(time.monotonic)
-        self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
+        # GET_SERVICES' answer per hub profile, with the counts and services it was made from:
+        # the inventory (and, with several hosts, `Hosts`) returns the same counts object
+        # until a sale, a FINISH, a hold running out, a SIM's change, a reload or another
+        # host's change makes new ones, so a new object is exactly when to encode again.
+        self._services_answers: dict[str, tuple[Counts, tuple[str, ...], Encoded]] = {}
+        self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Reply]]] = {
             "GET_SERVICES": self.get_services,
             "GET_NUMBER": self.get_number,
             "FINISH_ACTIVATION": self.finish_activation,
@@ -138,8 +163,18 @@ class ProtocolService:
 
     # -- actions ----------------------------------------------------------------------
 
-    async def get_services(self, hub: HubConfig, body: Body) -> Answer:
+    async def get_services(self, hub: HubConfig, body: Body) -> Encoded:
+        """The stock, encoded again only when the counts it shows are new."""
         counts = self.inventory.counts()
+        services = self.inventory.services
+        cached = self._services_answers.get(hub.profile)
+        if cached is not None and cached[0] is counts and cached[1] is services:
+            return cached[2]
+        encoded = Encoded.of(self._services_answer(hub, counts))
+        self._services_answers[hub.profile] = (counts, services, encoded)
+        return encoded
+
+    def _services_answer(self, hub: HubConfig, counts: Counts) -> Answer:
         country_list = []
         for country in sorted(counts):
             operators = counts[country]
@@ -408,9 +443,14 @@ _JSON_HEADERS = {
 _GZIP_HEADERS = {**_JSON_HEADERS, hdrs.CONTENT_ENCODING: "gzip"}
 
 
-def _respond(request: web.Request, answer: Answer, status: int = 200) -> web.Response:
-    body = json.dumps(answer).encode()
-    if "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower():
+def _respond(request: web.Request, reply: Reply, status: int = 200) -> web.Response:
+    gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+    if isinstance(reply, Encoded):
+        if gzip:
+            return web.Response(body=reply.gzipped, status=status, headers=_GZIP_HEADERS)
+        return web.Response(body=reply.json, status=status, headers=_JSON_HEADERS)
+    body = json.dumps(reply).encode()
+    if gzip:
         return web.Response(body=_gzip(body), status=status, headers=_GZIP_HEADERS)
     return web.Response(body=body, status=status, headers=_JSON_HEADERS)
 
@@ -419,7 +459,7 @@ class _WrongMethod(BadRequest):
     """Anything but POST (keys do not belong in URLs, which proxies log)."""
 
 
-async def _dispatch(request: web.Request, service: ProtocolService, seen: dict[str, str]) -> Answer:
+async def _dispatch(request: web.Request, service: ProtocolService, seen: dict[str, str]) -> Reply:
     if request.method != hdrs.METH_POST:
         raise _WrongMethod("use POST (keys do not belong in URLs)")
     raw = await _read_limited(request, request.app[MAX_BODY])
@@ -449,21 +489,22 @@ async def handle(request: web.Request) -> web.Response:
     status = 200
     asked = service.store_episode.asked()
     try:
-        answer = await _dispatch(request, service, seen)
+        reply = await _dispatch(request, service, seen)
+        answer = reply.answer if isinstance(reply, Encoded) else reply
         service.store_works(seen["action"], answer, asked)
     except ProtocolError as exc:
-        answer = {"status": "ERROR", "error": str(exc)}
+        reply = answer = {"status": "ERROR", "error": str(exc)}
         status = 405 if isinstance(exc, _WrongMethod) else 200
     except StoreError as exc:
         service.store_failed(exc, seen)
-        answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
+        reply = answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
     except Exception as exc:  # the one place every failure becomes an answer
         log.exception("hub request failed", error=repr(exc), **seen)
-        answer = {"status": "ERROR", "error": "internal error"}
+        reply = answer = {"status": "ERROR", "error": "internal error"}
     service.observe(
         seen["hub"], seen["action"], str(answer.get("status")), time.perf_counter() - started
     )
-    return _respond(request, answer, status)
+    return _respond(request, reply, status)
 
 
 async def not_here(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from supplier.backend import StoreBackend
 from supplier.config import HubConfig
 from supplier.inventory import MAX_OFFERS, Inventory
-from supplier.protocol import ProtocolService, create_protocol_app
+from supplier.protocol import SERVICE, ProtocolService, create_protocol_app
 
 from .hubkit import Clock, prefix_set, sim_ready
 from .pg import Stores
@@ -119,6 +119,43 @@ async def test_get_services_counts_exactly_what_can_be_sold(agent: AgentFactory)
     assert services["russia"]["megafon"] == dict.fromkeys(SERVICES, 1)
     assert services["ukraine"] == {"vodafone": dict.fromkeys(SERVICES, 1)}
     assert "any" not in services["russia"]  # smshub: split by operator, never both
+
+
+async def test_get_services_follows_every_change_at_once(agent: AgentFactory) -> None:
+    # GET_SERVICES' answer is encoded once per change of the stock, per hub profile: each
+    # change shows in the very next answer, in JSON and in gzip, to either profile.
+    a = await agent()
+    await a.add_sims(0, 8, 1)  # russia: mts x2, megafon
+    plain = {"Accept-Encoding": "identity"}
+
+    async def vk(operator: str) -> tuple[int, int, int]:
+        smshub = (await a.services())["russia"][operator]["vk"]
+        unzipped = await a.call({"action": "GET_SERVICES"}, headers=plain)
+        onlinesim = await a.services(ONLINESIM.key.get_secret_value())
+        as_json = {c["country"]: c["operatorMap"] for c in unzipped["countryList"]}
+        return smshub, as_json["russia"][operator]["vk"], onlinesim["russia"][operator]["vk"]
+
+    assert await vk("mts") == (2, 2, 2)
+    service = a.client.app[SERVICE]
+    same = await service.get_services(SMSHUB, {})
+    assert await service.get_services(SMSHUB, {}) is same  # nothing changed: not encoded again
+    sold = await a.number("vk", operator="mts")
+    assert await vk("mts") == (1, 1, 1)  # a sale
+    assert await service.get_services(SMSHUB, {}) is not same
+    assert (await a.finish(sold["activationId"], 4))["status"] == "SUCCESS"
+    assert await vk("mts") == (2, 2, 2)  # a FINISH
+    await a.number("vk", operator="megafon")
+    assert await vk("megafon") == (0, 0, 0)
+    a.clock.advance(1201)
+    assert await vk("megafon") == (1, 1, 1)  # a hold running out
+    a.inventory.sim_lost(sim_ready(8).sim.iccid)
+    assert await vk("mts") == (1, 1, 1)  # a SIM gone
+    await a.add_sims(8)
+    assert await vk("mts") == (2, 2, 2)  # and back
+    service.inventory.reconfigure(  # the answering host's (test_two_hosts: another host)
+        services=("ok", "tg"), release_after=1200, sim_overrides={}, network_overrides={}
+    )
+    assert (await a.services())["russia"]["mts"] == {"ok": 2, "tg": 2}  # a reload
 
 
 async def test_counts_are_real_asking_for_all_of_them_succeeds(agent: AgentFactory) -> None:
