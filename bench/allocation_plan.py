@@ -80,8 +80,8 @@ async def seed(db: Any, now: float) -> None:
         )
     await db.executemany(
         "INSERT INTO activations (hub, iccid, number, service, country, operator, created, "
-        "release_at, finished, status) VALUES ('hub', $1, $2, $3, 'ru', $4, $5::float8, $5::float8 + 1200, "
-        "$5::float8 + 1, $6)",
+        "release_at, finished, status) VALUES ('hub', $1, $2, $3, 'ru', $4, $5::float8, "
+        "$5::float8 + 1200, $5::float8 + 1, $6)",
         activations,
     )
     await db.execute("UPDATE usage SET blocked = false, offers = least(offers, 3)")
