@@ -354,18 +354,7 @@ async def run(
     hub = Hub()
     await hub.start()
     port, status_port = free_port(), free_port()
-    config = Path(work) / "supplier.yaml"
-    config.write_text(
-        f"""
-server: {{listen: "127.0.0.1:{port}"}}
-status: {{listen: "127.0.0.1:{status_port}"}}
-hubs: [{{name: bench, key: "{KEY}", push_url: "{hub.url}"}}]
-modems: {{ports: ["{work}/bank/modem*"]}}
-services: {json.dumps(SERVICES)}
-storage: {{path: "{work}/supplier.db"}}
-"""
-    )
-    daemon = await start_daemon(config)
+    daemon = await start_daemon(write_config(work, port, status_port, hub.url))
     out: dict[str, str] = {"modems": str(count)}
     url = f"http://127.0.0.1:{port}/"
     floor: subprocess.Popen[str] | None = None
@@ -547,17 +536,38 @@ storage: {{path: "{work}/supplier.db"}}
     finally:
         if floor is not None:
             floor.kill()
-        daemon.terminate()
-        emulator.terminate()
-        for proc in (daemon, emulator):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if hub.runner is not None:
-            await hub.runner.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        await clean_up((daemon, emulator), hub, work)
     return out
+
+
+def write_config(work: str, port: int, status_port: int, hub_url: str, server: str = "") -> Path:
+    """The daemon's config for a bank under `work`; `server`: more keys of `server:`."""
+    config = Path(work) / "supplier.yaml"
+    config.write_text(
+        f"""
+server: {{listen: "127.0.0.1:{port}"{server}}}
+status: {{listen: "127.0.0.1:{status_port}"}}
+hubs: [{{name: bench, key: "{KEY}", push_url: "{hub_url}"}}]
+modems: {{ports: ["{work}/bank/modem*"]}}
+services: {json.dumps(SERVICES)}
+storage: {{path: "{work}/supplier.db"}}
+"""
+    )
+    return config
+
+
+async def clean_up(procs: Sequence[subprocess.Popen[str]], hub: Hub, work: str) -> None:
+    """Stop the processes (killed if not gone in 20 s), the hub's endpoint; remove `work`."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if hub.runner is not None:
+        await hub.runner.cleanup()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def loop_switches(process: psutil.Process) -> tuple[int, int]:

@@ -38,9 +38,7 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,12 +56,14 @@ from hub_load import (  # noqa: E402
     KEY,
     SERVICES,
     Hub,
+    clean_up,
     drain_log,
     free_port,
     pct,
     start_daemon,
     start_emulator,
     wait_log,
+    write_config,
 )
 from hubclient import Client  # noqa: E402
 
@@ -145,17 +145,7 @@ async def run(count: int, clients: int, requests: int) -> list[str]:
     hub = Hub()
     await hub.start()
     port, status_port = free_port(), free_port()
-    config = Path(work) / "supplier.yaml"
-    config.write_text(
-        f"""
-server: {{listen: "127.0.0.1:{port}", max_body: 1048576}}
-status: {{listen: "127.0.0.1:{status_port}"}}
-hubs: [{{name: bench, key: "{KEY}", push_url: "{hub.url}"}}]
-modems: {{ports: ["{work}/bank/modem*"]}}
-services: {json.dumps(SERVICES)}
-storage: {{path: "{work}/supplier.db"}}
-"""
-    )
+    config = write_config(work, port, status_port, hub.url, server=", max_body: 1048576")
     daemon = await start_daemon(config)
     url = f"http://127.0.0.1:{port}/"
     rows: list[str] = []
@@ -192,16 +182,7 @@ storage: {{path: "{work}/supplier.db"}}
         )
         logs.cancel()
     finally:
-        daemon.terminate()
-        emulator.terminate()
-        for proc in (daemon, emulator):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if hub.runner is not None:
-            await hub.runner.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        await clean_up((daemon, emulator), hub, work)
     return rows
 
 
