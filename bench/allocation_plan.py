@@ -5,7 +5,7 @@ makes it, two live hosts of 256 SIMs each (four operators), 6,000 finished
 activations on them (their `usage` rows and `last_used` written by the
 triggers, as a bench run leaves them), 50 SIMs held; VACUUM ANALYZE. Then
 GET_NUMBER's statement, exactly as `supplier/shared.py` sends it (any
-Russian operator, service tg, one excluded prefix): EXPLAIN (ANALYZE,
+Russian operator, service tg, one excluded prefix, or `--prefixes N`): EXPLAIN (ANALYZE,
 BUFFERS) once, its execution time over 50 EXPLAIN ANALYZE runs, and the
 wall time of 300 calls each in a transaction rolled back (BEGIN, the
 statement, ROLLBACK: nothing is sold, every call sees the same data).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import random
 import sys
@@ -79,8 +80,8 @@ async def seed(db: Any, now: float) -> None:
         )
     await db.executemany(
         "INSERT INTO activations (hub, iccid, number, service, country, operator, created, "
-        "release_at, finished, status) VALUES ('hub', $1, $2, $3, 'ru', $4, $5::float8, $5::float8 + 1200, "
-        "$5::float8 + 1, $6)",
+        "release_at, finished, status) VALUES ('hub', $1, $2, $3, 'ru', $4, $5::float8, "
+        "$5::float8 + 1200, $5::float8 + 1, $6)",
         activations,
     )
     await db.execute("UPDATE usage SET blocked = false, offers = least(offers, 3)")
@@ -93,7 +94,18 @@ async def seed(db: Any, now: float) -> None:
     await db.execute("VACUUM ANALYZE")
 
 
-async def main(source: Path) -> None:
+def exception_phone_set(size: int) -> tuple[str, ...]:
+    """`size` prefixes: 79001 (as before: bars no seeded number), 790000001 (bars SIMs 100
+    to 199), then 5- to 11-digit ones that bar none, in a random order."""
+    rnd = random.Random(size)
+    listed = ["79001", "790000001"][:size]
+    while len(listed) < size:
+        listed.append("798" + "".join(rnd.choices("0123456789", k=rnd.randint(2, 8))))
+    rnd.shuffle(listed)
+    return tuple(listed)
+
+
+async def main(source: Path, prefixes: int) -> None:
     sys.path[:0] = [str(source), str(ROOT)]
     import asyncpg
 
@@ -104,7 +116,7 @@ async def main(source: Path) -> None:
     bindir = find_bin()
     if bindir is None:
         raise SystemExit("PostgreSQL server binaries not found (apt-get install postgresql)")
-    print(f"supplier from {Path(shared.__file__).parent}")
+    print(f"supplier from {Path(shared.__file__).parent}; exceptionPhoneSet of {prefixes}")
     cluster = Cluster(bindir)
     try:
         cluster.init()
@@ -116,18 +128,23 @@ async def main(source: Path) -> None:
             now = time.time()
             await seed(db, now)
             capture = Capture()
-            await shared.allocate(
-                capture,  # type: ignore[arg-type]
-                hub="hub",
-                country="ru",
-                operator="any",
-                service="tg",
-                sum=None,
-                currency=None,
-                exclude=["79001"],
-                now=now,
-                release_after=1200,
-            )
+            exclude = exception_phone_set(prefixes)
+            wanted = {"hub": "hub", "country": "ru", "operator": "any", "service": "tg",
+                      "sum": None, "currency": None}  # fmt: skip
+            if "request" not in inspect.signature(shared.allocate).parameters:
+                # A tree from before the request was one value (--source).
+                await shared.allocate(
+                    capture, **wanted, exclude=exclude, now=now, release_after=1200
+                )
+            else:
+                from supplier.sale import Prefixes, SaleRequest
+
+                await shared.allocate(
+                    capture,  # type: ignore[arg-type]
+                    SaleRequest(**wanted, exclude=Prefixes.of(exclude)),
+                    now=now,
+                    release_after=1200,
+                )
             sql, args = capture.sql, capture.args
             async with db.transaction():
                 for (line,) in await db.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args):
@@ -167,4 +184,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--source", type=Path, default=ROOT, help="where `supplier` is imported from"
     )
-    asyncio.run(main(parser.parse_args().source.resolve()))
+    parser.add_argument(
+        "--prefixes", type=int, default=1, help="exceptionPhoneSet's size (1: 79001 alone)"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.source.resolve(), args.prefixes))

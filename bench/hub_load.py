@@ -8,7 +8,8 @@ stamps every `+CMTI` with the same clock, so `+CMTI` → hub is measured
 end to end across the processes.
 
     python bench/hub_load.py                       # 64, 256 and 512 modems, every phase
-    python bench/hub_load.py --modems 512 --clients 50 --requests 5000 --sms 2000 --spread 60 --burst 2000
+    python bench/hub_load.py --modems 512 --clients 50 --requests 5000 --sms 2000 \
+        --spread 60 --burst 2000
     python bench/hub_load.py --modems 512 --phase open-loop    # a couple of minutes
 
 The open-loop phase starts requests on a fixed schedule (`--rate` per second:
@@ -105,7 +106,9 @@ class Hub:
 async def start_emulator(
     count: int, directory: str, first_sim: int = 0
 ) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
+    # Popen, not asyncio's: the pipes are read from threads and psutil measures the pid;
+    # starting a process blocks for well under a millisecond, before any load runs.
+    proc = subprocess.Popen(  # noqa: ASYNC220
         [sys.executable, "-m", "supplier", "emulate", "--modems", str(count), "--dir", directory,
          "--control", "127.0.0.1:0", "--first-sim", str(first_sim)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -120,7 +123,7 @@ async def start_emulator(
 
 
 async def start_daemon(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    return subprocess.Popen(  # noqa: ASYNC220 (as start_emulator)
         [sys.executable, "-m", "supplier", "--log-level", "info", "run", "--config", str(config)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -218,7 +221,9 @@ def free_port() -> int:
 async def start_floor() -> tuple[subprocess.Popen[str], str]:
     """A do-nothing aiohttp server in its own process: what any HTTP answer costs here."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port)], cwd=ROOT, text=True)
+    proc = subprocess.Popen(  # noqa: ASYNC220 (as start_emulator)
+        [sys.executable, "-c", FLOOR_SERVER, str(port)], cwd=ROOT, text=True
+    )
     url = f"http://127.0.0.1:{port}/"
     async with asyncio.timeout(30), Client() as http:
         while True:
@@ -242,7 +247,8 @@ async def open_loop(
     def body(action: str) -> dict[str, Any]:
         if action == "GET_NUMBER":
             return {"key": KEY, "action": action, "country": "russia", "operator": "any",
-                    "service": random.choice(SERVICES[:-1]), "sum": 10, "currency": 643}  # fmt: skip
+                    "service": random.choice(SERVICES[:-1]),
+                    "sum": 10, "currency": 643}  # fmt: skip
         if action == "FINISH_ACTIVATION":
             # The newest activation this load opened (FINISH is idempotent, so a
             # repeat costs the same path as a first one).
@@ -315,7 +321,7 @@ def open_loop_table(floor: dict[str, list[float]], daemon: dict[str, list[float]
     everything = [v for values in floor.values() for v in values]
     floor_p50, floor_p99 = statistics.median(everything), pct(everything, 99)
     rows = [
-        "| action | floor p50 | floor p99 | p50 | p99 | max | p99 / floor p99 | p50 − floor p50 |",
+        "| action | floor p50 | floor p99 | p50 | p99 | max | p99 / floor p99 | p50 − floor p50 |",  # noqa: RUF001 (printed as it ever was)
         "|---|---|---|---|---|---|---|---|",
     ]
     for action in ("GET_SERVICES", "GET_NUMBER", "FINISH_ACTIVATION"):
@@ -323,7 +329,7 @@ def open_loop_table(floor: dict[str, list[float]], daemon: dict[str, list[float]
         p50, p99 = statistics.median(values), pct(values, 99)
         rows.append(
             f"| {action} | {floor_p50:.2f} | {floor_p99:.2f} | {p50:.2f} | {p99:.2f} | "
-            f"{max(values):.2f} | {p99 / floor_p99:.1f}× | {p50 - floor_p50:+.2f} |"
+            f"{max(values):.2f} | {p99 / floor_p99:.1f}× | {p50 - floor_p50:+.2f} |"  # noqa: RUF001
         )
     return rows
 
@@ -348,18 +354,7 @@ async def run(
     hub = Hub()
     await hub.start()
     port, status_port = free_port(), free_port()
-    config = Path(work) / "supplier.yaml"
-    config.write_text(
-        f"""
-server: {{listen: "127.0.0.1:{port}"}}
-status: {{listen: "127.0.0.1:{status_port}"}}
-hubs: [{{name: bench, key: "{KEY}", push_url: "{hub.url}"}}]
-modems: {{ports: ["{work}/bank/modem*"]}}
-services: {json.dumps(SERVICES)}
-storage: {{path: "{work}/supplier.db"}}
-"""
-    )
-    daemon = await start_daemon(config)
+    daemon = await start_daemon(write_config(work, port, status_port, hub.url))
     out: dict[str, str] = {"modems": str(count)}
     url = f"http://127.0.0.1:{port}/"
     floor: subprocess.Popen[str] | None = None
@@ -402,7 +397,8 @@ storage: {{path: "{work}/supplier.db"}}
                 f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / duration * 100:.0f}"
             )
             out["open_loop_lag"] = (
-                f"{lag_over(lag0, lag1, '0.005')} over 5 ms, {lag_over(lag0, lag1, '0.025')} over 25 ms"
+                f"{lag_over(lag0, lag1, '0.005')} over 5 ms, "
+                f"{lag_over(lag0, lag1, '0.025')} over 25 ms"
             )
             # The daemon's own time for a GET_NUMBER (its handler, the commit included):
             # how much of the client's latency is inside the handler.
@@ -415,7 +411,8 @@ storage: {{path: "{work}/supplier.db"}}
 
         def number_body() -> dict[str, Any]:
             return {"key": KEY, "action": "GET_NUMBER", "country": "russia", "operator": "any",
-                    "service": random.choice(SERVICES[:-1]), "sum": 10, "currency": 643}  # fmt: skip
+                    "service": random.choice(SERVICES[:-1]),
+                    "sum": 10, "currency": 643}  # fmt: skip
 
         if phase == "closed-loop":
             # The same closed loop against the do-nothing server (which answers every
@@ -513,9 +510,9 @@ storage: {{path: "{work}/supplier.db"}}
             out["spread"] = summary(latencies)
             spread_cpu1 = me.cpu_times()
             took = time.monotonic() - t0
-            out["spread_cpu"] = (
-                f"{(spread_cpu1.user + spread_cpu1.system - spread_cpu0.user - spread_cpu0.system) / took * 100:.0f}"
-            )
+            spread_cpu = spread_cpu1.user + spread_cpu1.system
+            spread_cpu -= spread_cpu0.user + spread_cpu0.system
+            out["spread_cpu"] = f"{spread_cpu / took * 100:.0f}"
             out["spread_lost"] = str(len(set(texts.values()) - hub.arrived.keys()))
 
             # A burst of `burst` SMS across all modems at once.
@@ -539,17 +536,38 @@ storage: {{path: "{work}/supplier.db"}}
     finally:
         if floor is not None:
             floor.kill()
-        daemon.terminate()
-        emulator.terminate()
-        for proc in (daemon, emulator):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if hub.runner is not None:
-            await hub.runner.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        await clean_up((daemon, emulator), hub, work)
     return out
+
+
+def write_config(work: str, port: int, status_port: int, hub_url: str, server: str = "") -> Path:
+    """The daemon's config for a bank under `work`; `server`: more keys of `server:`."""
+    config = Path(work) / "supplier.yaml"
+    config.write_text(
+        f"""
+server: {{listen: "127.0.0.1:{port}"{server}}}
+status: {{listen: "127.0.0.1:{status_port}"}}
+hubs: [{{name: bench, key: "{KEY}", push_url: "{hub_url}"}}]
+modems: {{ports: ["{work}/bank/modem*"]}}
+services: {json.dumps(SERVICES)}
+storage: {{path: "{work}/supplier.db"}}
+"""
+    )
+    return config
+
+
+async def clean_up(procs: Sequence[subprocess.Popen[str]], hub: Hub, work: str) -> None:
+    """Stop the processes (killed if not gone in 20 s), the hub's endpoint; remove `work`."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if hub.runner is not None:
+        await hub.runner.cleanup()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def loop_switches(process: psutil.Process) -> tuple[int, int]:
@@ -585,8 +603,7 @@ async def cmti_times(session: aiohttp.ClientSession, control: str, count: int) -
     stamps: dict[str, float] = {}
     for index in range(count):
         async with session.get(f"http://{control}/modems/{index}/cmti") as response:
-            for at, _, pdu in await response.json():
-                stamps[pdu] = at
+            stamps.update({pdu: at for at, _, pdu in await response.json()})
     return stamps
 
 
@@ -630,9 +647,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     raise_open_file_limit()
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    machine = f"{platform.platform()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.phase == "closed-loop":
         print(
@@ -652,7 +668,8 @@ def main() -> int:
             print(
                 f"| {count} | {r['idle_cpu']} | {r['services']} | {r['services_rps']} | "
                 f"{r['numbers']} | {r['numbers_rps']} | {r['numbers_won']} | "
-                f"{r['numbers_cpu']} ({r['numbers_threads']}) | {r['numbers_switches']} | {r['client_cpu']} | "
+                f"{r['numbers_cpu']} ({r['numbers_threads']}) | {r['numbers_switches']} | "
+                f"{r['client_cpu']} | "
                 f"{r['numbers_cpu_ms']} | "
                 f"{r['floor_numbers']} | {r['floor_numbers_rps']} | {r['floor_numbers_cpu_ms']} |",
                 flush=True,
@@ -668,11 +685,14 @@ def main() -> int:
             open_loop_report(r, args.rate, args.duration)
         return 0
     print(
-        f"{args.clients} concurrent hub clients, {args.requests} requests per action; latencies in ms (p50 | p99 | max)"
+        f"{args.clients} concurrent hub clients, {args.requests} requests per action; "
+        "latencies in ms (p50 | p99 | max)"
     )
     print()
     print(
-        f"| modems | come-up s | idle CPU % | idle RSS MB | GET_SERVICES | rps | GET_NUMBER | rps | +CMTI→hub ({args.sms} over {args.spread:.0f} s) | lost | CPU % | burst: SMS | drain s | lost | doubled | CPU % | peak RSS MB |"
+        "| modems | come-up s | idle CPU % | idle RSS MB | GET_SERVICES | rps | GET_NUMBER | rps "
+        f"| +CMTI→hub ({args.sms} over {args.spread:.0f} s) | lost | CPU % | burst: SMS "
+        "| drain s | lost | doubled | CPU % | peak RSS MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     reports = []
@@ -683,10 +703,12 @@ def main() -> int:
         )  # fmt: skip
         reports.append(r)
         print(
-            f"| {r['modems']} | {r['come_up']} | {r['idle_cpu']} | {r['idle_rss']} | {r['services']} | "
+            f"| {r['modems']} | {r['come_up']} | {r['idle_cpu']} | {r['idle_rss']} | "
+            f"{r['services']} | "
             f"{r['services_rps']} | {r['numbers']} | {r['numbers_rps']} | {r['spread']} | "
             f"{r['spread_lost']} | {r['spread_cpu']} | {args.burst} | "
-            f"{r['burst_drain']} | {r['burst_lost']} | {r['burst_dup']} | {r['burst_cpu']} | {r['peak_rss']} |",
+            f"{r['burst_drain']} | {r['burst_lost']} | {r['burst_dup']} | {r['burst_cpu']} | "
+            f"{r['peak_rss']} |",
             flush=True,
         )
     for r in reports:

@@ -116,9 +116,9 @@ class Client:
         return known
 
     async def post(self, url: str, payload: Any) -> tuple[int, Any]:
-        """POST `payload` as JSON; the answer's status and its JSON."""
+        """POST `payload` as JSON (bytes: already encoded); the answer's status and its JSON."""
         server, head = self._head(url)
-        body = json.dumps(payload).encode()
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         request = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         async with self._slots:
             idle = self._idle.setdefault(server, [])

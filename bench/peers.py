@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -157,7 +158,8 @@ def read_handovers(folder: Path, case: Case) -> None:
         for name in names:
             path = Path(name) if name.startswith("/") else folder / "inbox" / name
             with contextlib.suppress(OSError):
-                tokens |= {t.decode() for t in TOKEN_RE.findall(path.read_bytes().replace(b"\0", b""))}
+                found = TOKEN_RE.findall(path.read_bytes().replace(b"\0", b""))
+                tokens |= {t.decode() for t in found}
         for token in tokens:
             case.handed.setdefault(token, []).append(float(stamp))
 
@@ -178,7 +180,8 @@ async def run_peer(
         await bank.start()
         modem = bank[0]
         command = build(folder, modem.link, tuned)
-        proc = subprocess.Popen(
+        # Popen, not asyncio's: psutil measures the pid; starting blocks well under a ms.
+        proc = subprocess.Popen(  # noqa: ASYNC220
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         usage = psutil.Process(proc.pid)
@@ -251,7 +254,7 @@ async def run_ours(sequence: list[tuple[str, str]], seed: int, drain: float) -> 
             f'modems: {{ports: ["{bank.pattern}"]}}\n'
             f'storage: {{path: "{folder / "supplier.db"}"}}\n'
         )
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: ASYNC220 (as the peers' daemons)
             [sys.executable, "-m", "supplier", "run", "--config", str(folder / "supplier.yaml")],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -296,8 +299,6 @@ async def run_ours(sequence: list[tuple[str, str]], seed: int, drain: float) -> 
 
 @contextlib.contextmanager
 def socket_port():  # type: ignore[no-untyped-def]
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
@@ -402,9 +403,11 @@ async def main() -> None:
 
     ours_p50 = statistics.median(ours.latencies) if ours.latencies else float("nan")
     print()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    machine = f"{platform.platform()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}")
     print(f"peers: {version(['gammu-smsd', '--version'])}; {version(['smsd', '-V'])}")
-    print(f"{len(sequence)} SMS per daemon ({', '.join(kind for kind, _ in sequence)}), seed {args.seed}")
+    kinds = ", ".join(kind for kind, _ in sequence)
+    print(f"{len(sequence)} SMS per daemon ({kinds}), seed {args.seed}")
     print()
     print(
         "| daemon | handed over | exactly once | p50 ms | p99 ms | max ms | p50 ÷ ours "
@@ -415,15 +418,17 @@ async def main() -> None:
         if case.error:
             print(f"| {case.name} | {case.error} | | | | | |")
             continue
-        once = "yes" if not case.missing and not case.doubled else (
-            f"no: missing {case.missing or '-'}, doubled {case.doubled or '-'}"
+        once = (
+            "yes"
+            if not case.missing and not case.doubled
+            else f"no: missing {case.missing or '-'}, doubled {case.doubled or '-'}"
         )
         lat = case.latencies
         p50 = statistics.median(lat) if lat else float("nan")
         print(
             f"| {case.name} | {len(case.handed)}/{len(sequence)} in {case.handovers} hand-overs "
             f"| {once} | {p50:.0f} | {pct(lat, 99) if lat else float('nan'):.0f} "
-            f"| {max(lat) if lat else float('nan'):.0f} | {p50 / ours_p50:.1f}× "
+            f"| {max(lat) if lat else float('nan'):.0f} | {p50 / ours_p50:.1f}× "  # noqa: RUF001
             f"| {case.cpu:.1f} | {case.at_rate:.1f} |"
         )
     print()

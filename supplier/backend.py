@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from .config import StorageConfig
 from .pgstore import PgStore
+from .sale import SaleRequest
 from .store import (
     Activation,
     BalanceRow,
@@ -86,15 +87,12 @@ class StoreBackend(Protocol):
     # activations
     async def open_activation(
         self,
+        request: SaleRequest,
         *,
-        hub: str,
         iccid: str,
         number: str,
-        service: str,
         country: str,
         operator: str,
-        sum: str | None,
-        currency: int | None,
         now: float,
         release_at: float,
     ) -> Activation: ...

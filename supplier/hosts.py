@@ -27,6 +27,7 @@ import structlog
 
 from .config import HostConfig
 from .errors import StoreError
+from .sale import SaleRequest
 from .shared import ROUTE_HORIZON, Counted, LiveSim
 from .store import Activation
 
@@ -210,18 +211,7 @@ class Hosts:
 
     # -- selling --------------------------------------------------------------------------
 
-    async def allocate(
-        self,
-        *,
-        hub: str,
-        country: str,
-        operator: str,
-        service: str,
-        sum: str | None,
-        currency: int | None,
-        exclude: Sequence[str],
-        release_after: float,
-    ) -> Activation | None:
+    async def allocate(self, request: SaleRequest, *, release_after: float) -> Activation | None:
         """One allocation transaction over every live host's SIMs (raises StoreError).
 
         This host's own changes are published first: a SIM it lost a moment
@@ -236,13 +226,7 @@ class Hosts:
                 "database server's; no sale until they agree"
             )
         activation = await self.store.allocate(
-            hub=hub,
-            country=country,
-            operator=operator,
-            service=service,
-            sum=sum,
-            currency=currency,
-            exclude=exclude,
+            request,
             now=self.inventory.clock(),  # activation times: the inventory's clock, as on SQLite
             release_after=release_after,
         )

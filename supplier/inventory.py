@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import structlog
@@ -37,6 +36,7 @@ from .backend import StoreBackend
 from .config import Config, SimOverride
 from .errors import SupplierError
 from .networks import ANY, international_number, slugs_for
+from .sale import NO_PREFIXES, Prefixes, SaleRequest
 from .shared import MAX_OFFERS, ROUTE_HORIZON
 from .store import Activation, FinishStatus, SimRow, Usage
 
@@ -210,6 +210,10 @@ class _Stock:
         for entry in skipped:
             heapq.heappush(heap, entry)
         return found
+
+
+def _never(iccid: str) -> bool:
+    return False
 
 
 class Inventory:
@@ -622,53 +626,35 @@ class Inventory:
         return out
 
     def pick(
-        self, country: str, operator: str, service: str, exclude: Iterable[str] = ()
+        self, country: str, operator: str, service: str, exclude: Prefixes = NO_PREFIXES
     ) -> SimState | None:
         """The least recently used SIM sellable for this request (ties: the lower ICCID)."""
         self._release_due(self.clock())
-        prefixes = tuple(exclude)
+        sims = self.sims
 
         def excluded(iccid: str) -> bool:
-            number = self.sims[iccid].number  # only present SIMs (with a number) are indexed
-            return bool(prefixes) and number is not None and number.startswith(prefixes)
+            number = sims[iccid].number  # only present SIMs (with a number) are indexed
+            return number is not None and exclude.bar(number)
 
-        iccid = self._stock.first((country, operator, service), excluded)
+        key = (country, operator, service)
+        iccid = self._stock.first(key, excluded if exclude else _never)
         return None if iccid is None else self.sims[iccid]
 
-    async def get_number(
-        self,
-        *,
-        hub: str,
-        country: str,
-        operator: str,
-        service: str,
-        sum: Decimal | None,
-        currency: int | None,
-        exclude: Iterable[str] = (),
-    ) -> Activation | None:
+    async def get_number(self, request: SaleRequest) -> Activation | None:
         """Open an activation on the least recently used sellable SIM, or None (NO_NUMBERS).
 
         The SIM is picked and reserved with no await in between, so two
         requests at once never get the same SIM; the activation is committed
         before it is returned.
         """
+        country, operator, service = request.country, request.operator, request.service
         if service not in self.services:
             return None
         if (country, operator) in self._markets:
             self.demand[(country, operator, service)] += 1
-        amount = None if sum is None else format(sum, "f")  # as stored: 10, not 1E+1
         if self.hosts is not None:
-            return await self._allocate(
-                self.hosts,
-                hub=hub,
-                country=country,
-                operator=operator,
-                service=service,
-                sum=amount,
-                currency=currency,
-                exclude=tuple(exclude),
-            )
-        sim = self.pick(country, operator, service, exclude)
+            return await self._allocate(self.hosts, request)
+        sim = self.pick(country, operator, service, request.exclude)
         if sim is None:
             return None
         number = sim.number
@@ -680,14 +666,11 @@ class Inventory:
         try:
             now = self.clock()
             activation = await self.store.open_activation(
-                hub=hub,
+                request,
                 iccid=sim.iccid,
                 number=number,
-                service=service,
                 country=sim.country,
                 operator=sim.operator,
-                sum=amount,
-                currency=currency,
                 now=now,
                 release_at=now + self.release_after,
             )
@@ -707,31 +690,11 @@ class Inventory:
         self._restock_number(number, also=sim)  # held now; the number's history changed
         return activation
 
-    async def _allocate(
-        self,
-        hosts: Hosts,
-        *,
-        hub: str,
-        country: str,
-        operator: str,
-        service: str,
-        sum: str | None,
-        currency: int | None,
-        exclude: tuple[str, ...],
-    ) -> Activation | None:
+    async def _allocate(self, hosts: Hosts, request: SaleRequest) -> Activation | None:
         """GET_NUMBER with several hosts: one transaction in the database picks and holds
         a SIM of any live host (supplier/shared.py `allocate`); here only what this host
         shows of it (its own SIM's last use, the activation) follows."""
-        activation = await hosts.allocate(
-            hub=hub,
-            country=country,
-            operator=operator,
-            service=service,
-            sum=sum,
-            currency=currency,
-            exclude=exclude,
-            release_after=self.release_after,
-        )
+        activation = await hosts.allocate(request, release_after=self.release_after)
         if activation is None:
             return None
         sim = self.sims.get(activation.iccid)

@@ -34,6 +34,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from . import shared
 from .errors import StoreError, UnknownActivation
+from .sale import SaleRequest
 from .shared import Counted, LiveSim, Published
 from .store import (
     FINISH_STATUSES,
@@ -463,15 +464,12 @@ class PgStore:
 
     async def open_activation(
         self,
+        request: SaleRequest,
         *,
-        hub: str,
         iccid: str,
         number: str,
-        service: str,
         country: str,
         operator: str,
-        sum: str | None,
-        currency: int | None,
         now: float,
         release_at: float,
     ) -> Activation:
@@ -483,14 +481,15 @@ class PgStore:
                 "INSERT INTO activations (hub, iccid, number, service, country, operator, "
                 "sum, currency, created, release_at) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-                hub, iccid, number, service, country, operator, sum, currency, now, release_at,
+                request.hub, iccid, number, request.service, country, operator, request.sum,
+                request.currency, now, release_at,
             )  # fmt: skip
             return int(activation_id)
 
         activation_id = await self._write(op, "cannot open an activation")
         return Activation(
-            activation_id, hub, iccid, number, service, country, operator, sum, currency,
-            now, release_at, None, None,
+            activation_id, request.hub, iccid, number, request.service, country, operator,
+            request.sum, request.currency, now, release_at, None, None,
         )  # fmt: skip
 
     async def finish_activation(
@@ -906,33 +905,12 @@ class PgStore:
         await self._write(op, f"cannot take host {host} out of the inventory")
 
     async def allocate(
-        self,
-        *,
-        hub: str,
-        country: str,
-        operator: str,
-        service: str,
-        sum: str | None,
-        currency: int | None,
-        exclude: Sequence[str],
-        now: float,
-        release_after: float,
+        self, request: SaleRequest, *, now: float, release_after: float
     ) -> Activation | None:
         """Open an activation on the least recently used SIM of any live host, or None."""
 
         async def op(db: Connection) -> Activation | None:
-            return await shared.allocate(
-                db,
-                hub=hub,
-                country=country,
-                operator=operator,
-                service=service,
-                sum=sum,
-                currency=currency,
-                exclude=exclude,
-                now=now,
-                release_after=release_after,
-            )
+            return await shared.allocate(db, request, now=now, release_after=release_after)
 
         return await self._write(op, "cannot open an activation")
 

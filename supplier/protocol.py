@@ -25,6 +25,7 @@ import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -38,6 +39,7 @@ from .errors import BadRequest, ProtocolError, StoreError, Unauthorized
 from .inventory import Inventory
 from .logs import Episode, Sampled, Throttled
 from .networks import ANY
+from .sale import NO_PREFIXES, Prefixes, SaleRequest
 from .store import FINISH_STATUSES
 
 __all__ = ["ProtocolService", "create_protocol_app"]
@@ -46,6 +48,7 @@ log = structlog.get_logger("supplier.protocol")
 
 Body = dict[str, Any]
 Answer = dict[str, Any]
+Counts = dict[str, dict[str, dict[str, int]]]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_ID = 2**63 - 1
@@ -53,6 +56,24 @@ _ASCII_INT = re.compile(r"\s*[0-9]{1,19}\s*")
 _ASCII_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 # Content-Encoding → zlib's wbits for it; "deflate" is zlib-wrapped by the RFC, raw in practice.
 _ENCODINGS = {"gzip": (31,), "x-gzip": (31,), "deflate": (15, -15)}
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An answer encoded once, sent as it is for as long as it holds: GET_SERVICES' while
+    the stock it shows is unchanged (hubs ask every few seconds, each of them)."""
+
+    answer: Answer
+    json: bytes
+    gzipped: bytes
+
+    @classmethod
+    def of(cls, answer: Answer) -> Encoded:
+        body = json.dumps(answer).encode()
+        return cls(answer, body, _gzip(body))
+
+
+Reply = Answer | Encoded
 
 
 class ProtocolService:
@@ -74,7 +95,12 @@ class ProtocolService:
         self.handed = Sampled(log)
         # The store refuses hub requests (a database down): logged once per episode.
         self.store_episode = Episode(time.monotonic)
-        self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Answer]]] = {
+        # GET_SERVICES' answer per hub profile, with the counts and services it was made from:
+        # the inventory (and, with several hosts, `Hosts`) returns the same counts object
+        # until a sale, a FINISH, a hold running out, a SIM's change, a reload or another
+        # host's change makes new ones, so a new object is exactly when to encode again.
+        self._services_answers: dict[str, tuple[Counts, tuple[str, ...], Encoded]] = {}
+        self.actions: Mapping[str, Callable[[HubConfig, Body], Awaitable[Reply]]] = {
             "GET_SERVICES": self.get_services,
             "GET_NUMBER": self.get_number,
             "FINISH_ACTIVATION": self.finish_activation,
@@ -137,8 +163,18 @@ class ProtocolService:
 
     # -- actions ----------------------------------------------------------------------
 
-    async def get_services(self, hub: HubConfig, body: Body) -> Answer:
+    async def get_services(self, hub: HubConfig, body: Body) -> Encoded:
+        """The stock, encoded again only when the counts it shows are new."""
         counts = self.inventory.counts()
+        services = self.inventory.services
+        cached = self._services_answers.get(hub.profile)
+        if cached is not None and cached[0] is counts and cached[1] is services:
+            return cached[2]
+        encoded = Encoded.of(self._services_answer(hub, counts))
+        self._services_answers[hub.profile] = (counts, services, encoded)
+        return encoded
+
+    def _services_answer(self, hub: HubConfig, counts: Counts) -> Answer:
         country_list = []
         for country in sorted(counts):
             operators = counts[country]
@@ -156,28 +192,28 @@ class ProtocolService:
         return {"status": "SUCCESS", "countryList": country_list}
 
     async def get_number(self, hub: HubConfig, body: Body) -> Answer:
+        # Checked in this order: a body with several bad fields names the same one as ever.
         country = _slug(body, "country")
         operator = _slug(body, "operator")
         service = _slug(body, "service")
         amount = _decimal(body, "sum")
-        currency = _optional_int(body, "currency", 1, 999)
-        exclude = _prefixes(body.get("exceptionPhoneSet"))
-        activation = await self.inventory.get_number(
+        request = SaleRequest(
             hub=hub.name,
             country=country,
             operator=operator,
             service=service,
-            sum=amount,
-            currency=currency,
-            exclude=exclude,
+            sum=None if amount is None else format(amount, "f"),  # as stored: 10, not 1E+1
+            currency=_optional_int(body, "currency", 1, 999),
+            exclude=_prefixes(body.get("exceptionPhoneSet")),
         )
+        activation = await self.inventory.get_number(request)
         if activation is None:
             return {"status": "NO_NUMBERS"}
         self.handed(
             "number given",
             hub=hub.name,
             activation_id=activation.id,
-            service=service,
+            service=request.service,
             iccid=activation.iccid,
         )
         return {
@@ -260,20 +296,35 @@ def _decimal(body: Body, name: str) -> Decimal | None:
     return amount.quantize(Decimal("0.0001")).normalize()
 
 
-def _prefixes(value: Any) -> tuple[str, ...]:
+def _prefixes(value: Any) -> Prefixes:
     if value is None or value == "":
-        return ()
+        return NO_PREFIXES
     if isinstance(value, str):
         value = [v for v in re.split(r"[\s,;]+", value) if v]
     if not isinstance(value, list) or len(value) > 10_000:
         raise BadRequest("exceptionPhoneSet: expected a list of number prefixes")
-    out = []
-    for item in value:
-        text = str(item).strip().lstrip("+") if isinstance(item, str | int) else ""
-        if isinstance(item, bool) or not text.isascii() or not text.isdigit() or len(text) > 15:
-            raise BadRequest("exceptionPhoneSet: expected prefixes of 1-15 digits")
-        out.append(text)
-    return tuple(out)
+    if not value:
+        return NO_PREFIXES
+    # Up to 10,000 items: checked all at once by builtins rather than one by one, the
+    # same rule (each 1-15 ASCII digits once stripped of spaces and a leading +).
+    kinds = set(map(type, value))
+    if kinds == {int}:  # OnlineSim sends integers
+        texts = list(map(str, value))
+    elif kinds == {str}:
+        texts = [item.strip().lstrip("+") for item in value]
+    else:
+        texts = list(map(_prefix_text, value))
+    digits = "".join(texts)
+    lengths = set(map(len, texts))
+    if not digits.isascii() or not digits.isdigit() or min(lengths) < 1 or max(lengths) > 15:
+        raise BadRequest("exceptionPhoneSet: expected prefixes of 1-15 digits")
+    return Prefixes(frozenset(texts), tuple(sorted(lengths)))
+
+
+def _prefix_text(item: Any) -> str:
+    if isinstance(item, bool) or not isinstance(item, str | int):
+        raise BadRequest("exceptionPhoneSet: expected prefixes of 1-15 digits")
+    return str(item).strip().lstrip("+")
 
 
 # -- HTTP ------------------------------------------------------------------------------
@@ -407,9 +458,14 @@ _JSON_HEADERS = {
 _GZIP_HEADERS = {**_JSON_HEADERS, hdrs.CONTENT_ENCODING: "gzip"}
 
 
-def _respond(request: web.Request, answer: Answer, status: int = 200) -> web.Response:
-    body = json.dumps(answer).encode()
-    if "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower():
+def _respond(request: web.Request, reply: Reply, status: int = 200) -> web.Response:
+    gzip = "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+    if isinstance(reply, Encoded):
+        if gzip:
+            return web.Response(body=reply.gzipped, status=status, headers=_GZIP_HEADERS)
+        return web.Response(body=reply.json, status=status, headers=_JSON_HEADERS)
+    body = json.dumps(reply).encode()
+    if gzip:
         return web.Response(body=_gzip(body), status=status, headers=_GZIP_HEADERS)
     return web.Response(body=body, status=status, headers=_JSON_HEADERS)
 
@@ -418,7 +474,7 @@ class _WrongMethod(BadRequest):
     """Anything but POST (keys do not belong in URLs, which proxies log)."""
 
 
-async def _dispatch(request: web.Request, service: ProtocolService, seen: dict[str, str]) -> Answer:
+async def _dispatch(request: web.Request, service: ProtocolService, seen: dict[str, str]) -> Reply:
     if request.method != hdrs.METH_POST:
         raise _WrongMethod("use POST (keys do not belong in URLs)")
     raw = await _read_limited(request, request.app[MAX_BODY])
@@ -448,21 +504,22 @@ async def handle(request: web.Request) -> web.Response:
     status = 200
     asked = service.store_episode.asked()
     try:
-        answer = await _dispatch(request, service, seen)
+        reply = await _dispatch(request, service, seen)
+        answer = reply.answer if isinstance(reply, Encoded) else reply
         service.store_works(seen["action"], answer, asked)
     except ProtocolError as exc:
-        answer = {"status": "ERROR", "error": str(exc)}
+        reply = answer = {"status": "ERROR", "error": str(exc)}
         status = 405 if isinstance(exc, _WrongMethod) else 200
     except StoreError as exc:
         service.store_failed(exc, seen)
-        answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
+        reply = answer = {"status": "ERROR", "error": "temporarily unable to record the request"}
     except Exception as exc:  # the one place every failure becomes an answer
         log.exception("hub request failed", error=repr(exc), **seen)
-        answer = {"status": "ERROR", "error": "internal error"}
+        reply = answer = {"status": "ERROR", "error": "internal error"}
     service.observe(
         seen["hub"], seen["action"], str(answer.get("status")), time.perf_counter() - started
     )
-    return _respond(request, answer, status)
+    return _respond(request, reply, status)
 
 
 async def not_here(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .sale import SaleRequest
 from .store import ACTIVATION_COLUMNS, Activation, Usage
 
 if TYPE_CHECKING:
@@ -159,18 +160,40 @@ async def publish(
     return Published(now, rival)
 
 
+# GET_NUMBER's SIM: $1 country, $2 operator (or $6, any), $3 service, $4 now, $5 MAX_OFFERS.
+_ALLOCATE_SQL = (
+    "SELECT ls.iccid, ls.number, ls.country, ls.operator "
+    + _SELLABLE.format(server=SERVER_NOW, joins="")
+    + """
+      AND ls.country = $1 AND ($2 = $6 OR ls.operator = $2)
+      AND (ls.held_until IS NULL OR ls.held_until <= $4)
+      AND NOT EXISTS (
+        SELECT 1 FROM usage u WHERE u.number = ls.number AND u.service = $3
+          AND (u.blocked OR u.offers >= $5)
+      ){exclude}
+    ORDER BY COALESCE(s.last_used, 0), ls.iccid
+    LIMIT 1
+    FOR UPDATE OF ls SKIP LOCKED
+    """
+)
+_ALLOCATE = _ALLOCATE_SQL.format(exclude="")
+# With an exceptionPhoneSet ($7 the prefixes, $8 their lengths): the country's numbers whose
+# first n digits are a prefix of length n, for each length given, found by one hash join of
+# (numbers x lengths) with the prefixes, once per statement: not one test per prefix for
+# every candidate SIM, which 10,000 prefixes made the statement's whole cost.
+_ALLOCATE_EXCLUDING = _ALLOCATE_SQL.format(
+    exclude="""
+      AND ls.number NOT IN (
+        SELECT o.number FROM live_sims o
+        JOIN unnest($8::int[]) n(length) ON true
+        JOIN unnest($7::text[]) p(prefix) ON p.prefix = left(o.number, n.length)
+        WHERE o.country = $1 AND o.number IS NOT NULL
+      )"""
+)
+
+
 async def allocate(
-    db: Connection,
-    *,
-    hub: str,
-    country: str,
-    operator: str,
-    service: str,
-    sum: str | None,
-    currency: int | None,
-    exclude: Sequence[str],
-    now: float,
-    release_after: float,
+    db: Connection, request: SaleRequest, *, now: float, release_after: float
 ) -> Activation | None:
     """Hand out the least recently used SIM of any live host, or None (NO_NUMBERS).
 
@@ -184,25 +207,14 @@ async def allocate(
     hold. Activation times are the host's clock (`now`), as with SQLite;
     leases are the server's.
     """
-    sql = (
-        "SELECT ls.iccid, ls.number, ls.country, ls.operator "
-        + _SELLABLE.format(server=SERVER_NOW, joins="")
-        + """
-      AND ls.country = $1 AND ($2 = $7 OR ls.operator = $2)
-      AND (ls.held_until IS NULL OR ls.held_until <= $4)
-      AND NOT EXISTS (
-        SELECT 1 FROM usage u WHERE u.number = ls.number AND u.service = $3
-          AND (u.blocked OR u.offers >= $5)
-      )
-      AND NOT EXISTS (SELECT 1 FROM unnest($6::text[]) p WHERE starts_with(ls.number, p))
-    ORDER BY COALESCE(s.last_used, 0), ls.iccid
-    LIMIT 1
-    FOR UPDATE OF ls SKIP LOCKED
-    """
-    )
-    row = await db.fetchrow(
-        sql, country, operator, service, now, MAX_OFFERS, list(exclude), ANY_OPERATOR
-    )
+    exclude = request.exclude
+    params = (request.country, request.operator, request.service, now, MAX_OFFERS, ANY_OPERATOR)
+    if exclude:
+        row = await db.fetchrow(
+            _ALLOCATE_EXCLUDING, *params, list(exclude.listed), list(exclude.lengths)
+        )
+    else:
+        row = await db.fetchrow(_ALLOCATE, *params)
     if row is None:
         return None
     iccid, number, sim_country, sim_operator = row
@@ -211,14 +223,14 @@ async def allocate(
         "INSERT INTO activations (hub, iccid, number, service, country, operator, sum, "
         "currency, created, release_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
         f"RETURNING {ACTIVATION_COLUMNS}",
-        hub,
+        request.hub,
         iccid,
         number,
-        service,
+        request.service,
         sim_country,
         sim_operator or ANY_OPERATOR,
-        sum,
-        currency,
+        request.sum,
+        request.currency,
         now,
         now + release_after,
     )

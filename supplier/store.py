@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import StoreError, UnknownActivation
+from .sale import SaleRequest
 
 __all__ = [
     "Activation",
@@ -796,15 +797,12 @@ class Store:
 
     async def open_activation(
         self,
+        request: SaleRequest,
         *,
-        hub: str,
         iccid: str,
         number: str,
-        service: str,
         country: str,
         operator: str,
-        sum: str | None,
-        currency: int | None,
         now: float,
         release_at: float,
     ) -> Activation:
@@ -815,15 +813,18 @@ class Store:
             cursor = db.execute(
                 "INSERT INTO activations (hub, iccid, number, service, country, operator, "
                 "sum, currency, created, release_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (hub, iccid, number, service, country, operator, sum, currency, now, release_at),
-            )
+                (
+                    request.hub, iccid, number, request.service, country, operator, request.sum,
+                    request.currency, now, release_at,
+                ),
+            )  # fmt: skip
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
         activation_id = await self._write(op, "cannot open an activation", one_statement=True)
         return Activation(
-            activation_id, hub, iccid, number, service, country, operator, sum, currency,
-            now, release_at, None, None,
+            activation_id, request.hub, iccid, number, request.service, country, operator,
+            request.sum, request.currency, now, release_at, None, None,
         )  # fmt: skip
 
     async def finish_activation(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import Awaitable, Callable
+import random
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,19 @@ def sim_ready(
         sim=SimIdentity(sim.iccid, sim.imsi, sim.number, sim.imsi[:3], sim.imsi[3:5]),
         network=NetworkInfo(1 if registered else 0, sim.operator, 20),
     )
+
+
+def prefix_set(barred: Iterable[str], size: int = 10_000) -> list[str]:
+    """A hub's exceptionPhoneSet of `size` prefixes: `barred` among prefixes of every length
+    from 1 to 15 that match no Russian (+7) number, in a random order."""
+    rnd = random.Random(size)
+    listed = list(barred)
+    while len(listed) < size:
+        length = 1 + len(listed) % 15
+        head = "798" if length > 4 and rnd.random() < 0.5 else rnd.choice("12345689")
+        listed.append((head + "".join(rnd.choices("0123456789", k=15)))[:length])
+    rnd.shuffle(listed)
+    return listed
 
 
 @dataclass

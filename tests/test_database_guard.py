@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from supplier.sale import SaleRequest
 from supplier.store import MAX_JSON_ID, Store
 
 from .hubkit import RunFactory
@@ -120,14 +121,11 @@ async def test_a_new_database_never_reissues_an_id(tmp_path: Path) -> None:
 
     async def open_one(store: Store) -> int:
         activation = await store.open_activation(
-            hub="alpha",
+            SaleRequest("alpha", "russia", "mts", "vk"),
             iccid="8970010000000000004",
             number="79001234567",
-            service="vk",
             country="russia",
             operator="mts",
-            sum=None,
-            currency=None,
             now=1.0,
             release_at=2.0,
         )

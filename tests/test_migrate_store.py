@@ -16,6 +16,7 @@ from supplier.bankstore import BankStore, ModuleRow, SlotRow
 from supplier.errors import StoreError
 from supplier.migrate import MigrateError, migrate_store
 from supplier.pgstore import PgStore
+from supplier.sale import SaleRequest
 from supplier.store import BalanceRow, DatabaseLock, NewPart, NewSms, Store, migrations
 
 from .pg import Cluster
@@ -50,11 +51,13 @@ async def make_store(path: Path, now: float) -> None:
         await store.set_sim_number("8970100000000000001", "79009990001")
         opened = []
         for i, service in enumerate(("vk", "tg", "wa", "vk")):
+            request = SaleRequest(
+                "hub-a" if i % 2 == 0 else "hub-b", "russia", "mts", service,
+                sum="12.50" if i else None, currency=643 if i else None,
+            )  # fmt: skip
             activation = await store.open_activation(
-                hub="hub-a" if i % 2 == 0 else "hub-b", iccid=f"8970100000000000{i % 2:03}",
-                number=f"7900111000{i % 2 + 1}", service=service, country="russia",
-                operator="mts", sum="12.50" if i else None, currency=643 if i else None,
-                now=now - 600 + i, release_at=now + 600,
+                request, iccid=f"8970100000000000{i % 2:03}", number=f"7900111000{i % 2 + 1}",
+                country="russia", operator="mts", now=now - 600 + i, release_at=now + 600,
             )  # fmt: skip
             opened.append(activation)
         await store.finish_activation(opened[0].id, 3, now - 100)  # sold: blocked for vk

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 from supplier.backend import StoreBackend
 from supplier.config import HubConfig
 from supplier.inventory import MAX_OFFERS, Inventory
-from supplier.protocol import ProtocolService, create_protocol_app
+from supplier.protocol import SERVICE, ProtocolService, create_protocol_app
 
-from .hubkit import Clock, sim_ready
+from .hubkit import Clock, prefix_set, sim_ready
 from .pg import Stores
 
 pytestmark = pytest.mark.backends  # every test here on SQLite and on PostgreSQL
@@ -91,14 +91,17 @@ AgentFactory = Callable[..., Awaitable[Agent]]
 @pytest.fixture
 async def agent(stores: Stores, aiohttp_client) -> AgentFactory:  # type: ignore[no-untyped-def]
     async def factory(
-        release_after: float = 1200.0, db: str = "agent", clock: Clock | None = None
+        release_after: float = 1200.0,
+        db: str = "agent",
+        clock: Clock | None = None,
+        max_body: int = 4096,
     ) -> Agent:
         clock = clock or Clock()
         store = await stores.open(db)
         inventory = Inventory(store, services=SERVICES, release_after=release_after, clock=clock)
         await inventory.load()
         service = ProtocolService(inventory, [SMSHUB, ONLINESIM])
-        client = await aiohttp_client(create_protocol_app(service, max_body=4096))
+        client = await aiohttp_client(create_protocol_app(service, max_body=max_body))
         return Agent(client, inventory, store, clock)
 
     return factory
@@ -116,6 +119,43 @@ async def test_get_services_counts_exactly_what_can_be_sold(agent: AgentFactory)
     assert services["russia"]["megafon"] == dict.fromkeys(SERVICES, 1)
     assert services["ukraine"] == {"vodafone": dict.fromkeys(SERVICES, 1)}
     assert "any" not in services["russia"]  # smshub: split by operator, never both
+
+
+async def test_get_services_follows_every_change_at_once(agent: AgentFactory) -> None:
+    # GET_SERVICES' answer is encoded once per change of the stock, per hub profile: each
+    # change shows in the very next answer, in JSON and in gzip, to either profile.
+    a = await agent()
+    await a.add_sims(0, 8, 1)  # russia: mts x2, megafon
+    plain = {"Accept-Encoding": "identity"}
+
+    async def vk(operator: str) -> tuple[int, int, int]:
+        smshub = (await a.services())["russia"][operator]["vk"]
+        unzipped = await a.call({"action": "GET_SERVICES"}, headers=plain)
+        onlinesim = await a.services(ONLINESIM.key.get_secret_value())
+        as_json = {c["country"]: c["operatorMap"] for c in unzipped["countryList"]}
+        return smshub, as_json["russia"][operator]["vk"], onlinesim["russia"][operator]["vk"]
+
+    assert await vk("mts") == (2, 2, 2)
+    service = a.client.app[SERVICE]
+    same = await service.get_services(SMSHUB, {})
+    assert await service.get_services(SMSHUB, {}) is same  # nothing changed: not encoded again
+    sold = await a.number("vk", operator="mts")
+    assert await vk("mts") == (1, 1, 1)  # a sale
+    assert await service.get_services(SMSHUB, {}) is not same
+    assert (await a.finish(sold["activationId"], 4))["status"] == "SUCCESS"
+    assert await vk("mts") == (2, 2, 2)  # a FINISH
+    await a.number("vk", operator="megafon")
+    assert await vk("megafon") == (0, 0, 0)
+    a.clock.advance(1201)
+    assert await vk("megafon") == (1, 1, 1)  # a hold running out
+    a.inventory.sim_lost(sim_ready(8).sim.iccid)
+    assert await vk("mts") == (1, 1, 1)  # a SIM gone
+    await a.add_sims(8)
+    assert await vk("mts") == (2, 2, 2)  # and back
+    service.inventory.reconfigure(  # the answering host's (test_two_hosts: another host)
+        services=("ok", "tg"), release_after=1200, sim_overrides={}, network_overrides={}
+    )
+    assert (await a.services())["russia"]["mts"] == {"ok": 2, "tg": 2}  # a reload
 
 
 async def test_counts_are_real_asking_for_all_of_them_succeeds(agent: AgentFactory) -> None:
@@ -173,6 +213,34 @@ async def test_exception_phone_set_prefixes_are_never_handed_out(agent: AgentFac
     assert (await a.number("vk", exceptionPhoneSet=["79", "7926"]))["status"] == "NO_NUMBERS"
     answer = await a.number("vk", exceptionPhoneSet=["7926", "79150000008"])
     assert answer["number"] == 79150000000
+
+
+async def test_ten_thousand_prefixes_are_honoured(agent: AgentFactory) -> None:
+    # The protocol's largest exceptionPhoneSet (10,000 prefixes, as OnlineSim sends them:
+    # integers) with the SIMs it bars anywhere in it: a whole number (slot 0), a 4-digit
+    # prefix (slots 1 and 9) and a 9-digit one (slots 2 and 10). Only the others are sold.
+    a = await agent(max_body=256 * 1024)
+    await a.add_sims(*range(16))  # Russian: 0-3 and 8-11
+    barred = ["79150000000", "7926", "790300000"]
+    listed = prefix_set(barred)
+    body = [int(p) for p in listed]
+    sold = set()
+    for _ in range(8):
+        answer = await a.number("vk", exceptionPhoneSet=body)
+        if answer["status"] == "NO_NUMBERS":
+            break
+        sold.add(str(answer["number"]))
+    assert sold == {"79150000008", "79500000003", "79500000011"}
+    assert not any(n.startswith(p) for n in sold for p in listed)
+    # The holds over, the same set as one string for another service: the same three.
+    a.clock.advance(1201)
+    again = set()
+    for _ in range(4):
+        answer = await a.number("tg", exceptionPhoneSet=",".join(listed))
+        if answer["status"] == "NO_NUMBERS":
+            break
+        again.add(str(answer["number"]))
+    assert again == sold
 
 
 async def test_finish_is_idempotent_and_unknown_ids_are_errors(agent: AgentFactory) -> None:

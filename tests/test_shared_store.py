@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import asyncpg
 import pytest
 
 from supplier.config import ConfigError, parse_config
 from supplier.pgstore import PgStore
+from supplier.sale import Prefixes, SaleRequest
 from supplier.shared import LiveSim
 from supplier.store import StoreError
+
+from .hubkit import prefix_set
 
 SERVICES = ("vk", "tg")
 HUB = {"name": "smshub", "key": "0123456789abcdef", "push_url": "https://hub.example/api"}
@@ -73,18 +76,20 @@ async def allocate(
     service: str = "vk",
     *,
     operator: str = "any",
-    exclude: tuple[str, ...] = (),
+    exclude: Iterable[str] = (),
     now: float | None = None,
     release_after: float = 600.0,
 ) -> tuple[str, int] | None:
     activation = await store.allocate(
-        hub="smshub",
-        country="russia",
-        operator=operator,
-        service=service,
-        sum="10",
-        currency=643,
-        exclude=exclude,
+        SaleRequest(
+            "smshub",
+            "russia",
+            operator,
+            service,
+            sum="10",
+            currency=643,
+            exclude=Prefixes.of(exclude),
+        ),
         now=time.time() if now is None else now,
         release_after=release_after,
     )
@@ -280,6 +285,25 @@ async def test_allocation_honours_market_exclusions_and_the_operators_switch(
     assert got is not None and got[0] == "A1"
 
 
+async def test_allocation_honours_ten_thousand_prefixes(store: PgStore) -> None:
+    # Barred among 10,000 prefixes of every length: a whole number (A1), a 4-digit prefix
+    # (A2, B2) and a 10-digit one (B3, on another host); A3 and B1 are sold, then nothing.
+    sims = {"A1": "79160000001", "A2": "79260000002", "A3": "79030000003",
+            "B1": "79160000011", "B2": "79260000012", "B3": "79030000013"}  # fmt: skip
+    for iccid, number in sims.items():
+        await seed(store, iccid, number)
+    for host in "AB":
+        await store.publish(host, 15, [live(i, n) for i, n in sims.items() if i[0] == host])
+    listed = prefix_set(["79160000001", "7926", "7903000001"])
+    got = [await allocate(store, exclude=listed) for _ in range(3)]
+    assert sorted(g[0] for g in got if g is not None) == ["A3", "B1"] and got[2] is None
+    # 100 prefixes barring the same SIMs, once the holds are over: the same two.
+    listed = prefix_set(["79160000001", "7926", "7903000001"], size=100)
+    later = time.time() + 601
+    got = [await allocate(store, "tg", exclude=listed, now=later) for _ in range(3)]
+    assert sorted(g[0] for g in got if g is not None) == ["A3", "B1"] and got[2] is None
+
+
 async def test_two_live_sims_with_one_number_are_neither_sold(store: PgStore) -> None:
     await seed(store, "A1", "79000000001")
     await seed(store, "B1", "79000000001")
@@ -441,13 +465,8 @@ async def test_a_released_connection_is_not_reset_by_a_round_trip(store: PgStore
     assert await allocate(store) is not None
     with pytest.raises(StoreError):  # A2 locked, then its activation cannot be written
         await store.allocate(
-            hub="smshub",
-            country="russia",
-            operator="any",
-            service="vk",
-            sum="10",
-            currency=2**40,  # no ISO 4217 code: out of the column's range
-            exclude=(),
+            # currency: no ISO 4217 code, out of the column's range
+            SaleRequest("smshub", "russia", "any", "vk", sum="10", currency=2**40),
             now=time.time(),
             release_after=600.0,
         )

@@ -20,6 +20,7 @@ from supplier.bankstore import BankStore, ModuleRow, SlotRow
 from supplier.config import StorageConfig
 from supplier.errors import StoreError, UnknownActivation
 from supplier.pgstore import Connection, PgStore
+from supplier.sale import SaleRequest
 from supplier.store import MAX_JSON_ID, BalanceRow, Delivery, NewPart, NewSms, Sms, Usage
 
 from .pg import Cluster, Stores, set_read_only
@@ -32,8 +33,9 @@ CLOCK_2026 = 1_767_225_600 * 1_000_000  # ids start above the clock in µs: past
 
 async def open_one(store: StoreBackend, *, hub: str = "alpha", now: float = NOW) -> int:
     activation = await store.open_activation(
-        hub=hub, iccid=ICCID, number=NUMBER, service="vk", country="russia", operator="mts",
-        sum="12.50", currency=643, now=now, release_at=now + 600,
+        SaleRequest(hub, "russia", "mts", "vk", sum="12.50", currency=643),
+        iccid=ICCID, number=NUMBER, country="russia", operator="mts", now=now,
+        release_at=now + 600,
     )  # fmt: skip
     return activation.id
 

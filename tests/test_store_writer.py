@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from supplier.errors import StoreError, UnknownActivation
+from supplier.sale import SaleRequest
 from supplier.store import FinishStatus, Store
 
 ICCID = "8970010000000000004"
@@ -99,8 +100,8 @@ async def test_a_failing_write_leaves_nothing_and_the_others_in_its_transaction_
 
 def sale(store: Store, service: str) -> Awaitable[Any]:
     return store.open_activation(
-        hub="h", iccid=ICCID, number="79000000009", service=service, country="russia",
-        operator="mts", sum=None, currency=None, now=5.0, release_at=1205.0,
+        SaleRequest("h", "russia", "mts", service), iccid=ICCID, number="79000000009",
+        country="russia", operator="mts", now=5.0, release_at=1205.0,
     )  # fmt: skip
 
 

@@ -565,7 +565,10 @@ async def cross_agent(
     runs = 0
 
     async def factory(
-        release_after: float = 1200.0, db: str = "agent", clock: Clock | None = None
+        release_after: float = 1200.0,
+        db: str = "agent",
+        clock: Clock | None = None,
+        max_body: int = 4096,
     ) -> CrossAgent:
         nonlocal runs
         for hosts in running:  # a second agent on one database: the first one's run is over
@@ -588,7 +591,7 @@ async def cross_agent(
             running.append(hosts)
             pair.append(inventory)
         service = ProtocolService(pair[1], [SMSHUB, protocol_suite.ONLINESIM])
-        client = await aiohttp_client(create_protocol_app(service, max_body=4096))
+        client = await aiohttp_client(create_protocol_app(service, max_body=max_body))
         return CrossAgent(client, pair[0], pair[1], clock)
 
     yield factory
