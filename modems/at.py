@@ -10,6 +10,7 @@ events, because every decision is made on whole lines.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ __all__ = [
     "Prompt",
     "Unsolicited",
     "command_prefix",
+    "command_prefixes",
     "line_name",
     "parse_final",
     "split_args",
@@ -153,12 +155,40 @@ _CME_TEXTS = {
 }
 _NAME_RE = re.compile(r"^([+^!$#%*][A-Za-z0-9_]+)\s*(?::\s*(.*))?$")
 _COMMAND_RE = re.compile(r"^AT([+^!$#%*][A-Za-z0-9_]+)", re.IGNORECASE)
+_PART_RE = re.compile(r"^([+^!$#%*][A-Za-z0-9_]+)")
 
 
 def command_prefix(command: str) -> str | None:
     """The prefix a command's information lines carry: `AT+CSQ` → `+CSQ`."""
     match = _COMMAND_RE.match(command.strip())
     return match.group(1).upper() if match else None
+
+
+@functools.lru_cache(maxsize=512)
+def command_prefixes(command: str) -> tuple[str, ...]:
+    """The prefixes a command line's answers carry, in order: a V.250 concatenated
+    line (`AT+CSQ;+CREG?`) has one per part (`+CSQ`, `+CREG`); `;` in quotes does
+    not split. Cached: a modem's health checks send the same few lines forever."""
+    line = command.strip()
+    if ";" not in line:
+        prefix = command_prefix(line)
+        return (prefix,) if prefix else ()
+    if line[:2].upper() != "AT":
+        return ()
+    prefixes: list[str] = []
+    part: list[str] = []
+    quoted = False
+    for char in line[2:] + ";":
+        if char == '"':
+            quoted = not quoted
+        elif char == ";" and not quoted:
+            match = _PART_RE.match("".join(part).strip())
+            if match:
+                prefixes.append(match.group(1).upper())
+            part = []
+            continue
+        part.append(char)
+    return tuple(prefixes)
 
 
 def line_name(line: str) -> tuple[str, str] | None:
@@ -227,7 +257,7 @@ class ATReader:
         self._buffer = bytearray()
         self._discarding = 0  # bytes dropped from an overlong line, until its end
         self._pending: str | None = None
-        self._pending_prefix: str | None = None
+        self._pending_prefixes: tuple[str, ...] = ()
         self._two_line: Unsolicited | None = None
 
     @property
@@ -236,11 +266,11 @@ class ATReader:
 
     def begin(self, command: str, prefix: str | None = None) -> None:
         self._pending = command.strip()
-        self._pending_prefix = prefix.upper() if prefix else command_prefix(command)
+        self._pending_prefixes = (prefix.upper(),) if prefix else command_prefixes(command)
 
     def end(self) -> None:
         self._pending = None
-        self._pending_prefix = None
+        self._pending_prefixes = ()
 
     def feed(self, data: bytes) -> list[Event]:
         events: list[Event] = []
@@ -291,7 +321,7 @@ class ATReader:
         named = line_name(line)
         if named is not None:
             name, args = named
-            is_reply = pending is not None and name == self._pending_prefix
+            is_reply = pending is not None and name in self._pending_prefixes
             if not is_reply and (name in URC_NAMES or pending is None):
                 urc = Unsolicited(name, args, line)
                 if name in TWO_LINE_URCS:

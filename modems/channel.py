@@ -29,7 +29,7 @@ from .at import (
     Overflow,
     Prompt,
     Unsolicited,
-    command_prefix,
+    command_prefixes,
     line_name,
 )
 from .errors import (
@@ -161,7 +161,8 @@ class ATChannel(asyncio.Protocol):
         """Old Wavecom answers `AT+CPIN?` with `+CPIN: READY` and no final `OK`.
 
         For commands that allow it, the information line completes the
-        command if no final result follows within `info_grace` seconds.
+        command if no final result follows within `info_grace` seconds (on a
+        concatenated line, the line answering its last part).
         """
         if pending.info_grace is None or pending.grace_handle is not None:
             return
@@ -233,7 +234,11 @@ class ATChannel(asyncio.Protocol):
                 info_grace=info_grace,
             )
             self._reader.begin(command, prefix)
-            pending.prefix = prefix.upper() if prefix else command_prefix(command)
+            if prefix:
+                pending.prefix = prefix.upper()
+            else:  # a concatenated line's grace waits on its last part's answer
+                prefixes = command_prefixes(command)
+                pending.prefix = prefixes[-1] if prefixes else None
             self._pending = pending
             try:
                 self._transport.write(command.encode("ascii") + b"\r")

@@ -116,16 +116,33 @@ class Messaging:
             await self._hand_over(index, pdus[-1], accept)
 
     async def sweep(self, accept: Accept) -> None:
-        """Read every stored message (`AT+CMGL=4`): at start, after reconnects, periodically."""
+        """Read every stored message (`AT+CMGL=4`): at start, after reconnects, periodically.
+
+        The storage's usage (`AT+CPMS?`) is asked on the same line when the modem
+        takes concatenated commands: an empty storage, the usual case at every
+        periodic sweep, then costs one exchange, not two. Messages read and
+        deleted change it: then it is asked again, after the deletes.
+        """
         self.sweep_due = False
         if not self._session.settings.read_sms:
             return
-        timeout = max(self._session.settings.command_timeout, 10.0)
-        reply = await self._session.command(f"AT+CMGL={SmsStatus.ALL:d}", timeout=timeout)
+        session = self._session
+        timeout = max(session.settings.command_timeout, 10.0)
+        listing = f"AT+CMGL={SmsStatus.ALL:d}"
+        reply = None
+        if session.concatenation:
+            # Refused, or an error from either part: the listing alone says which.
+            with contextlib.suppress(CommandError):
+                reply = await session.command(f"{listing};+CPMS?", timeout=timeout)
+        if reply is None:
+            reply = await session.command(listing, timeout=timeout)
         entries: list[tuple[int, str]] = []
         index: int | None = None
+        usage: str | None = None
         for line in reply.lines:
-            if line.upper().startswith("+CMGL"):
+            if line.upper().startswith("+CPMS"):
+                usage, index = line.partition(":")[2].strip() or None, None  # never a PDU
+            elif line.upper().startswith("+CMGL"):
                 try:
                     index = parse_list_entry(line.split(":", 1)[1])[0]
                 except (ParseError, IndexError) as exc:
@@ -136,12 +153,14 @@ class Messaging:
                 index = None
         for entry_index, pdu in entries:
             await self._hand_over(entry_index, pdu, accept)
-        await self._update_usage()
+        await self._update_usage(None if entries else usage)
 
-    async def _update_usage(self) -> None:
+    async def _update_usage(self, answered: str | None = None) -> None:
+        """The storage's usage: `answered` (the `+CPMS:` value a sweep's line got), or asked."""
         try:
-            usage = await self._session.command("AT+CPMS?")
-            value = usage.first("+CPMS")
+            value = answered
+            if value is None:
+                value = (await self._session.command("AT+CPMS?")).first("+CPMS")
             if value:
                 self.storage_used, self.storage_total = parse_cpms_usage(value)
         except (CommandError, ParseError):

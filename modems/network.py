@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import structlog
 
+from .channel import Reply
 from .codes import REGISTERED
 from .errors import CommandError, ParseError
 from .events import NetworkInfo
@@ -29,22 +30,45 @@ class Network:
     async def read(self, previous: NetworkInfo, *, force_operator: bool = False) -> NetworkInfo:
         """Fresh values; a failed read keeps the previous one. The operator is
         asked again only when forced, after a registration change or while unknown."""
+        signal = await self._ask("AT+CSQ")
+        registration = await self._ask("AT+CREG?")
+        return await self._settle(previous, signal, registration, force_operator)
+
+    async def read_from(self, previous: NetworkInfo, reply: Reply) -> NetworkInfo:
+        """The same from a reply that answered `AT+CSQ` and `AT+CREG?` on one line
+        (a health check); a line missing or unreadable keeps the previous value."""
+        return await self._settle(previous, reply, reply, False)
+
+    async def _ask(self, command: str) -> Reply | None:
+        try:
+            return await self._session.command(command)
+        except CommandError as exc:
+            self._log.debug("network read failed", command=command, error=str(exc))
+            return None
+
+    async def _settle(
+        self,
+        previous: NetworkInfo,
+        signal: Reply | None,
+        registration: Reply | None,
+        force_operator: bool,
+    ) -> NetworkInfo:
         rssi = previous.rssi
-        registration = previous.registration
+        status = previous.registration
         try:
-            reply = await self._session.command("AT+CSQ")
-            rssi = parse_csq(reply.first("+CSQ") or "")[0]
-        except (CommandError, ParseError) as exc:
-            self._log.debug("AT+CSQ failed", error=str(exc))
+            if signal is not None:
+                rssi = parse_csq(signal.first("+CSQ") or "")[0]
+        except ParseError as exc:
+            self._log.debug("+CSQ unreadable", error=str(exc))
         try:
-            reply = await self._session.command("AT+CREG?")
-            registration = parse_creg(reply.first("+CREG") or "").status
-        except (CommandError, ParseError) as exc:
-            self._log.debug("AT+CREG? failed", error=str(exc))
+            if registration is not None:
+                status = parse_creg(registration.first("+CREG") or "").status
+        except ParseError as exc:
+            self._log.debug("+CREG unreadable", error=str(exc))
         operator = previous.operator
-        if force_operator or registration != previous.registration or operator is None:
-            operator = await self.read_operator() if registration in REGISTERED else None
-        return NetworkInfo(registration, operator, rssi)
+        if force_operator or status != previous.registration or operator is None:
+            operator = await self.read_operator() if status in REGISTERED else None
+        return NetworkInfo(status, operator, rssi)
 
     async def read_operator(self) -> str | None:
         await self._session.attempt("AT+COPS=3,2")

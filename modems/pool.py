@@ -168,7 +168,9 @@ class ModemPool:
             for port, device in found.items():
                 if port not in self._modems:
                     log.info("port found", port=port, device=device)
-                    modem = Modem(port, self._handler, self.settings)
+                    modem = Modem(
+                        port, self._handler, self.settings, on_report_taken=self._reports_taken
+                    )
                     self._modems[port] = modem
                     self._devices[port] = device
                     modem.start()
@@ -180,6 +182,14 @@ class ModemPool:
                 await self.rescan()
             except OSError as exc:
                 log.warning("port rescan failed", error=str(exc))
+
+    def _reports_taken(self) -> None:
+        """The owner took a SimReady: it takes them again (its store works, say, after an
+        outage), so every SIM whose report it refused is reported now, not at the end
+        of a back-off that may have grown to `ready_retry_max`."""
+        for modem in self._modems.values():
+            if modem.report_waiting:
+                modem.report_soon()
 
     def reset(self, port: str) -> bool:
         """Operator action: reset the modem on `port` (AT+CFUN=1,1, then reopen)."""

@@ -30,6 +30,9 @@ class Session:
         self.port = port
         self.settings = settings
         self.quirks: VendorQuirks = GENERIC  # set once AT+CGMI/AT+CGMM have answered
+        # Several commands on one line (V.250 `AT+CSQ;+CREG?`) for the periodic work;
+        # off once the modem is seen to refuse such lines (Modem._health decides).
+        self.concatenation = True
         self.timeouts = 0
         self._timeouts_in_row = 0
         self._channel: ATChannel | None = None

@@ -7,7 +7,7 @@ means for the modem's state. The ICCID command that worked and whether
 
 from __future__ import annotations
 
-from .channel import NO_FINAL
+from .channel import NO_FINAL, Reply
 from .codes import RETRY_CODES, SIM_ABSENT_CODES, CmeCode
 from .errors import CmeError, CommandError, ModemError, ParseError
 from .events import SimIdentity
@@ -30,11 +30,8 @@ class SimCard:
 
     async def status(self) -> str | None:
         """`READY`, `SIM PIN`, `SIM PUK`, …; None when there is no usable SIM."""
-        # A modem seen to end AT+CPIN? without OK completes it at once from then
-        # on (a health check must not stall SMS reading), whatever its vendor.
-        grace = 0.0 if self._cpin_final_missing else self._session.quirks.cpin_grace
         try:
-            reply = await self._session.retrying("AT+CPIN?", info_grace=grace)
+            reply = await self._session.retrying("AT+CPIN?", info_grace=self.cpin_grace)
         except CmeError as exc:
             if exc.code in SIM_ABSENT_CODES or exc.code in RETRY_CODES:
                 return None
@@ -43,6 +40,17 @@ class SimCard:
             if exc.code == CmeCode.SIM_PUK_REQUIRED:
                 return "SIM PUK"
             raise
+        return self.status_from(reply)
+
+    @property
+    def cpin_grace(self) -> float:
+        """How long a `+CPIN:` answer waits for its final OK. A modem seen to end
+        AT+CPIN? without OK completes it at once from then on (a health check
+        must not stall SMS reading), whatever its vendor."""
+        return 0.0 if self._cpin_final_missing else self._session.quirks.cpin_grace
+
+    def status_from(self, reply: Reply) -> str | None:
+        """The status in a reply that answered `AT+CPIN?` (alone or as a line's last part)."""
         if reply.final.text == NO_FINAL:
             self._cpin_final_missing = True
         value = (reply.first("+CPIN") or "").strip().strip('"').upper()

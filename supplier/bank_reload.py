@@ -10,6 +10,9 @@ bank added or removed. The modem pool opens its ports at start, so those need
 a restart; each is named (its key, the new value, the running one) and the
 bank goes on as it runs until then.
 
+Any other section a reload does not apply (`restart_only`: ports, listen
+addresses, the store, the modems' timings) is named the same way.
+
 Pure: the daemon logs the plan and `Rotation.reconfigure` carries it out.
 """
 
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from .config import BankConfig
+from .config import BankConfig, Config
 
 __all__ = ["BankPlan", "Change", "changed_fields", "plan_banks"]
 
@@ -55,6 +58,25 @@ def changed_fields(
         for name in names
         if getattr(new, name) != getattr(old, name)
     ]
+
+
+# Config sections a reload does not apply: the ports and listen addresses are bound,
+# the store is open, the modems' and USSD timings are in the running tasks.
+RESTART_SECTIONS = ("server", "modems", "storage", "host", "status", "sms", "ussd")
+_SECRETS = frozenset({"url", "token"})  # a database URL has the password in it
+
+
+def restart_only(running: Config, wanted: Config) -> list[Change]:
+    """What the new file changes that only a restart applies (secrets not shown)."""
+    changes: list[Change] = []
+    for section in RESTART_SECTIONS:
+        old, new = getattr(running, section), getattr(wanted, section)
+        for change in changed_fields(section, old, new, list(type(old).model_fields)):
+            secret = change.key.rsplit(".", 1)[-1] in _SECRETS
+            changes.append(
+                Change(change.key, "(changed; not shown)", "(not shown)") if secret else change
+            )
+    return changes
 
 
 def plan_banks(running: Sequence[BankConfig], wanted: Sequence[BankConfig]) -> BankPlan:

@@ -351,6 +351,9 @@ async def _run(config_path: str, config: Config) -> int:
             structlog.get_logger("supplier").error(
                 "reload refused; keeping the old settings", error=str(exc)
             )
+        except Exception as exc:  # noqa: BLE001 - a reload's bug must not go unsaid
+            # What applied before the failure stays; the line names the failure.
+            structlog.get_logger("supplier").exception("reload failed", error=repr(exc))
         finally:
             notifier.reloading(done=True)
 

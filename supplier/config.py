@@ -133,7 +133,9 @@ class _Frozen(BaseModel):
 class ServerConfig(_Frozen):
     listen: HostPort = ("0.0.0.0", 8000)  # noqa: S104 - the hubs must reach it
     path: str = "/"
-    max_body: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # 256 KiB: the protocol's largest exceptionPhoneSet (10,000 prefixes of up to 15
+    # digits, quoted) is ~180 KB of JSON.
+    max_body: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
 
     @field_validator("path")
     @classmethod

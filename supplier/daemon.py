@@ -43,7 +43,7 @@ from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
 from .backend import StoreBackend, open_store
-from .bank_reload import changed_fields, plan_banks
+from .bank_reload import RESTART_SECTIONS, changed_fields, plan_banks, restart_only
 from .banks_status import BankCollector
 from .config import Config, RotationConfig
 from .errors import StoreError, SupplierError
@@ -430,6 +430,18 @@ class Daemon:
 
     async def _reload(self, config: Config) -> None:
         running = self.running
+        # What only a restart applies (ports, listen addresses, the store, ...) keeps
+        # running as it is, and is said at every reload until then, as banks' ports are.
+        for change in restart_only(self.config, config):
+            log.warning(
+                "configuration change needs a restart; not applied until then",
+                key=change.key,
+                value=change.value,
+                running=change.running,
+            )
+        config = config.model_copy(
+            update={section: getattr(self.config, section) for section in RESTART_SECTIONS}
+        )
         running.inventory.reconfigure_from(config)
         running.protocol.set_hubs(config.hubs)
         running.upkeep.set_codes(_number_codes(config), _balance_codes(config))

@@ -527,7 +527,7 @@ async def not_here(request: web.Request) -> web.Response:
 
 
 def create_protocol_app(
-    service: ProtocolService, *, path: str = "/", max_body: int = 64 * 1024
+    service: ProtocolService, *, path: str = "/", max_body: int = 256 * 1024
 ) -> web.Application:
     # aiohttp's own size limit answers with HTML; ours answers with protocol JSON.
     # auto_decompress off: the body is inflated by `_decode_body`, bounded, with our errors.

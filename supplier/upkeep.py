@@ -48,6 +48,7 @@ from .balances import parse_balance
 from .config import UssdConfig
 from .errors import StoreError
 from .inventory import Inventory
+from .logs import Episode
 from .networks import CALLING_CODES, international_number
 from .store import BalanceRow
 
@@ -177,7 +178,8 @@ class Upkeep:
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._next_start = 0.0
-        self._store_failing = False  # an answer could not be kept: logged once per episode
+        # An answer could not be kept (the store refuses writes): logged once per episode.
+        self._store_episode = Episode(time.monotonic)
         self._observers: list[Callable[[], None]] = []
         self.codes: dict[str, str] = {}
         self.balance_codes: dict[str, str] = {}
@@ -387,8 +389,7 @@ class Upkeep:
             # The answer could not be kept (the database is down): asked again after the
             # job's back-off, like an unanswered request, never at once.
             self._retry(job, "the answer could not be stored" if job.kind == NUMBER else None)
-            if not self._store_failing:
-                self._store_failing = True
+            if self._store_episode.failed():
                 log.error("cannot store a USSD answer; asking again later", error=str(exc))
             else:
                 log.debug("cannot store a USSD answer", iccid=job.iccid, error=str(exc))
@@ -462,17 +463,20 @@ class Upkeep:
             text=answer.text[:500],
             read=now,
         )
+        asked = self._store_episode.asked()  # before the write: see logs.Episode
         await self.store.save_balance(iccid, row)
-        self._stored()
+        self._stored(asked)
         self.balances[iccid] = row
         job.due = now + self.settings.balance_every
         job.backoff = self.settings.retry
         bound.info("balance read", amount=row.amount, currency=row.currency, low=self.low(iccid))
 
-    def _stored(self) -> None:
-        if self._store_failing:
-            self._store_failing = False
-            log.info("USSD answers stored again")
+    def _stored(self, asked: int | None) -> None:
+        """An answer asked to be stored in episode `asked` was: that episode, if it is
+        still the current one, is over (one asked before may commit after a later one failed)."""
+        ended = self._store_episode.ended(asked)
+        if ended is not None:
+            log.info("USSD answers stored again", after=round(ended[0], 1), refused=ended[1])
 
     def _retry(self, job: _Job, why: str | None) -> None:
         delay = max(job.backoff, self.settings.interval)
@@ -484,8 +488,9 @@ class Upkeep:
         self.notes[job.iccid] = f"number unknown: {why}; next try in {when}"
 
     async def _learn(self, iccid: str, number: str, source: str) -> None:
+        asked = self._store_episode.asked()
         await self.store.learn_number(iccid, number, source, self.clock())
-        self._stored()
+        self._stored(asked)
         self.inventory.learned_number(iccid, number)
         self._jobs.pop((iccid, NUMBER), None)
         self.notes.pop(iccid, None)

@@ -16,6 +16,7 @@ from modems.at import (
     Prompt,
     Unsolicited,
     command_prefix,
+    command_prefixes,
     parse_final,
     split_args,
 )
@@ -157,3 +158,24 @@ def test_one_byte_at_a_time_and_glued() -> None:
     tail = glued[len(whole) :]
     assert not [e for e in tail if isinstance(e, Info)]
     assert [e for e in tail if isinstance(e, Unsolicited) and e.name == "+CMTI"]
+
+
+def test_a_concatenated_lines_answers_are_its_own_not_unsolicited() -> None:
+    """`AT+CSQ;+CREG?;+CPIN?` is answered by three information lines and one OK;
+    `+CREG` and `+CPIN` are also unsolicited codes, but here they answer the line."""
+    data = b"\r\n+CSQ: 21,99\r\n\r\n+CREG: 0,1\r\n\r\n+CPIN: READY\r\n\r\nOK\r\n+CREG: 5\r\n"
+    events = feed_all(data, command="AT+CSQ;+CREG?;+CPIN?")
+    assert events[:3] == [Info("+CSQ: 21,99"), Info("+CREG: 0,1"), Info("+CPIN: READY")]
+    assert isinstance(events[3], Final) and events[3].ok
+    assert events[4] == Unsolicited("+CREG", "5", "+CREG: 5")  # after the OK: a code again
+    # A part that is not asked on the line stays unsolicited.
+    events = feed_all(b"\r\n+CPIN: NOT READY\r\n\r\n+CSQ: 9,99\r\n", command="AT+CSQ;+CREG?")
+    assert events == [Unsolicited("+CPIN", "NOT READY", "+CPIN: NOT READY"), Info("+CSQ: 9,99")]
+
+
+def test_command_prefixes_split_outside_quotes() -> None:
+    assert command_prefixes("AT+CSQ") == ("+CSQ",)
+    assert command_prefixes("at+csq;+creg?;+CPIN?") == ("+CSQ", "+CREG", "+CPIN")
+    assert command_prefixes('AT+CUSD=1,"*100#;1",15;^ICCID?') == ("+CUSD", "^ICCID")
+    assert command_prefixes("ATD*100#;") == ()  # a dial string's `;` is not a part
+    assert command_prefixes("AT") == ()

@@ -289,3 +289,35 @@ async def test_a_switch_asked_to_a_slot_taken_out_of_use_is_dropped(
     assert finished["status"] == "SUCCESS"
     await running.until(lambda: module.status is ModuleStatus.IN)
     assert bank.switches[switched:] == [] and running.sim_in(1) == sim.iccid
+
+
+async def test_settings_only_a_restart_applies_are_named_at_every_reload(
+    bench: Factory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    running = await bench(1, 2, rotation={"dwell": "1h", "settle": "3s", "grace": "100ms"})
+    daemon = running.daemon
+    started = daemon.config
+    raw = copy.deepcopy(running.raw)
+    raw["modems"]["ports"] = [str(tmp_path / "elsewhere*")]
+    raw["modems"]["health_interval"] = "5s"
+    raw["status"]["listen"] = "127.0.0.1:1"
+    raw["storage"] = {"url": "postgresql://supplier:s3cret@127.0.0.1:1/supplier"}
+    raw["hubs"][0]["retry_interval"] = "1s"  # a hub's setting: applied, not named
+    path = tmp_path / "reloaded.yaml"
+    for _ in range(2):  # said again at every reload until the restart
+        logs = await reload(running, raw, path)
+        named = {key: (value, was) for key, value, was in logged(logs, RESTART)}
+        assert named == {
+            "modems.ports": ((str(tmp_path / "elsewhere*"),), started.modems.ports),
+            "modems.health_interval": (5.0, 0.2),
+            "status.listen": (("127.0.0.1", 1), started.status.listen),
+            "storage.path": ("/var/lib/supplier/supplier.db", started.storage.path),
+            "storage.url": ("(changed; not shown)", "(not shown)"),
+        }
+        assert "s3cret" not in repr(logs)
+        assert [line["event"] for line in logs].count("configuration reloaded") == 1
+    # What runs is what the daemon says it runs; the hub's change applied.
+    assert daemon.config.modems == started.modems and daemon.config.storage == started.storage
+    assert daemon.config.status == started.status
+    assert daemon.config.hubs[0].retry_interval == 1.0

@@ -84,7 +84,10 @@ async def test_a_number_answer_the_store_cannot_keep_is_asked_again_later(
     refused = [e for e in logs if e["event"] == "cannot store a USSD answer; asking again later"]
     assert len(refused) == 1 and refused[0]["log_level"] == "error"
     assert sum(e["event"] == "cannot store a USSD answer" for e in logs) >= 1  # at debug
-    assert [e["log_level"] for e in logs if e["event"] == "USSD answers stored again"] == ["info"]
+    [back] = [e for e in logs if e["event"] == "USSD answers stored again"]
+    assert back["log_level"] == "info"
+    # The episode's end says how many answers it refused (logs.Episode, as the inbox).
+    assert back["refused"] == sum(e["event"].startswith("cannot store a USSD") for e in logs)
 
 
 async def test_sms_the_store_refuses_stay_on_the_sim_and_are_logged_once_per_episode(

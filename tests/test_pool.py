@@ -274,3 +274,80 @@ async def test_an_owner_whose_handler_raises_does_not_stop_the_modem(make_bank, 
     failures = [line for line in logs if line["event"] == "event handler failed"]
     assert failures and failures[0]["kind"] == "ModemStateChanged"
     assert "owner's bug" in failures[0]["error"]
+
+
+async def test_a_sim_removed_while_its_report_waits_is_never_reported(make_bank, pool_of) -> None:  # type: ignore[no-untyped-def]
+    """A SimReady the owner refused is reported again after a back-off; if the SIM
+    goes meanwhile, that SIM is never reported again, and the next one is."""
+
+    class Refusing(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refuse = True
+            self.attempts: list[str] = []  # the ICCID of every SimReady offered
+
+        async def __call__(self, event):  # type: ignore[no-untyped-def]
+            if isinstance(event, SimReady):
+                self.attempts.append(event.sim.iccid)
+                if self.refuse:
+                    self._changed.set()
+                    raise RuntimeError("the owner's store is down")
+            await super().__call__(event)
+
+    bank = await make_bank(1, profiles=("generic",))
+    vm = bank[0]
+    first = vm.sim
+    assert first is not None
+    recorder = Refusing()
+    settings = dataclasses.replace(FAST, ready_retry_initial=0.05, ready_retry_max=0.1)
+    pool, _ = await pool_of(bank, settings, recorder)
+    await recorder.wait_for(lambda: len(recorder.attempts) >= 2)  # refused, then again
+    vm.remove_sim()
+    await recorder.wait_for(lambda: state_of(recorder, vm.link) is ModemState.NO_SIM)
+    offered = len(recorder.attempts)
+    # Five health checks without a SIM: ten and more retry periods of the back-off.
+    mark = len(vm.commands)
+    await vm.wait_until(lambda: vm.commands[mark:].count("AT+CPIN?") >= 5, timeout=10)
+    assert len(recorder.attempts) == offered, recorder.attempts
+    assert set(recorder.attempts) == {first.iccid}
+    recorder.refuse = False
+    second = make_sim(4242)
+    vm.insert_sim(second)
+    await recorder.wait_for(lambda: vm.link in recorder.ready_ports(), timeout=10)
+    assert recorder.attempts[offered:] == [second.iccid]  # taken at the first offer
+    [ready] = recorder.of(SimReady)
+    assert ready.sim.iccid == second.iccid  # type: ignore[attr-defined]
+
+
+async def test_reports_refused_are_made_again_as_soon_as_the_owner_takes_one(make_bank, pool_of) -> None:  # type: ignore[no-untyped-def]
+    """The owner refused every SimReady (its store was down) and the back-off is long;
+    the first report it takes (a modem plugged in meanwhile) has the others made at once."""
+
+    class Refusing(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refuse = True
+            self.refused: Counter[str] = Counter()
+
+        async def __call__(self, event):  # type: ignore[no-untyped-def]
+            if isinstance(event, SimReady) and self.refuse:
+                self.refused[event.port] += 1
+                self._changed.set()
+                raise RuntimeError("the owner's store is down")
+            await super().__call__(event)
+
+    bank = await make_bank(4, profiles=("generic",))
+    late = bank[3]
+    late.unplug()  # comes in once the owner takes reports again
+    recorder = Refusing()
+    # The next report after a refusal: 24-36 s away, far longer than this test waits.
+    settings = dataclasses.replace(FAST, ready_retry_initial=30.0, ready_retry_max=60.0)
+    pool, _ = await pool_of(bank, settings, recorder)
+    waiting = {vm.link for vm in bank[:3]}
+    await recorder.wait_for(lambda: set(recorder.refused) == waiting, timeout=20)
+    assert all(modem.report_waiting for modem in pool)
+    recorder.refuse = False
+    late.replug()
+    await recorder.wait_for(lambda: recorder.ready_ports() == waiting | {late.link}, timeout=10)
+    assert max(recorder.refused.values()) == 1  # each refused once, then taken: no back-off
+    assert not any(modem.report_waiting for modem in pool)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from supplier.backend import StoreBackend
-from supplier.config import HubConfig
+from supplier.config import HubConfig, ServerConfig
 from supplier.inventory import MAX_OFFERS, Inventory
 from supplier.protocol import SERVICE, ProtocolService, create_protocol_app
 
@@ -219,7 +219,7 @@ async def test_ten_thousand_prefixes_are_honoured(agent: AgentFactory) -> None:
     # The protocol's largest exceptionPhoneSet (10,000 prefixes, as OnlineSim sends them:
     # integers) with the SIMs it bars anywhere in it: a whole number (slot 0), a 4-digit
     # prefix (slots 1 and 9) and a 9-digit one (slots 2 and 10). Only the others are sold.
-    a = await agent(max_body=256 * 1024)
+    a = await agent(max_body=ServerConfig().max_body)  # the default takes it
     await a.add_sims(*range(16))  # Russian: 0-3 and 8-11
     barred = ["79150000000", "7926", "790300000"]
     listed = prefix_set(barred)
@@ -708,3 +708,12 @@ async def test_network_and_sim_overrides_decide_the_slugs(store: StoreBackend) -
     assert (sim.country, sim.operator, sim.number) == ("russia", "rostelecom", "79261234567")
     assert inventory.counts() == {"russia": {"rostelecom": dict.fromkeys(SERVICES, 1)}}
     await store.close()
+
+
+async def test_the_largest_exception_set_fits_the_default_body_limit(agent: AgentFactory) -> None:
+    """10,000 prefixes of 15 digits, quoted (~180 KB of JSON): taken under the default."""
+    a = await agent(max_body=ServerConfig().max_body)
+    await a.add_sims(0)
+    longest = [f"{n:015d}" for n in range(10_000)]  # bar no Russian number
+    answer = await a.number("vk", exceptionPhoneSet=longest)
+    assert answer["status"] == "SUCCESS", answer

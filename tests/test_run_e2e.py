@@ -233,11 +233,13 @@ def _successes(hub: FakeHub) -> list[dict[str, Any]]:
 
 
 def _texts_on_sims(bank: VirtualModemBank) -> set[str]:
-    """The texts still stored on the emulated SIMs (not yet taken by the daemon)."""
+    """The texts not yet taken by the daemon: stored on the emulated SIMs, or held by
+    the network because a SIM's storage was full (delivered once it has room)."""
     found = set()
     for modem in bank:
-        for slot in modem.stored().values():
-            message = decode_pdu(slot.pdu)
+        pdus = [slot.pdu for slot in modem.stored().values()] + modem.network_queue
+        for pdu in pdus:
+            message = decode_pdu(pdu)
             assert isinstance(message, SmsDeliver)
             found.add(message.text)
     return found

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from modems.emulator import VirtualModem
 from modems.events import ModemState, ModemStateChanged
-from modems.modem import ModemSettings
+from modems.modem import HEALTH_LINE, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
 from .conftest import FAST, BankFactory, Recorder
 
 COUNT = 16
 INTERVAL = 2.0
-HEALTH = "AT+CPIN?"  # the health check's first command
+HEALTH = HEALTH_LINE  # a ready modem's health check
 
 
 async def test_health_checks_of_modems_that_start_together_are_spread(

@@ -145,7 +145,10 @@ async def test_the_page_shows_the_sims_follows_an_unplug_and_filters(
     # Sorting by number puts them in order.
     await page.click('th[data-key="number"]')
     numbers = await page.locator("#sims tbody tr td:nth-child(3)").all_inner_texts()
-    assert numbers == sorted(numbers, key=lambda n: int(n.lstrip("+")))
+    # A port row without a SIM (the unplugged modem before the rescan drops its port)
+    # has no number: the numbers there are, are in order.
+    numbers = [n for n in numbers if n]
+    assert len(numbers) >= 7 and numbers == sorted(numbers, key=lambda n: int(n.lstrip("+")))
 
     # One SIM's page shows its SMS texts (behind the token).
     sold = next(

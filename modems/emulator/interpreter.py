@@ -93,6 +93,9 @@ class EmulatedModem:
         # Finals answered, in turn, to the first command lines after every
         # power-up (Qualcomm-based modems: `+CME ERROR: 14` or `ERROR` for a while).
         self.power_up_errors: tuple[str, ...] = ()
+        # False: a line of several commands (`AT+CSQ;+CREG?`) is answered ERROR, as
+        # some old firmware does (V.250 concatenation not supported).
+        self.concatenation = True
         self._errors_left: list[str] = []
         self.ussd = ussd_commands.UssdState()
         self._boot_state()
@@ -321,6 +324,10 @@ class EmulatedModem:
             return
         body = stripped[2:]
         commands = _split_commands(body) or [""]
+        if len(commands) > 1 and not self.concatenation:
+            self.write_lines("ERROR")
+            self._changed()
+            return
         out: list[str] = []
         for command in commands:
             result = self._execute(command.strip())
@@ -330,6 +337,10 @@ class EmulatedModem:
                 return
             lines, final = result
             out.extend(lines)
+            if not final:  # the answer without a final result (the line ends there)
+                self.write_lines(*out)
+                self._changed()
+                return
             if final != "OK":
                 out.append(final)
                 self.write_lines(*out)

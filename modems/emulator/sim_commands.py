@@ -28,10 +28,8 @@ def cpin(modem: EmulatedModem, name: str, arg: str) -> tuple[list[str], str] | N
             state = "SIM PUK"
         else:
             state = "SIM PIN"
-        if modem.profile.cpin_without_ok:
-            modem.write_lines(f"+CPIN: {state}")
-            return None
-        return [f"+CPIN: {state}"], "OK"
+        # Old Wavecom: no final OK after the answer ("" ends the line there).
+        return [f"+CPIN: {state}"], "" if modem.profile.cpin_without_ok else "OK"
     if arg.startswith("="):
         if modem.sim is None:
             return [], modem.cme(CmeCode.SIM_NOT_INSERTED)

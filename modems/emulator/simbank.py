@@ -5,6 +5,9 @@ and connects that slot's SIM to that module (an emulated modem on its own
 pty). How the board answers is its profile: `ok` (answers OK), `silent`
 (answers nothing, as many boards do); `fail_slots` are slots whose switch
 does not take (the module keeps its SIM: the ICCID does not change).
+With `module_switch` the modules hold the SIMs themselves (`SimModule`:
+Quectel's dual-SIM `AT+QDSIM=<n>`, sent to the module's own port) and the
+control port is left unused.
 
 After a switch the module loses its SIM (`+CPIN: NOT READY` on profiles that
 say so), gets the new one after `switch_delay` (`+CPIN: READY`), and is
@@ -24,15 +27,15 @@ import os
 import re
 import time
 
-from modems.codes import RegStatus
+from modems.codes import CmeCode, RegStatus
 from modems.pdu import encode_deliver_parts
 
 from .bank import make_sim
 from .device import VirtualModem
 from .interpreter import VirtualSim
-from .profiles import PROFILES
+from .profiles import PROFILES, VendorProfile
 
-__all__ = ["BANK_ANSWERS", "ControlPort", "SimBank"]
+__all__ = ["BANK_ANSWERS", "ControlPort", "SimBank", "SimModule"]
 
 BANK_ANSWERS = ("ok", "silent")
 
@@ -61,8 +64,41 @@ class ControlPort(VirtualModem):
             self.write_lines("OK" if text.upper() == "AT" else "ERROR")
 
 
+class SimModule(VirtualModem):
+    """A module that holds its bank's SIMs itself and switches with a module command
+    (Quectel `AT+QDSIM=<n>`, n from 0; `AT+QDSIM?` says which): a bank made with
+    `module_switch=True`. The relay's timing and faults are the bank's, as for a board."""
+
+    def __init__(
+        self,
+        link: str,
+        profile: VendorProfile,
+        sim: VirtualSim | None,
+        *,
+        bank: SimBank,
+        number: int,
+    ) -> None:
+        super().__init__(link, profile, sim)
+        self.bank = bank
+        self.number = number
+
+    def _execute(self, command: str) -> tuple[list[str], str] | None:
+        if command[:6].upper() != "+QDSIM":
+            return super()._execute(command)
+        arg = command[6:].strip()
+        if arg == "?":
+            return [f"+QDSIM: {self.bank.current[self.number] - 1}"], "OK"
+        if arg == "=?":
+            return [f"+QDSIM: (0-{self.bank.slots - 1})"], "OK"
+        index = arg[1:].strip() if arg.startswith("=") else ""
+        if not index.isdigit() or not self.bank.switch(self.number, int(index) + 1):
+            return [], self.cme(CmeCode.OPERATION_NOT_ALLOWED)
+        return [], "OK"
+
+
 class SimBank:
-    """`modules` emulated modules x `slots` SIM slots behind one control port."""
+    """`modules` emulated modules x `slots` SIM slots behind one control port
+    (or, with `module_switch`, in modules that switch their SIMs themselves)."""
 
     def __init__(
         self,
@@ -79,6 +115,7 @@ class SimBank:
         ready_delay: float = 0.05,
         sms_expiry: float = 3600.0,
         first_index: int = 1000,
+        module_switch: bool = False,
     ) -> None:
         if answer not in BANK_ANSWERS:
             raise ValueError(f"bank answer {answer!r}: expected one of {BANK_ANSWERS}")
@@ -112,10 +149,12 @@ class SimBank:
         self.current: dict[int, int] = {}
         for module in range(1, modules + 1):
             self.current[module] = 1
-            self.modules[module] = VirtualModem(
-                os.path.join(directory, f"module{module:02d}"),
-                PROFILES[profile],
-                self.sims[(module, 1)],
+            link = os.path.join(directory, f"module{module:02d}")
+            first = self.sims[(module, 1)]
+            self.modules[module] = (
+                SimModule(link, PROFILES[profile], first, bank=self, number=module)
+                if module_switch
+                else VirtualModem(link, PROFILES[profile], first)
             )
         self._timers: set[asyncio.TimerHandle] = set()
 
