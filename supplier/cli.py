@@ -35,6 +35,7 @@ from .console import send_ussd
 from .daemon import Daemon, modem_settings
 from .demo import run_demo
 from .errors import SupplierError
+from .heap import HeapFreezer
 from .inspection import daemon_sims, held_ports, live_view, scan, sims_report
 from .migrate import migrate_store
 from .pgstore import probe, redact
@@ -337,7 +338,7 @@ def _check_config(config: Config) -> int:
 
 
 async def _run(config_path: str, config: Config) -> int:
-    daemon = Daemon(config)
+    daemon = Daemon(config, heap=HeapFreezer())
     notifier = Notifier(daemon.status_line)
     stop = _stop_event()
     loop = asyncio.get_running_loop()

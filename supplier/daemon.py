@@ -47,6 +47,7 @@ from .bank_reload import RESTART_SECTIONS, changed_fields, plan_banks, restart_o
 from .banks_status import BankCollector
 from .config import Config, RotationConfig
 from .errors import StoreError, SupplierError
+from .heap import HeapFreezer
 from .hosts import Hosts
 from .hosts_status import HostsView, follow_operators
 from .inbox import Inbox
@@ -145,9 +146,18 @@ class Running:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        heap: HeapFreezer | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        # `supplier run` freezes the long-lived heap (heap.py: short GC pauses); a
+        # daemon inside another program (the tests, the demo) leaves its GC alone.
+        self.heap = heap
         self.metrics = Metrics()
         self._running: Running | None = None
         self._db_lock: DatabaseLock | None = None
@@ -416,6 +426,8 @@ class Daemon:
         if self._db_lock is not None:
             self._db_lock.release()
             self._db_lock = None
+        if self.heap is not None:
+            self.heap.close()
         if running is not None:
             log.info("daemon stopped")
 
@@ -545,6 +557,8 @@ class Daemon:
                     log.info("waiting multipart SMS completed again")
                 backoff = 0.0
             inventory.prune()
+            if self.heap is not None:
+                self.heap.tick()
             if self.clock() - seen_at >= self.seen_interval:
                 seen_at = self.clock()
                 await self.mark_seen(seen_at)
