@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+from aiohttp import web
 
 from supplier.rotation import ModuleStatus
 from supplier.status import Sessions, create_status_app
@@ -39,6 +40,28 @@ async def post(running: Bench, path: str, body: Any) -> tuple[int, dict[str, Any
         session.post(status_url(running) + path, json=body) as response,
     ):
         return response.status, dict(await response.json())
+
+
+async def banks_with_sessions(make: Factory, token: str) -> tuple[Bench, Clock, web.AppRunner, str]:
+    """One bank of two slots, and a status app (runner, URL) whose sessions run on `clock`.
+
+    Sessions last an hour: `clock.advance(3601)` ends the one a test logged in with.
+    """
+    running = await make(
+        1,
+        2,
+        rotation={"dwell": "1h", "settle": "2s", "grace": "100ms"},
+        config={"status": {"listen": "127.0.0.1:0", "token": token}},
+    )
+    clock = Clock(1000.0)
+    app = create_status_app(
+        running.daemon.running.view,
+        running.daemon.metrics,
+        token,
+        sessions=Sessions(ttl=3600, clock=clock),
+    )
+    runner, url = await serve(app)
+    return running, clock, runner, url
 
 
 async def test_grid_actions_and_metrics(bench: Factory) -> None:  # noqa: F811
@@ -110,20 +133,7 @@ async def test_an_expired_or_missing_session_is_treated_as_on_the_other_pages(
     bench: Factory,  # noqa: F811
 ) -> None:
     """/banks and /api/banks answer as / and /api/sims do; its scripts are served as index.js."""
-    running = await bench(
-        1,
-        2,
-        rotation={"dwell": "1h", "settle": "2s", "grace": "100ms"},
-        config={"status": {"listen": "127.0.0.1:0", "token": TOKEN}},
-    )
-    clock = Clock(1000.0)
-    app = create_status_app(
-        running.daemon.running.view,
-        running.daemon.metrics,
-        TOKEN,
-        sessions=Sessions(ttl=3600, clock=clock),
-    )
-    runner, url = await serve(app)
+    running, clock, runner, url = await banks_with_sessions(bench, TOKEN)
 
     async def answers(client: aiohttp.ClientSession, path: str) -> tuple[int, str, str]:
         async with client.get(url + path, allow_redirects=False) as response:

@@ -319,7 +319,9 @@ async def test_a_sim_removed_while_its_report_waits_is_never_reported(make_bank,
     assert ready.sim.iccid == second.iccid  # type: ignore[attr-defined]
 
 
-async def test_reports_refused_are_made_again_as_soon_as_the_owner_takes_one(make_bank, pool_of) -> None:  # type: ignore[no-untyped-def]
+async def test_reports_refused_are_made_again_as_soon_as_the_owner_takes_one(
+    make_bank, pool_of
+) -> None:  # type: ignore[no-untyped-def]
     """The owner refused every SimReady (its store was down) and the back-off is long;
     the first report it takes (a modem plugged in meanwhile) has the others made at once."""
 

@@ -15,12 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from modems.events import SimLost
-from supplier.status import Sessions, create_status_app
 
-from .hubkit import Clock, RunFactory, Running
+from .hubkit import RunFactory, Running
 from .test_banks_rotation import Factory, bench  # noqa: F401 - the fixture
+from .test_banks_status import banks_with_sessions
 from .test_status import TOKEN, status_url
-from .test_status_security import serve
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
@@ -223,20 +222,7 @@ async def test_the_banks_grid_goes_to_the_login_form_when_the_session_runs_out(
     browser: Any,
 ) -> None:
     """As the SIM pages do: no "HTTP 401" left on screen; after the login, the grid again."""
-    running = await bench(
-        1,
-        2,
-        rotation={"dwell": "1h", "settle": "2s", "grace": "100ms"},
-        config={"status": {"listen": "127.0.0.1:0", "token": TOKEN}},
-    )
-    clock = Clock(1000.0)
-    app = create_status_app(
-        running.daemon.running.view,
-        running.daemon.metrics,
-        TOKEN,
-        sessions=Sessions(ttl=3600, clock=clock),
-    )
-    runner, url = await serve(app)
+    running, clock, runner, url = await banks_with_sessions(bench, TOKEN)
     page = await browser.new_page()
     page.set_default_timeout(15_000)
     problems: list[str] = []
