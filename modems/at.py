@@ -31,6 +31,7 @@ __all__ = [
     "line_name",
     "parse_final",
     "split_args",
+    "split_commands",
 ]
 
 
@@ -164,6 +165,25 @@ def command_prefix(command: str) -> str | None:
     return match.group(1).upper() if match else None
 
 
+def split_commands(body: str) -> list[str]:
+    """`+CSQ;+CREG?` → [`+CSQ`, `+CREG?`]: the commands of a V.250 concatenated line
+    (after its `AT`), quotes respected (`;` inside them does not split), empty ones dropped."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in body:
+        if char == '"':
+            quoted = not quoted
+        if char == ";" and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if current or parts:
+        parts.append("".join(current))
+    return [p for p in parts if p.strip()] if parts else []
+
+
 @functools.lru_cache(maxsize=512)
 def command_prefixes(command: str) -> tuple[str, ...]:
     """The prefixes a command line's answers carry, in order: a V.250 concatenated
@@ -175,20 +195,8 @@ def command_prefixes(command: str) -> tuple[str, ...]:
         return (prefix,) if prefix else ()
     if line[:2].upper() != "AT":
         return ()
-    prefixes: list[str] = []
-    part: list[str] = []
-    quoted = False
-    for char in line[2:] + ";":
-        if char == '"':
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            match = _PART_RE.match("".join(part).strip())
-            if match:
-                prefixes.append(match.group(1).upper())
-            part = []
-            continue
-        part.append(char)
-    return tuple(prefixes)
+    matches = (_PART_RE.match(part.strip()) for part in split_commands(line[2:]))
+    return tuple(match.group(1).upper() for match in matches if match)
 
 
 def line_name(line: str) -> tuple[str, str] | None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from modems.at import split_commands
 from modems.codes import CmeCode, CmsCode, RegStatus, SmsStatus
 from modems.pdu import encode_deliver_parts
 
@@ -323,7 +324,7 @@ class EmulatedModem:
             self.write_lines("ERROR")
             return
         body = stripped[2:]
-        commands = _split_commands(body) or [""]
+        commands = split_commands(body) or [""]
         if len(commands) > 1 and not self.concatenation:
             self.write_lines("ERROR")
             self._changed()
@@ -454,24 +455,6 @@ class EmulatedModem:
         **network_commands.COMMANDS,
         **ussd_commands.COMMANDS,
     }
-
-
-def _split_commands(body: str) -> list[str]:
-    """`+CSQ;+CREG?` → [`+CSQ`, `+CREG?`] (V.250 concatenation), quotes respected."""
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in body:
-        if char == '"':
-            quoted = not quoted
-        if char == ";" and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    if current or parts:
-        parts.append("".join(current))
-    return [p for p in parts if p.strip()] if parts else []
 
 
 def _split_name(command: str) -> tuple[str, str]:
