@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -43,7 +43,7 @@ from modems.modem import Modem, ModemSettings
 from modems.pool import ModemPool, expand_ports
 
 from .backend import StoreBackend, open_store
-from .bank_reload import RESTART_SECTIONS, changed_fields, plan_banks, restart_only
+from .bank_reload import RESTART_SECTIONS, Change, changed_fields, plan_banks, restart_only
 from .banks_status import BankCollector
 from .config import Config, RotationConfig
 from .errors import StoreError, SupplierError
@@ -143,6 +143,17 @@ class Running:
     listening: tuple[str, int]  # the hub endpoint's address (port 0 in the config: the real one)
     status_listening: tuple[str, int]
     hosts: Hosts | None = None  # several hosts on one PostgreSQL store: this host's part
+
+
+def _needs_restart(changes: Iterable[Change]) -> None:
+    """A reload's changes it does not apply, one warning each (key, new and running value)."""
+    for change in changes:
+        log.warning(
+            "configuration change needs a restart; not applied until then",
+            key=change.key,
+            value=change.value,
+            running=change.running,
+        )
 
 
 class Daemon:
@@ -444,13 +455,7 @@ class Daemon:
         running = self.running
         # What only a restart applies (ports, listen addresses, the store, ...) keeps
         # running as it is, and is said at every reload until then, as banks' ports are.
-        for change in restart_only(self.config, config):
-            log.warning(
-                "configuration change needs a restart; not applied until then",
-                key=change.key,
-                value=change.value,
-                running=change.running,
-            )
+        _needs_restart(restart_only(self.config, config))
         config = config.model_copy(
             update={section: getattr(self.config, section) for section in RESTART_SECTIONS}
         )
@@ -482,13 +487,7 @@ class Daemon:
             await rotation.reconfigure(plan.banks, plan.renamed, config.rotation)
         for change in applied:
             log.info("bank setting changed", key=change.key, value=change.value, was=change.running)
-        for change in plan.restart:
-            log.warning(
-                "configuration change needs a restart; not applied until then",
-                key=change.key,
-                value=change.value,
-                running=change.running,
-            )
+        _needs_restart(plan.restart)
         return [bank.name for bank in plan.banks]
 
     async def on_pool_event(self, event: PoolEvent) -> None:
