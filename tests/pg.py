@@ -11,7 +11,8 @@ Without the binaries the tests that need them fail in CI (`.ci/run` installs
 `Stores` gives a test stores of its backend by name (conftest's `stores`
 fixture: a SQLite file, or a database of its own in the cluster);
 `set_read_only` makes a database refuse writes for real (PostgreSQL's
-counterpart of SQLite's `query_only` in the failing-store tests).
+counterpart of SQLite's `query_only` in the failing-store tests);
+`lock_waiters` finds the sessions a test holds behind a lock.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from supplier.backend import StoreBackend, open_store
 from supplier.config import StorageConfig
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["Cluster", "Stores", "find_bin"]
 
@@ -230,3 +235,17 @@ async def set_read_only(url: str, read_only: bool, timeout: float = 10.0) -> Non
             assert not stuck, f"sessions {[r[0] for r in stuck]} of the database did not end in 5 s"
     finally:
         await connection.close()
+
+
+async def lock_waiters(watcher: asyncpg.Connection[asyncpg.Record], count: int) -> list[int]:
+    """The backends of the watcher's database waiting for a lock, oldest transaction
+    first, once there are `count` of them (10 s at most)."""
+    async with asyncio.timeout(10):
+        while True:
+            rows = await watcher.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' ORDER BY xact_start"
+            )
+            if len(rows) >= count:
+                return [row[0] for row in rows]
+            await asyncio.sleep(0.01)  # polling the server's view, under the timeout

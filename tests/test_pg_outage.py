@@ -34,7 +34,7 @@ from supplier.pusher import Pusher
 
 from .conftest import BankFactory
 from .hubkit import Clock, FakeHub, Running, make_config, sim_ready
-from .pg import Cluster
+from .pg import Cluster, lock_waiters
 from .test_push_faults import Captured, captured_logs
 from .test_push_hosts import late_success
 from .test_push_leases import HUB, row, seed
@@ -139,19 +139,6 @@ async def test_a_part_refused_while_the_server_was_down_is_never_assembled_witho
         await store.close()
 
 
-async def _blocked_writers(watcher: asyncpg.Connection[asyncpg.Record], count: int) -> list[int]:
-    """The backends of this database waiting for a lock, oldest transaction first."""
-    async with asyncio.timeout(10):
-        while True:
-            rows = await watcher.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' ORDER BY xact_start"
-            )
-            if len(rows) >= count:
-                return [row[0] for row in rows]
-            await asyncio.sleep(0.01)  # polling the server's view, under the timeout
-
-
 async def test_an_sms_write_asked_before_the_store_failed_does_not_end_the_episode(
     pg_url: str,
 ) -> None:
@@ -176,7 +163,7 @@ async def test_an_sms_write_asked_before_the_store_failed_does_not_end_the_episo
             """This SMS's write (the newest of `waiting`) is ended by the server while it
             waits for the lock."""
             pending = asyncio.create_task(inbox.accept(received(ICCID, pdu, index)))
-            [*_, pid] = await _blocked_writers(watcher, waiting)
+            [*_, pid] = await lock_waiters(watcher, waiting)
             await watcher.execute("SELECT pg_terminate_backend($1)", pid)
             with pytest.raises(StoreError):
                 await pending
@@ -186,7 +173,7 @@ async def test_an_sms_write_asked_before_the_store_failed_does_not_end_the_episo
             await transaction.start()
             await locker.execute("LOCK TABLE sms_parts IN SHARE MODE")  # writes wait
             first = asyncio.create_task(inbox.accept(received(ICCID, a, 1)))
-            await _blocked_writers(watcher, 1)
+            await lock_waiters(watcher, 1)
             await refused(b, 2, waiting=2)  # asked after `first`, fails before it
             await transaction.rollback()
             await first  # committed after the failure: asked before it
@@ -236,9 +223,9 @@ async def test_a_sale_asked_before_the_store_failed_does_not_end_the_hub_episode
             async with locker.transaction():
                 await locker.execute("LOCK TABLE activations IN SHARE MODE")  # sales wait
                 first = asyncio.create_task(sale())
-                await _blocked_writers(watcher, 1)
+                await lock_waiters(watcher, 1)
                 second = asyncio.create_task(sale())  # asked after `first`
-                [*_, pid] = await _blocked_writers(watcher, 2)
+                [*_, pid] = await lock_waiters(watcher, 2)
                 await watcher.execute("SELECT pg_terminate_backend($1)", pid)
                 assert await asyncio.wait_for(second, 10) == "ERROR"
             assert await asyncio.wait_for(first, 10) == "SUCCESS"  # committed after it
@@ -263,7 +250,7 @@ async def _waiting(
     """The backend of this database waiting for a lock that is none of `not_in`."""
     async with asyncio.timeout(10):
         while True:
-            for pid in await _blocked_writers(watcher, 1):
+            for pid in await lock_waiters(watcher, 1):
                 if pid not in not_in:
                     return pid
             await asyncio.sleep(0.01)  # polling the server's view, under the timeout

@@ -23,7 +23,7 @@ from supplier.pusher import POLL_FLOOR, POLL_INTERVAL, Pusher
 from supplier.store import Delivery, Sms
 
 from .hubkit import FakeHub, success
-from .pg import set_read_only
+from .pg import lock_waiters, set_read_only
 from .test_push_faults import captured_logs
 from .test_push_leases import HUB, row, seed
 
@@ -240,19 +240,6 @@ async def test_a_success_the_database_cannot_record_is_recorded_not_pushed_again
 # -- answers the store could not record ----------------------------------------------------
 
 
-async def waiting_for_lock(watcher: asyncpg.Connection[asyncpg.Record], count: int) -> list[int]:
-    """The backends of this database waiting for a lock, once there are `count` of them."""
-    async with asyncio.timeout(10):
-        while True:
-            rows = await watcher.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
-            )
-            if len(rows) >= count:
-                return [row[0] for row in rows]
-            await asyncio.sleep(0.01)  # polling the server's view, under the timeout
-
-
 async def test_an_answer_kept_for_a_delivery_another_host_settled_is_forgotten(
     pg_url: str, fake_hub: FakeHub
 ) -> None:
@@ -284,7 +271,7 @@ async def test_an_answer_kept_for_a_delivery_another_host_settled_is_forgotten(
                 )
             for gate in gates:
                 gate.set()  # SUCCESS: both settles wait for their rows
-            for pid in await waiting_for_lock(watcher, 2):
+            for pid in await lock_waiters(watcher, 2):
                 await watcher.execute("SELECT pg_terminate_backend($1)", pid)
             async with asyncio.timeout(10):
                 while len(pusher._unrecorded) < 2:
@@ -391,7 +378,7 @@ async def test_an_answer_kept_unrecorded_is_recorded_at_a_clean_stop(
             await locker.execute("BEGIN")
             await locker.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", delivery_id)
             gate.set()  # SUCCESS: its settle waits for the row
-            [pid] = await waiting_for_lock(watcher, 1)
+            [pid] = await lock_waiters(watcher, 1)
             await watcher.execute("SELECT pg_terminate_backend($1)", pid)
             await logs.wait_for("cannot record a push answer")
             await locker.execute("ROLLBACK")
